@@ -1,0 +1,77 @@
+# The front door. `make demo` and `make test` install what they need on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+SOLC_VERSION := 0.8.28
+SOLC := .solcx/solc-v$(SOLC_VERSION)
+NETWORK ?= avalanche:anvil
+ANVIL_PORT ?= 8545
+
+# py-solc-x and ape-solidity find the compiler here, never under $HOME; anvil and solcjs come from npm.
+export SOLCX_BINARY_PATH := $(CURDIR)/.solcx
+export PATH := $(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+
+CONTRACTS := $(shell find contracts -name '*.sol')
+
+.PHONY: help setup test demo lint bench gas-snapshot anvil deploy clean
+
+help:
+	@echo "make setup    create .venv, install pinned Python and npm packages, the solc wrapper, compile"
+	@echo "make demo     deploy everything to the embedded local chain and print the address book"
+	@echo "make test     run the test suite (contracts, deploy on the embedded chain and on anvil, gas)"
+	@echo "make lint     ruff, mypy (offchain, dle_vm), slither (contracts)"
+	@echo "make bench    benchmarks; writes nothing but prints figures"
+	@echo "make anvil    run the project's anvil node on 127.0.0.1:$(ANVIL_PORT), chain id 43112"
+	@echo "make deploy   ape run deploy --network $(NETWORK) (ACCOUNT=alias for public networks)"
+
+setup: .stamps/python .stamps/npm $(SOLC) .build/__local__.json
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+.stamps/python: $(VENV)/bin/python pyproject.toml requirements.lock
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@mkdir -p .stamps && touch $@
+
+.stamps/npm: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@mkdir -p .stamps && touch $@
+
+$(SOLC): toolchain/solcjs-wrapper.js
+	@mkdir -p .solcx
+	ln -sf ../toolchain/solcjs-wrapper.js $@
+
+.build/__local__.json: .stamps/python .stamps/npm $(SOLC) ape-config.yaml $(CONTRACTS)
+	$(BIN)/ape compile
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/ape run deploy --network avalanche:local:test
+
+lint: setup
+	$(BIN)/ruff check offchain dle_vm scripts tests bench
+	$(BIN)/ruff format --check offchain dle_vm scripts tests bench
+	$(BIN)/mypy
+	$(BIN)/slither . --compile-force-framework solc-json --solc $(SOLC) --config-file slither.config.json
+
+bench: setup
+	$(BIN)/python bench/gas.py
+
+gas-snapshot: setup
+	$(BIN)/python bench/gas.py --write
+
+anvil: setup
+	$(BIN)/conet devnet anvil --port $(ANVIL_PORT)
+
+deploy: setup
+	$(BIN)/ape run deploy --network $(NETWORK) $(if $(ACCOUNT),--account $(ACCOUNT))
+
+clean:
+	rm -rf .build .stamps .solcx crytic-export

@@ -1,0 +1,1 @@
+"""Local development networks the project starts itself."""
