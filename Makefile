@@ -56,10 +56,12 @@ demo: setup
 	$(BIN)/ape run deploy --network avalanche:local:test
 
 lint: setup
-	$(BIN)/ruff check offchain dle_vm scripts tests bench
-	$(BIN)/ruff format --check offchain dle_vm scripts tests bench
+	$(BIN)/ruff check offchain dle_vm scripts tests bench toolchain
+	$(BIN)/ruff format --check offchain dle_vm scripts tests bench toolchain
 	$(BIN)/mypy
-	$(BIN)/slither . --compile-force-framework solc-json --solc $(SOLC) --config-file slither.config.json
+	$(BIN)/python toolchain/standard_json.py .build/standard-input.json
+	$(BIN)/slither .build/standard-input.json --compile-force-framework solc-json --solc $(SOLC) \
+		--config-file slither.config.json
 
 bench: setup
 	$(BIN)/python bench/gas.py

@@ -65,7 +65,8 @@ contract CoNETToken is ERC20, ERC20Burnable, ERC20Capped, ERC20Permit, ERC20Vote
     }
 
     /// @notice The ERC-6372 clock mode: timestamps.
-    // solhint-disable-next-line func-name-mixedcase
+    // The name is fixed by ERC-6372.
+    // slither-disable-next-line naming-convention
     function CLOCK_MODE() public pure override returns (string memory) {
         return "mode=timestamp";
     }

@@ -95,9 +95,9 @@ contract NodeRegistry is ERC721 {
     /// @notice The archive nodes now form `groupCount` groups.
     event ArchiveGroupOpened(uint256 groupCount);
 
-    /// @param staking Where minimum stakes are checked.
-    constructor(IStaking staking) ERC721("CoNET Node", "CNODE") {
-        _staking = staking;
+    /// @param staking_ Where minimum stakes are checked.
+    constructor(IStaking staking_) ERC721("CoNET Node", "CNODE") {
+        _staking = staking_;
     }
 
     // ---------------------------------------------------------------- node operations
@@ -217,6 +217,8 @@ contract NodeRegistry is ERC721 {
                 bestSize = size;
             }
         }
+        // A fresh token id is in no group: add() always succeeds.
+        // slither-disable-next-line unused-return
         _groupMembers[best].add(tokenId);
         _archiveGroups[tokenId] = best;
         emit ArchiveGroupJoined(tokenId, best);
@@ -224,6 +226,8 @@ contract NodeRegistry is ERC721 {
 
     function _leaveArchiveGroup(uint256 tokenId) private {
         uint256 group = _archiveGroups[tokenId];
+        // Every archive node is a member of the group recorded for it: remove() always succeeds.
+        // slither-disable-next-line unused-return
         _groupMembers[group].remove(tokenId);
         delete _archiveGroups[tokenId];
         _archiveCount -= 1;

@@ -99,6 +99,8 @@ contract PriceOracle is AccessControl {
     /// stand behind.
     function price(address asset) external view returns (uint256 usdPrice, uint256 updatedAt) {
         (uint80 roundId, int256 answer,, uint256 updated,) = latestRoundData(asset);
+        // Round 0 is "never set" for both set prices and AggregatorV3 feeds; not a balance compare.
+        // slither-disable-next-line incorrect-equality
         if (roundId == 0) revert PriceNotSet(asset);
         if (answer <= 0) revert InvalidPrice(asset, answer);
         uint256 maxAge = maxAgeOf(asset);

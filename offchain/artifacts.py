@@ -100,3 +100,14 @@ def _compile(root: Path) -> None:
     )
     if result.returncode != 0:
         raise ArtifactError(f"ape compile failed:\n{result.stdout}\n{result.stderr}")
+
+
+def standard_json_input(root: Path | None = None) -> dict[str, Any]:
+    """A solc standard-JSON input for every project source with the settings ape compiled them with,
+    for tools that drive the compiler themselves (slither)."""
+    root = root or project_root()
+    manifest = _manifest(root)
+    settings = dict(manifest["compilers"][0]["settings"])
+    settings["outputSelection"] = {"*": {"*": ["abi", "evm.bytecode", "evm.deployedBytecode"], "": ["ast"]}}
+    sources = {key: {"content": source["content"]} for key, source in sorted(manifest["sources"].items())}
+    return {"language": "Solidity", "sources": sources, "settings": settings}

@@ -25,8 +25,7 @@ def cli(ecosystem, network, account, fresh):
     if account is None:
         if chain.chain_id not in LOCAL_CHAIN_IDS:
             raise click.UsageError(
-                f"--account is required on {ecosystem.name}:{network.name}; "
-                "import one with `ape accounts import NAME`"
+                f"--account is required on {ecosystem.name}:{network.name}; import one with `ape accounts import NAME`"
             )
         account = accounts.test_accounts[0]
     try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from offchain.chain import addressbook
 from offchain.chain.addressbook import AddressBook, Deployment
@@ -214,9 +214,7 @@ def _grant(contract: Any, role_name: str, account: Any, log: Log) -> None:
         log(f"granted  {role_name} on {contract.address} to {account.address}")
 
 
-def _set_if_different(
-    contract: Any, getter: str, setter: str, role: Role, value: int, account: Any, log: Log
-) -> None:
+def _set_if_different(contract: Any, getter: str, setter: str, role: Role, value: int, account: Any, log: Log) -> None:
     if getattr(contract, getter)(int(role)) != value:
         getattr(contract, setter)(int(role), value, sender=account)
         log(f"set      Staking.{setter}({role.name}, {value})")

@@ -30,7 +30,8 @@ def describe(book: AddressBook, contracts: dict[str, Any]) -> list[str]:
         "",
         f"CoNET supply      {token.totalSupply() / CONET:,.0f} of {token.GENESIS_SUPPLY() / CONET:,.0f}",
         f"treasury balance  {token.balanceOf(book.deployer) / CONET:,.0f} CONET",
-        f"unbonding delay   {staking.unbondingDelay() / 3600:g} h; reporter reward {staking.reporterRewardBps() / 100:g}%",
+        f"unbonding delay   {staking.unbondingDelay() / 3600:g} h",
+        f"reporter reward   {staking.reporterRewardBps() / 100:g}% of a slash",
     ]
     for role in Role:
         minimum = staking.minimumStake(int(role)) / CONET
