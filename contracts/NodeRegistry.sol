@@ -81,6 +81,8 @@ contract NodeRegistry is ERC721 {
     error RegionTooLong(uint256 length);
     /// @notice Node NFTs stand for a key and cannot change hands.
     error NodeNotTransferable(uint256 tokenId);
+    /// @notice The staking contract is the zero address.
+    error InvalidStaking();
 
     /// @notice `owner` registered node `tokenId` in `role`.
     event NodeRegistered(uint256 indexed tokenId, address indexed owner, Role indexed role);
@@ -97,6 +99,7 @@ contract NodeRegistry is ERC721 {
 
     /// @param staking_ Where minimum stakes are checked.
     constructor(IStaking staking_) ERC721("CoNET Node", "CNODE") {
+        if (address(staking_) == address(0)) revert InvalidStaking();
         _staking = staking_;
     }
 

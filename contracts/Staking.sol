@@ -25,6 +25,9 @@ contract Staking is IStaking, AccessControl {
     /// @notice Denominator of basis-point shares.
     uint256 public constant BPS = 10_000;
 
+    /// @notice The longest unbonding delay: a longer one would lock stakes for good.
+    uint64 public constant MAX_UNBONDING_DELAY = 365 days;
+
     struct Position {
         uint256 staked;
         uint256 unbonding;
@@ -59,6 +62,10 @@ contract Staking is IStaking, AccessControl {
     error ZeroAddress();
     /// @notice A basis-point share above 100%.
     error InvalidBps(uint256 bps);
+    /// @notice An unbonding delay above MAX_UNBONDING_DELAY.
+    error InvalidUnbondingDelay(uint64 delay);
+    /// @notice A node cannot be rewarded for reporting itself.
+    error SelfReport(address node);
 
     /// @notice `node` staked `amount` for `role`, now holding `total`.
     event Staked(address indexed node, Role indexed role, uint256 amount, uint256 total);
@@ -93,8 +100,9 @@ contract Staking is IStaking, AccessControl {
     /// @param unbondingDelay_ Seconds between an unstake request and its withdrawal.
     /// @param reporterRewardBps_ Share of a slash paid to the reporter, in basis points.
     constructor(IERC20 token_, address admin, address incomePool_, uint64 unbondingDelay_, uint16 reporterRewardBps_) {
-        if (address(token_) == address(0) || incomePool_ == address(0)) revert ZeroAddress();
+        if (address(token_) == address(0) || admin == address(0) || incomePool_ == address(0)) revert ZeroAddress();
         if (reporterRewardBps_ > BPS) revert InvalidBps(reporterRewardBps_);
+        if (unbondingDelay_ > MAX_UNBONDING_DELAY) revert InvalidUnbondingDelay(unbondingDelay_);
         _token = token_;
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _incomePool = incomePool_;
@@ -162,6 +170,7 @@ contract Staking is IStaking, AccessControl {
     {
         if (amount == 0) revert ZeroAmount();
         if (_usedEvidence[evidenceHash]) revert EvidenceAlreadyUsed(evidenceHash);
+        if (reporter == node) revert SelfReport(node);
         Position storage position = _positions[node][role];
         if (position.staked + position.unbonding == 0) revert NothingToSlash(node, role);
         _usedEvidence[evidenceHash] = true;
@@ -170,6 +179,7 @@ contract Staking is IStaking, AccessControl {
         uint256 fromUnbonding = Math.min(amount - fromStaked, position.unbonding);
         position.staked -= fromStaked;
         position.unbonding -= fromUnbonding;
+        if (position.unbonding == 0) position.releaseAt = 0;
         // The node may already have left the set (only unbonding stake was slashed).
         // slither-disable-next-line unused-return
         if (position.staked == 0) _stakers[role].remove(node);
@@ -198,6 +208,7 @@ contract Staking is IStaking, AccessControl {
 
     /// @notice Sets the unbonding delay of future unstake requests.
     function setUnbondingDelay(uint64 delay) external onlyRole(DEFAULT_ADMIN_ROLE) {
+        if (delay > MAX_UNBONDING_DELAY) revert InvalidUnbondingDelay(delay);
         _unbondingDelay = delay;
         emit UnbondingDelaySet(delay);
     }

@@ -24,6 +24,9 @@ from offchain.toolchain import project_root
 
 CHAIN_ID = 43112
 DEFAULT_PORT = 8545
+# The contracts are compiled for cancun, which is also what Avalanche's C-Chain runs; anvil would
+# otherwise run its newest fork, whose gas rules differ.
+HARDFORK = "cancun"
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 
 
@@ -102,6 +105,7 @@ def start_anvil(
         "--port", str(port),
         "--chain-id", str(chain_id),
         "--mnemonic", DEV_MNEMONIC,
+        "--hardfork", HARDFORK,
         "--silent",
     ]  # fmt: skip
     if block_time is not None:

@@ -1,0 +1,282 @@
+"""Gas of every deployment and main contract call, measured on a fresh anvil and held against a snapshot.
+
+    python bench/gas.py            # measure and compare with bench/gas-snapshot.json; exit 1 on a regression
+    python bench/gas.py --write    # measure and rewrite the snapshot
+
+Gas is deterministic: the same calls, in the same order, from the same accounts, on a fresh chain
+use exactly the same gas on every run. So the snapshot holds absolute figures and a call fails the
+check when it costs more than TOLERANCE above its snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from coincurve import PrivateKey
+from eth_account import Account
+from eth_utils.crypto import keccak
+from web3 import Web3
+from web3.contract import Contract
+
+from offchain.artifacts import contract_artifact
+from offchain.chain.deployer import CONET, USD, Role
+from offchain.devnet.anvil import DEV_MNEMONIC, rpc, running_anvil
+from offchain.toolchain import configure_environment
+
+TOLERANCE = 0.05
+"""A call regresses when it uses more than snapshot * (1 + TOLERANCE) gas."""
+
+SNAPSHOT = Path(__file__).resolve().with_name("gas-snapshot.json")
+
+ORACLE_MAX_AGE = 24 * 3600
+UNBONDING_DELAY = 7 * 24 * 3600
+REPORTER_REWARD_BPS = 1_000
+MINIMUM_STAKE = 1_000 * CONET
+CAPACITY_UNIT = 100 * CONET
+NODE_FUNDS = 100_000 * CONET
+
+# Every transaction gets its own block, BLOCK_INTERVAL seconds after the previous one. Left to the wall
+# clock, two transactions can share a second, and ERC20Votes then overwrites a checkpoint instead of
+# pushing a new one: burn, burnFrom and reissue would cost ~22,000 gas less on a fast run.
+BLOCK_INTERVAL = 12
+RPC_TIMEOUT = 10.0
+RECEIPT_TIMEOUT = 30.0
+
+# anvil's unlocked, funded development accounts, by mnemonic index.
+ADMIN, TREASURY, HOLDER, SPENDER, ARCHIVE_NODE, WITNESS_NODE, REPORTER = range(7)
+
+ENDPOINTS = ["https://node.example.net:443", "wss://node.example.net:8443"]
+UPDATED_ENDPOINTS = ["https://node.example.net:443", "wss://relay.example.net:9443"]
+PRICES = (10, 2, 5_000, 3)  # outboundPerMB, storagePerMBHour, perVCPU, perMBMemory
+UPDATED_PRICES = (12, 2, 6_000, 4)
+
+
+class GasBenchError(RuntimeError):
+    """The chain is not fresh, or a transaction of the benchmark failed."""
+
+
+def hd_key(index: int) -> bytes:
+    """The private key of development account `index` (the path anvil and ape derive it on)."""
+    Account.enable_unaudited_hdwallet_features()
+    account = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
+    return bytes(account.key)
+
+
+def public_key(private_key: bytes) -> bytes:
+    """The 64-byte uncompressed secp256k1 public key (x ‖ y) NodeRegistry.register expects."""
+    return PrivateKey(private_key).public_key.format(compressed=False)[1:]
+
+
+@dataclass
+class _Run:
+    """One pass over the calls: sends transactions with controlled timestamps and records gas."""
+
+    w3: Web3
+    uri: str
+    now: int
+    gas: dict[str, int] = field(default_factory=dict)
+
+    def send(self, label: str | None, call: Any, sender: str) -> Any:
+        """Mines `call` (a contract function or constructor) from `sender`; records its gas under
+        `label` unless the transaction is only setup."""
+        self._set_next_timestamp(self.now + BLOCK_INTERVAL)
+        tx_hash = call.transact({"from": sender})
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT)
+        if receipt["status"] != 1:
+            raise GasBenchError(f"{label or 'setup transaction'} reverted: {tx_hash.to_0x_hex()}")
+        if label is not None:
+            if label in self.gas:
+                raise GasBenchError(f"{label} measured twice")
+            self.gas[label] = int(receipt["gasUsed"])
+        return receipt
+
+    def deploy(self, name: str, sender: str, *args: Any) -> Contract:
+        artifact = contract_artifact(name)
+        factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+        receipt = self.send(f"deploy.{name}", factory.constructor(*args), sender)
+        contract: Contract = self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
+        return contract
+
+    def mine_after(self, seconds: int) -> None:
+        """Mines an empty block `seconds` later. An exact timestamp, not evm_increaseTime: the offset
+        that adds is applied to the wall clock, which this run is already ahead of."""
+        self._set_next_timestamp(self.now + seconds)
+        rpc(self.uri, "evm_mine", timeout=RPC_TIMEOUT)
+
+    def _set_next_timestamp(self, timestamp: int) -> None:
+        rpc(self.uri, "evm_setNextBlockTimestamp", [timestamp], timeout=RPC_TIMEOUT)
+        self.now = timestamp
+
+
+def measure_gas(uri: str) -> dict[str, int]:
+    """Deploys every contract on the fresh anvil at `uri` and returns the gas used by each deployment
+    and main call, keyed like "deploy.CoNETToken" or "Staking.stake(first)"."""
+    configure_environment()
+    w3 = Web3(Web3.HTTPProvider(uri, request_kwargs={"timeout": RPC_TIMEOUT}))
+    if w3.eth.block_number != 0:
+        # Addresses, cold storage and first-time writes all depend on starting from genesis.
+        raise GasBenchError(f"the chain at {uri} is not fresh (block {w3.eth.block_number}); start a new anvil")
+    accounts = list(w3.eth.accounts)
+    keys = {index: hd_key(index) for index in (ARCHIVE_NODE, WITNESS_NODE)}
+    for index, key in keys.items():
+        if Account.from_key(key).address != accounts[index]:
+            raise GasBenchError(f"anvil's account {index} is not the development mnemonic's")
+    admin, treasury, holder, spender = (accounts[i] for i in (ADMIN, TREASURY, HOLDER, SPENDER))
+    archive_node, witness_node, reporter = (accounts[i] for i in (ARCHIVE_NODE, WITNESS_NODE, REPORTER))
+
+    run = _Run(w3=w3, uri=uri, now=int(w3.eth.get_block("latest")["timestamp"]))
+
+    token = run.deploy("CoNETToken", admin, treasury, admin)
+    oracle = run.deploy("PriceOracle", admin, admin, ORACLE_MAX_AGE)
+    stablecoin = run.deploy("MockStablecoin", admin, "Mock USD Coin", "mUSDC")
+    staking = run.deploy("Staking", admin, token.address, admin, treasury, UNBONDING_DELAY, REPORTER_REWARD_BPS)
+    registry = run.deploy("NodeRegistry", admin, staking.address)
+
+    # CoNETToken: the holder starts with no balance, so the transfer pays for a new balance slot.
+    run.send("CoNETToken.transfer", token.functions.transfer(holder, 1_000 * CONET), treasury)
+    run.send("CoNETToken.approve", token.functions.approve(spender, 1_000 * CONET), treasury)
+    run.send("CoNETToken.burn", token.functions.burn(100 * CONET), treasury)
+    run.send("CoNETToken.burnFrom", token.functions.burnFrom(treasury, 100 * CONET), spender)
+    run.send(None, token.functions.grantRole(token.functions.REISSUER_ROLE().call(), admin), admin)
+    run.send("CoNETToken.reissue", token.functions.reissue(holder, 50 * CONET), admin)
+    run.send("CoNETToken.delegate", token.functions.delegate(holder), holder)
+
+    run.send(None, oracle.functions.grantRole(oracle.functions.PRICE_SETTER_ROLE().call(), admin), admin)
+    run.send("PriceOracle.setPrice(first)", oracle.functions.setPrice(token.address, 5 * USD // 100), admin)
+    run.send("PriceOracle.setPrice(update)", oracle.functions.setPrice(token.address, 6 * USD // 100), admin)
+
+    run.send("MockStablecoin.mint", stablecoin.functions.mint(holder, 1_000 * 10**6), holder)
+
+    # Parameters before anyone registers; the measured calls are the first of each kind (0 → value).
+    for role in Role:
+        first = role is Role.CBDC
+        minimum = staking.functions.setMinimumStake(int(role), MINIMUM_STAKE)
+        run.send("Staking.setMinimumStake" if first else None, minimum, admin)
+        unit = staking.functions.setCapacityUnit(int(role), CAPACITY_UNIT)
+        run.send("Staking.setCapacityUnit" if first else None, unit, admin)
+    run.send(None, staking.functions.grantRole(staking.functions.SLASHER_ROLE().call(), admin), admin)
+
+    for node in (archive_node, witness_node):
+        run.send(None, token.functions.transfer(node, NODE_FUNDS), treasury)
+        run.send(None, token.functions.approve(staking.address, NODE_FUNDS), node)
+    witness = int(Role.WITNESS)
+    archive = int(Role.ARCHIVE)
+    run.send("Staking.stake(first)", staking.functions.stake(witness, MINIMUM_STAKE), witness_node)
+    run.send("Staking.stake(top-up)", staking.functions.stake(witness, MINIMUM_STAKE), witness_node)
+    run.send(None, staking.functions.stake(archive, 2 * MINIMUM_STAKE), archive_node)
+
+    register = registry.functions.register
+    witness_key = public_key(keys[WITNESS_NODE])
+    archive_key = public_key(keys[ARCHIVE_NODE])
+    run.send("NodeRegistry.register", register(witness, witness_key, ENDPOINTS, PRICES, "eu-west"), witness_node)
+    run.send(
+        "NodeRegistry.register(archive)", register(archive, archive_key, ENDPOINTS, PRICES, "us-east"), archive_node
+    )
+    witness_id = registry.functions.tokenOf(witness_node, witness).call()
+    archive_id = registry.functions.tokenOf(archive_node, archive).call()
+    update = registry.functions.update(witness_id, UPDATED_ENDPOINTS, UPDATED_PRICES, "eu-central")
+    run.send("NodeRegistry.update", update, witness_node)
+    run.send("NodeRegistry.deregister", registry.functions.deregister(witness_id), witness_node)
+    run.send("NodeRegistry.deregister(archive)", registry.functions.deregister(archive_id), archive_node)
+
+    # Half the witness stake stays bonded, so the node remains in the stakers set.
+    run.send("Staking.requestUnstake", staking.functions.requestUnstake(witness, MINIMUM_STAKE), witness_node)
+    run.mine_after(UNBONDING_DELAY + 1)
+    run.send("Staking.withdraw", staking.functions.withdraw(witness), witness_node)
+    evidence = keccak(text="gas benchmark evidence")
+    slash = staking.functions.slash(archive_node, archive, MINIMUM_STAKE, evidence, reporter)
+    run.send("Staking.slash", slash, admin)
+    return dict(sorted(run.gas.items()))
+
+
+def compare(measured: Mapping[str, int], snapshot: Mapping[str, int]) -> list[str]:
+    """Human-readable problems: calls above their snapshot by more than TOLERANCE, calls the snapshot
+    lacks, and snapshot entries no longer measured (a renamed call must not drop out of the check)."""
+    problems: list[str] = []
+    for call, gas in sorted(measured.items()):
+        expected = snapshot.get(call)
+        if expected is None:
+            problems.append(f"{call}: {gas} gas, missing from the snapshot")
+        elif gas > expected * (1 + TOLERANCE):
+            problems.append(
+                f"{call}: {gas} gas, {gas / expected - 1:+.1%} over the snapshot's {expected} "
+                f"(tolerance {TOLERANCE:.0%})"
+            )
+    problems.extend(f"{call}: in the snapshot but not measured" for call in sorted(set(snapshot) - set(measured)))
+    return problems
+
+
+def load_snapshot(path: Path) -> dict[str, int]:
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise GasBenchError(f"{path} is not a JSON object of call → gas")
+    return {str(k): int(v) for k, v in data.items()}
+
+
+def write_snapshot(path: Path, measured: Mapping[str, int]) -> None:
+    path.write_text(json.dumps(dict(measured), sort_keys=True, indent=2) + "\n")
+
+
+def table(measured: Mapping[str, int], snapshot: Mapping[str, int]) -> str:
+    """call | gas | snapshot | ratio, one row per measured call."""
+    width = max(len("call"), *(len(call) for call in measured))
+    rows = [f"{'call':<{width}}  {'gas':>9}  {'snapshot':>9}  {'ratio':>6}"]
+    for call, gas in sorted(measured.items()):
+        expected = snapshot.get(call)
+        shown = "-" if expected is None else str(expected)
+        ratio = "-" if not expected else f"{gas / expected:.3f}"
+        rows.append(f"{call:<{width}}  {gas:>9}  {shown:>9}  {ratio:>6}")
+    return "\n".join(rows)
+
+
+def node_description(uri: str) -> str:
+    """The client and the hardfork it runs; a new anvil default fork can move gas figures."""
+    client = rpc(uri, "web3_clientVersion", timeout=RPC_TIMEOUT)
+    info = rpc(uri, "anvil_nodeInfo", timeout=RPC_TIMEOUT)
+    fork = info.get("hardFork", "unknown") if isinstance(info, dict) else "unknown"
+    return f"{client}, hardfork {fork}"
+
+
+@click.command()
+@click.option("--write", is_flag=True, help="Rewrite the snapshot with this run's figures.")
+@click.option(
+    "--snapshot",
+    "snapshot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=SNAPSHOT,
+    show_default=True,
+    help="The snapshot file.",
+)
+def main(write: bool, snapshot_path: Path) -> None:
+    """Measure the gas of each deployment and main call on a fresh anvil; compare with the snapshot,
+    or rewrite it with --write."""
+    configure_environment()
+    with running_anvil() as node:
+        click.echo(f"node: {node_description(node.uri)}")
+        measured = measure_gas(node.uri)
+    if write:
+        write_snapshot(snapshot_path, measured)
+        click.echo(table(measured, measured))
+        click.echo(f"wrote {len(measured)} figures to {snapshot_path}")
+        return
+    if not snapshot_path.is_file():
+        click.echo(table(measured, {}))
+        raise click.ClickException(f"no snapshot at {snapshot_path}; run `make gas-snapshot`")
+    snapshot = load_snapshot(snapshot_path)
+    click.echo(table(measured, snapshot))
+    problems = compare(measured, snapshot)
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{len(measured)} calls within {TOLERANCE:.0%} of the snapshot")
+
+
+if __name__ == "__main__":
+    main()
