@@ -595,3 +595,10 @@ def test_generated_accounts_register_with_their_own_keys(registry: Any, archive_
 def test_constructor_rejects_a_zero_staking_address(project: Any, admin: Any) -> None:
     with ape.reverts(project.NodeRegistry.InvalidStaking):
         admin.deploy(project.NodeRegistry, "0x0000000000000000000000000000000000000000")
+
+
+def test_erc721_metadata_and_interfaces(registry: Any) -> None:
+    assert (registry.name(), registry.symbol()) == ("CoNET Node", "CNODE")
+    assert registry.supportsInterface(bytes.fromhex("80ac58cd"))  # IERC721
+    assert registry.supportsInterface(bytes.fromhex("5b5e139f"))  # IERC721Metadata
+    assert not registry.supportsInterface(bytes.fromhex("ffffffff"))

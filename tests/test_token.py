@@ -160,3 +160,70 @@ def test_no_sequence_of_burns_and_reissues_exceeds_the_cap(
                 assert token.totalSupply() == supply + amount
         assert token.totalSupply() <= GENESIS
         assert token.reissuable() == GENESIS - token.totalSupply()
+
+
+def test_transfer_from_spends_the_allowance(token: Any, treasury: Any, alice: Any, bob: Any) -> None:
+    token.approve(alice, 300, sender=treasury)
+    token.transferFrom(treasury, bob, 200, sender=alice)
+    assert token.balanceOf(bob) == 200
+    assert token.allowance(treasury, alice) == 100
+
+
+def test_delegate_by_signature(token: Any, treasury: Any, alice: Any, bob: Any, chain: Any) -> None:
+    token.transfer(alice, 5_000, sender=treasury)
+    expiry = chain.pending_timestamp + 3600
+    name, version, chain_id, verifying = token.eip712Domain()[1:5]
+    typed = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Delegation": [
+                {"name": "delegatee", "type": "address"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "expiry", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Delegation",
+        "domain": {"name": name, "version": version, "chainId": chain_id, "verifyingContract": verifying},
+        "message": {"delegatee": bob.address, "nonce": token.nonces(alice), "expiry": expiry},
+    }
+    signed = Account.sign_message(encode_typed_data(full_message=typed), alice.private_key)
+    r, s = signed.r.to_bytes(32, "big"), signed.s.to_bytes(32, "big")
+    token.delegateBySig(bob, 0, expiry, signed.v, r, s, sender=bob)  # anyone may submit it
+    assert token.delegates(alice) == bob.address
+    assert token.getVotes(bob) == 5_000
+    assert token.numCheckpoints(bob) == 1
+    with ape.reverts(token.InvalidAccountNonce):  # replay
+        token.delegateBySig(bob, 0, expiry, signed.v, r, s, sender=bob)
+
+
+def test_past_total_supply_follows_burns(token: Any, treasury: Any, chain: Any) -> None:
+    receipt = token.burn(10**18, sender=treasury)
+    chain.mine(1, timestamp=chain.pending_timestamp + 10)
+    assert token.getPastTotalSupply(receipt.timestamp - 1) == GENESIS
+    assert token.getPastTotalSupply(receipt.timestamp) == GENESIS - 10**18
+
+
+def test_roles_can_be_revoked_and_renounced(token: Any, admin: Any, reissuer: Any, treasury: Any) -> None:
+    role = token.REISSUER_ROLE()
+    assert token.getRoleAdmin(role) == token.DEFAULT_ADMIN_ROLE()
+    token.revokeRole(role, reissuer, sender=admin)
+    assert not token.hasRole(role, reissuer)
+    token.grantRole(role, reissuer, sender=admin)
+    token.renounceRole(role, reissuer, sender=reissuer)
+    token.burn(1, sender=treasury)
+    with ape.reverts(token.AccessControlUnauthorizedAccount):
+        token.reissue(treasury, 1, sender=reissuer)
+
+
+def test_interfaces_and_domain(token: Any, chain: Any) -> None:
+    assert token.supportsInterface(bytes.fromhex("7965db0b"))  # IAccessControl
+    assert token.supportsInterface(bytes.fromhex("01ffc9a7"))  # IERC165
+    assert not token.supportsInterface(bytes.fromhex("ffffffff"))
+    _, name, version, chain_id, verifying, _, _ = token.eip712Domain()
+    assert (name, version, chain_id, verifying) == ("CoNET", "1", chain.chain_id, token.address)
+    assert len(token.DOMAIN_SEPARATOR()) == 32
