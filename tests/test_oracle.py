@@ -18,6 +18,11 @@ def feed(project: Any, admin: Any) -> Any:
     return admin.deploy(project.TestAggregator, 18)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _deployed(oracle: Any, feed: Any) -> None:
+    """Set up the module's fixtures before ape's per-test snapshots start (else ape warns and rebases)."""
+
+
 def test_a_set_price_is_returned_with_its_time(oracle: Any, admin: Any, chain: Any) -> None:
     receipt = oracle.setPrice(ASSET, 5 * USD, sender=admin)
     price, updated = oracle.price(ASSET)
