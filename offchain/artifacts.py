@@ -62,8 +62,15 @@ def _hex(code: dict[str, str] | None) -> bytes:
 
 def _manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
-    if not path.is_file() or _stale(root, _read(path)):
+    manifest = _cached(path) if path.is_file() else None
+    if manifest is None or _stale(root, manifest):
         _compile(root)
+        manifest = _cached(path)
+    return manifest
+
+
+def _cached(path: Path) -> dict[str, Any]:
+    """The parsed manifest, parsed again only when ape has rewritten it."""
     mtime = path.stat().st_mtime
     cached = _cache.get(path)
     if cached is None or cached[0] != mtime:

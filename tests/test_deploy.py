@@ -178,3 +178,22 @@ def test_a_public_network_needs_an_account_and_never_gets_the_mock(tmp_path: Pat
         assert sorted(data["contracts"]) == ["CoNETToken", "NodeRegistry", "PriceOracle", "Staking"]
     finally:
         fuji.stop()
+
+
+def test_a_malformed_book_is_refused_not_replaced(book_dir: Path, accounts: Any) -> None:
+    # Starting over silently would redeploy every contract of a public network.
+    path = book_dir / "avalanche-local.json"
+    path.write_text("{not json")
+    with pytest.raises(DeployError, match=r"not valid JSON.*--fresh"):
+        deploy(accounts[0], "avalanche:local", log=quiet)
+    assert path.read_text() == "{not json"
+
+
+def test_a_rerun_that_only_confirms_keeps_the_recorded_commit(book_dir: Path, accounts: Any) -> None:
+    deploy(accounts[0], "avalanche:local", log=quiet)
+    book = addressbook.load("avalanche:local")
+    book.commit, book.deployer = "built-from-this", "0x0000000000000000000000000000000000000001"
+    addressbook.save(book)
+    deploy(accounts[0], "avalanche:local", log=quiet)
+    kept = addressbook.load("avalanche:local")
+    assert (kept.commit, kept.deployer) == ("built-from-this", "0x0000000000000000000000000000000000000001")

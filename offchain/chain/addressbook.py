@@ -79,22 +79,23 @@ class AddressBook:
                 deployer=str(data.get("deployer", "")),
                 commit=str(data.get("commit", "")),
             )
-            for name, entry in data["contracts"].items():
-                deployment = Deployment(
+            entries = {
+                str(name): Deployment(
                     address=str(entry["address"]),
                     block=int(entry["block"]),
                     tx_hash=str(entry["txHash"]),
                     code_hash=str(entry["codeHash"]),
                 )
-                if not _ADDRESS.match(deployment.address):
-                    raise AddressBookError(f"{name}: not an address: {deployment.address!r}")
-                if not _HASH.match(deployment.code_hash):
-                    raise AddressBookError(f"{name}: not a code hash: {deployment.code_hash!r}")
-                book.contracts[str(name)] = deployment
+                for name, entry in data["contracts"].items()
+            }
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, AddressBookError):
-                raise
             raise AddressBookError(f"malformed address book: {exc!r}") from exc
+        for name, deployment in entries.items():
+            if not _ADDRESS.match(deployment.address):
+                raise AddressBookError(f"{name}: not an address: {deployment.address!r}")
+            if not _HASH.match(deployment.code_hash):
+                raise AddressBookError(f"{name}: not a code hash: {deployment.code_hash!r}")
+        book.contracts = entries
         return book
 
 

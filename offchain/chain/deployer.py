@@ -119,10 +119,8 @@ def deploy(
     chain_id = chain.chain_id
     local = chain_id in LOCAL_CHAIN_IDS
     book = _starting_book(network, chain_id, fresh, log)
-    book.deployer = account.address
-    book.commit = git_commit()
 
-    run = _Run(account=account, book=book, project=project, chain=chain, log=log)
+    run = _Run(account=account, book=book, project=project, chain=chain, log=log, commit=git_commit())
     token = run.ensure("CoNETToken", [], account.address, account.address)
     oracle = run.ensure("PriceOracle", [], account.address, config.oracle_max_age)
     staking = run.ensure(
@@ -155,11 +153,14 @@ def deploy(
 def _starting_book(network: str, chain_id: int, fresh: bool, log: Log) -> AddressBook:
     if fresh:
         return AddressBook(network=network, chain_id=chain_id)
+    if not addressbook.book_path(network).exists():
+        log(f"starting a new address book for {network}")
+        return AddressBook(network=network, chain_id=chain_id)
     try:
         book = addressbook.load(network)
     except addressbook.AddressBookError as exc:
-        log(f"starting a new address book ({exc})")
-        return AddressBook(network=network, chain_id=chain_id)
+        # Never start over silently: on a public network that would redeploy everything.
+        raise DeployError(f"{exc}; repair the book or use --fresh to start a new one") from exc
     if book.chain_id != chain_id:
         raise DeployError(
             f"the address book of {network} is for chain {book.chain_id}, but the node is chain {chain_id}; "
@@ -175,6 +176,7 @@ class _Run:
     project: Any
     chain: Any
     log: Log
+    commit: str
     instances: dict[str, Any] = field(default_factory=dict)
     deployed: list[str] = field(default_factory=list)
 
@@ -195,6 +197,9 @@ class _Run:
                 code_hash=self._code_hash(instance.address),
             )
             self.deployed.append(name)
+            # The book names who deployed and from which commit; a run that only confirms keeps them.
+            self.book.deployer = self.account.address
+            self.book.commit = self.commit
             addressbook.save(self.book)
             self.log(f"deployed {name:<16} {instance.address} (block {receipt.block_number})")
         self.instances[name] = instance
