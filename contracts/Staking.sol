@@ -6,6 +6,7 @@ import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
 import {EnumerableSet} from "@openzeppelin/contracts/utils/structs/EnumerableSet.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {ISlashing} from "./interfaces/ISlashing.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
 import {Role} from "./types/Role.sol";
 
@@ -15,7 +16,7 @@ import {Role} from "./types/Role.sol";
 /// once). Unstaking waits out an unbonding delay, during which the stake can still be slashed: fraud
 /// found late is still punished. A slash sends the stake to the income pool and a share to whoever
 /// reported the evidence; each piece of evidence is usable once.
-contract Staking is IStaking, AccessControl {
+contract Staking is IStaking, ISlashing, AccessControl {
     using SafeERC20 for IERC20;
     using EnumerableSet for EnumerableSet.AddressSet;
 

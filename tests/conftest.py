@@ -3,7 +3,7 @@ snapshot isolation reverting each test's transactions; deploy and gas tests star
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -107,3 +107,85 @@ def funded(token: Any, treasury: Any, accounts: Any) -> Iterator[list[Any]]:
 def stake(staking: Any, token: Any, node: Any, role: Role, amount: int) -> None:
     token.approve(staking, amount, sender=node)
     staking.stake(int(role), amount, sender=node)
+
+
+# ---------------------------------------------------------------- the CoNETCash economy
+
+ORDER_TIMEOUT = 3_600
+EPOCH_GRACE = DAY
+CONET_PRICE = 5 * 10**6  # $0.05 with 8 decimals
+DOLLAR = 10**8  # $1.00 with 8 decimals
+ARCHIVE_NODES = 4  # two archive groups of two
+
+
+def sign_digest(account: Any, digest: bytes) -> bytes:
+    """A 65-byte r ‖ s ‖ v signature of `digest` by an ape test account's key."""
+    from eth_account import Account
+
+    signed = Account.unsafe_sign_hash(digest, account.private_key)
+    return bytes(signed.signature)
+
+
+def group_signatures(signers: Sequence[Any], digest: bytes) -> bytes:
+    """The signatures of `signers`, concatenated in ascending order of address, as DleRegistry wants."""
+    ordered = sorted(signers, key=lambda account: int(account.address, 16))
+    return b"".join(sign_digest(account, digest) for account in ordered)
+
+
+@pytest.fixture(scope="module")
+def params(project: Any, admin: Any) -> Any:
+    """The parameter store, owned by admin (governance takes it over in the deploy and story tests)."""
+    return admin.deploy(project.ParameterStore, admin, ORDER_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def dle(project: Any, admin: Any, registry: Any, staking: Any) -> Any:
+    contract = admin.deploy(project.DleRegistry, registry, staking, EPOCH_GRACE)
+    staking.grantRole(staking.SLASHER_ROLE(), contract, sender=admin)
+    return contract
+
+
+@pytest.fixture(scope="module")
+def cash(project: Any, admin: Any, token: Any, oracle: Any, staking: Any, params: Any, dle: Any) -> Any:
+    contract = admin.deploy(project.CoNETCash, token, oracle, staking, params, dle)
+    token.grantRole(token.REISSUER_ROLE(), contract, sender=admin)
+    return contract
+
+
+@pytest.fixture(scope="module")
+def archive_nodes(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any, registry: Any) -> list[Any]:
+    """ARCHIVE_NODES fresh staked and registered archive nodes (token ids alternate between the two
+    groups), with both groups' first epoch opened in the DLE registry by the `dle` fixture's users."""
+    nodes = []
+    for _ in range(ARCHIVE_NODES):
+        account = accounts.generate_test_account()
+        admin.transfer(account, "1 ether")
+        token.transfer(account, MIN_STAKE[Role.ARCHIVE], sender=treasury)
+        stake(staking, token, account, Role.ARCHIVE, MIN_STAKE[Role.ARCHIVE])
+        registry.register(int(Role.ARCHIVE), public_key(account), ["https://archive.example"], (0, 0, 0, 0), "eu",
+                          sender=account)
+        nodes.append(account)
+    return nodes
+
+
+def group_of(registry: Any, nodes: Sequence[Any], group: int) -> list[Any]:
+    """The archive nodes among `nodes` that are members of `group`."""
+    return [node for node in nodes if registry.archiveGroupOf(registry.tokenOf(node, int(Role.ARCHIVE))) == group]
+
+
+@pytest.fixture(scope="module")
+def cbdc(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any, cash: Any) -> Any:
+    """A fresh staked CBDC holding 1,000,000 CoNET beyond its stake, with an allowance to CoNETCash."""
+    account = accounts.generate_test_account()
+    admin.transfer(account, "10 ether")
+    token.transfer(account, MIN_STAKE[Role.CBDC] + 1_000_000 * CONET, sender=treasury)
+    stake(staking, token, account, Role.CBDC, MIN_STAKE[Role.CBDC])
+    token.approve(cash, 2**256 - 1, sender=account)
+    return account
+
+
+def set_prices(oracle: Any, admin: Any, token: Any, *stablecoins: Any) -> None:
+    """CoNET at $0.05, each stablecoin at $1.00."""
+    oracle.setPrice(token, CONET_PRICE, sender=admin)
+    for coin in stablecoins:
+        oracle.setPrice(coin, DOLLAR, sender=admin)

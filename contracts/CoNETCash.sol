@@ -1,0 +1,478 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.28;
+
+import {ERC721} from "@openzeppelin/contracts/token/ERC721/ERC721.sol";
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {DleRegistry} from "./DleRegistry.sol";
+import {ParameterKeys, ParameterStore} from "./governance/ParameterStore.sol";
+import {ICoNETToken} from "./interfaces/ICoNETToken.sol";
+import {IPriceOracle} from "./interfaces/IPriceOracle.sol";
+import {IStaking} from "./interfaces/IStaking.sol";
+import {DleChainId} from "./libraries/DleChainId.sol";
+import {Role} from "./types/Role.sol";
+
+/// @title CoNETCash
+/// @notice Stablecoin-backed e-cash notes (DESIGN §4, §6). A buyer deposits at most NOTE_CAP_UNITS of a
+/// backing stablecoin. A withdrawn note of that stablecoin waiting in the pool is re-funded and handed
+/// over at once; otherwise the deposit waits as an order until a staked CBDC fills it, burning CoNET
+/// worth CBDC_BURN_BPS of the note, and the note NFT is minted. Its value then lives on its own DLE
+/// chain; this contract holds the backing and pays it out on exit certificates signed by every member
+/// of the note's archive group.
+///
+/// Token ids are shared by orders and notes: an order becomes the note of the same id when filled.
+///
+/// The note's CBDC is paid by pull, not push: an exit credits its fee and the value it may claim
+/// CoNET re-issue for, and `claim` pays both. An exit therefore never depends on the CBDC's address
+/// accepting a transfer, nor on a fresh oracle price; the re-issue is valued when it is claimed.
+contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
+    using SafeERC20 for IERC20;
+
+    /// @notice Where an id stands.
+    enum Status {
+        None,
+        Ordered,
+        Live,
+        Pooled
+    }
+
+    /// @notice What a holder exits: the DLE group's certificate of an exit finalized on the note chain.
+    struct ExitCertificate {
+        uint256 note;
+        bytes32 chain;
+        uint256 height;
+        address holder;
+        address receiver;
+        uint256 amount;
+        uint256 nonce;
+    }
+
+    /// @notice A note or order as the views return it.
+    struct NoteView {
+        Status status;
+        address stablecoin;
+        uint256 faceValue;
+        uint256 outstanding;
+        address party; // the buyer while ordered, the issuing CBDC once live
+        uint256 stamp; // the order's timestamp while ordered, the block the note was minted or re-funded in
+        bool reissuable; // whether exits earn the CBDC a CoNET re-issue (the note was backed by a burn)
+        bytes32 chain;
+    }
+
+    /// @notice What a CBDC has earned in one stablecoin and not claimed.
+    struct Earnings {
+        uint128 fees;
+        uint128 reissueValue;
+    }
+
+    // One slot per note: its whole life is read and written with one SLOAD and one SSTORE.
+    struct Note {
+        uint16 coin;
+        Status status;
+        bool reissuable;
+        uint88 outstanding;
+        uint88 faceValue;
+        uint48 stamp;
+    }
+
+    struct Coin {
+        address token;
+        uint8 decimals;
+        uint88 backing;
+    }
+
+    uint256 private constant _BPS = 10_000;
+    uint256 private constant _ORACLE_DECIMALS = 8;
+    uint256 private constant _CONET_DECIMALS = 18;
+    // Exit nonces are tracked 255 to a word; the top bit marks a word as written so that the first
+    // exit of a note updates a slot instead of creating one. `fill` pre-writes word 0.
+    uint256 private constant _NONCES_PER_WORD = 255;
+    uint256 private constant _WORD_WRITTEN = 1 << 255;
+    bytes32 private constant _EXIT_TYPEHASH = keccak256(
+        "ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,uint256 amount,uint256 nonce)"
+    );
+
+    ICoNETToken private immutable _conet;
+    IPriceOracle private immutable _oracle;
+    IStaking private immutable _staking;
+    ParameterStore private immutable _params;
+    DleRegistry private immutable _registry;
+
+    uint256 private _nextId = 1;
+    mapping(uint256 id => Note) private _notes;
+    mapping(uint256 id => address) private _parties;
+    mapping(uint256 note => mapping(uint256 word => uint256 bits)) private _usedExitNonces;
+
+    Coin[] private _coins; // index + 1 is a coin's id; 0 means "not seen yet"
+    mapping(address token => uint16 coin) private _coinIds;
+    mapping(uint16 coin => uint256) private _openOrderValue;
+    mapping(uint16 coin => uint256[] ids) private _pool;
+    mapping(address cbdc => mapping(uint16 coin => Earnings)) private _earnings;
+
+    /// @notice A constructor argument is the zero address.
+    error ZeroAddress();
+    /// @notice `stablecoin` is not listed to back notes.
+    error StablecoinNotListed(address stablecoin);
+    /// @notice `amount` is zero or above the note cap `cap`.
+    error InvalidAmount(uint256 amount, uint256 cap);
+    /// @notice The stablecoin delivered `received` where `expected` was sent: fee-on-transfer tokens
+    /// cannot back notes.
+    error TransferShortfall(uint256 expected, uint256 received);
+    /// @notice `id` is not an open order.
+    error OrderNotOpen(uint256 id);
+    /// @notice `caller` is not a CBDC with the minimum stake.
+    error NotStakedCbdc(address caller);
+    /// @notice Only the buyer may cancel order `id`.
+    error NotBuyer(uint256 id, address caller);
+    /// @notice Order `id` may be cancelled from `deadline` on.
+    error OrderNotExpired(uint256 id, uint256 deadline);
+    /// @notice `id` is not a live note.
+    error NoteNotLive(uint256 id);
+    /// @notice The certificate is for chain `given`, the note's chain is `expected`.
+    error WrongChain(bytes32 expected, bytes32 given);
+    /// @notice `amount` is zero or above the note's outstanding value.
+    error InvalidExitAmount(uint256 amount, uint256 outstanding);
+    /// @notice The certificate with `nonce` for `note` was already used.
+    error CertificateUsed(uint256 note, uint256 nonce);
+    /// @notice Nothing to claim in `stablecoin`.
+    error NothingToClaim(address stablecoin);
+
+    /// @notice `buyer` deposited `amount` of `stablecoin`; the order waits for a CBDC until `deadline`.
+    event OrderPlaced(uint256 indexed id, address indexed buyer, address indexed stablecoin, uint256 amount);
+    /// @notice `buyer` took back the deposit of unfilled order `id`.
+    event OrderCancelled(uint256 indexed id, address indexed buyer, uint256 amount);
+    /// @notice CBDC `issuer` filled order `id`: note `id` is minted for `buyer`, `burned` CoNET burned.
+    /// `selection` is the Selection Chain record of the roulette draw that picked the CBDC.
+    /// The DLE mirror starts the note's chain from this event.
+    event NoteMinted(
+        uint256 indexed id,
+        address indexed buyer,
+        address indexed issuer,
+        address stablecoin,
+        uint256 faceValue,
+        uint256 burned,
+        bytes32 selection,
+        bytes32 chain
+    );
+    /// @notice Pooled note `id` was re-funded with `amount` and assigned to `buyer`.
+    event NoteRefunded(uint256 indexed id, address indexed buyer, address indexed stablecoin, uint256 amount);
+    /// @notice `amount` of note `id` was exited: `payout` to `receiver`, `fee` credited to the CBDC.
+    event NoteExited(
+        uint256 indexed id, address indexed holder, address indexed receiver, uint256 amount, uint256 fee, uint256 nonce
+    );
+    /// @notice Note `id` is fully exited and waits in the pool of its stablecoin.
+    event NotePooled(uint256 indexed id, address indexed stablecoin);
+    /// @notice `cbdc` claimed `fees` of `stablecoin` and `reissued` CoNET; the cap withheld `withheld`.
+    event EarningsClaimed(
+        address indexed cbdc, address indexed stablecoin, uint256 fees, uint256 reissued, uint256 withheld
+    );
+
+    /// @param conet_ The CoNET token; this contract needs its re-issuer role.
+    /// @param oracle_ USD prices of CoNET and the stablecoins.
+    /// @param staking_ Where CBDC stakes are checked.
+    /// @param params_ The governance parameter store.
+    /// @param registry_ The DLE registry that checks exit certificates.
+    constructor(
+        ICoNETToken conet_,
+        IPriceOracle oracle_,
+        IStaking staking_,
+        ParameterStore params_,
+        DleRegistry registry_
+    ) ERC721("CoNETCash", "CASH") EIP712("CoNETCash", "1") {
+        if (
+            address(conet_) == address(0) || address(oracle_) == address(0) || address(staking_) == address(0)
+                || address(params_) == address(0) || address(registry_) == address(0)
+        ) revert ZeroAddress();
+        _conet = conet_;
+        _oracle = oracle_;
+        _staking = staking_;
+        _params = params_;
+        _registry = registry_;
+    }
+
+    // ---------------------------------------------------------------- buyers
+
+    /// @notice Buys a note of `amount` units of `stablecoin`, pulling the deposit (needs an allowance).
+    /// A pooled note of that stablecoin is re-funded and assigned at once; otherwise an order waits
+    /// for a CBDC.
+    /// @return id The note (if `assigned`) or the order.
+    /// @return assigned Whether a pooled note was assigned at once.
+    function buy(address stablecoin, uint256 amount) external nonReentrant returns (uint256 id, bool assigned) {
+        (bool listed, uint8 decimals, uint256 cap) = _params.noteTerms(stablecoin);
+        if (!listed) revert StablecoinNotListed(stablecoin);
+        if (amount == 0 || amount > cap) revert InvalidAmount(amount, cap);
+        uint16 coin = _coinOf(stablecoin, decimals);
+
+        uint256[] storage pool = _pool[coin];
+        if (pool.length > 0) {
+            id = pool[pool.length - 1];
+            pool.pop();
+            _notes[id] = Note(coin, Status.Live, false, uint88(amount), uint88(amount), uint48(block.number));
+            _coins[coin - 1].backing += uint88(amount);
+            emit NoteRefunded(id, msg.sender, stablecoin, amount);
+            assigned = true;
+        } else {
+            id = _nextId++;
+            _notes[id] = Note(coin, Status.Ordered, false, uint88(amount), uint88(amount), uint48(block.timestamp));
+            _parties[id] = msg.sender;
+            _openOrderValue[coin] += amount;
+            emit OrderPlaced(id, msg.sender, stablecoin, amount);
+        }
+        _pullExactly(IERC20(stablecoin), amount);
+        if (assigned) _safeMint(msg.sender, id);
+    }
+
+    /// @notice Cancels the caller's order `id` after the order timeout and refunds the deposit.
+    function cancel(uint256 id) external nonReentrant {
+        Note memory order = _notes[id];
+        if (order.status != Status.Ordered) revert OrderNotOpen(id);
+        address buyer = _parties[id];
+        if (buyer != msg.sender) revert NotBuyer(id, msg.sender);
+        uint256 deadline = uint256(order.stamp) + _params.value(ParameterKeys.ORDER_TIMEOUT);
+        if (block.timestamp < deadline) revert OrderNotExpired(id, deadline);
+
+        delete _notes[id];
+        delete _parties[id];
+        _openOrderValue[order.coin] -= order.faceValue;
+        emit OrderCancelled(id, buyer, order.faceValue);
+        IERC20(_coins[order.coin - 1].token).safeTransfer(buyer, order.faceValue);
+    }
+
+    // ---------------------------------------------------------------- CBDCs
+
+    /// @notice Fills order `id` as its CBDC: burns the caller's CoNET worth CBDC_BURN_BPS of the note at
+    /// the oracle price (rounded up; needs an allowance) and mints the note to the buyer.
+    /// @param selection The Selection Chain record of the roulette draw that picked the caller, so
+    /// anyone can re-run the draw and check it.
+    function fill(uint256 id, bytes32 selection) external nonReentrant returns (uint256 burned) {
+        Note memory note = _notes[id];
+        if (note.status != Status.Ordered) revert OrderNotOpen(id);
+        if (!_staking.meetsMinimum(msg.sender, Role.CBDC)) revert NotStakedCbdc(msg.sender);
+        Coin storage coin = _coins[note.coin - 1];
+        address stablecoin = coin.token;
+        uint256 burnValue = Math.mulDiv(note.faceValue, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS, Math.Rounding.Ceil);
+        burned = _conetWorth(stablecoin, coin.decimals, burnValue, Math.Rounding.Ceil);
+
+        address buyer = _parties[id];
+        note.status = Status.Live;
+        note.reissuable = true;
+        note.stamp = uint48(block.number);
+        _notes[id] = note;
+        _parties[id] = msg.sender;
+        _usedExitNonces[id][0] = _WORD_WRITTEN;
+        _openOrderValue[note.coin] -= note.faceValue;
+        coin.backing += note.faceValue;
+        bytes32 chain = DleChainId.compute(address(this), id);
+        emit NoteMinted(id, buyer, msg.sender, stablecoin, note.faceValue, burned, selection, chain);
+
+        if (burned > 0) _conet.burnFrom(msg.sender, burned);
+        _safeMint(buyer, id);
+    }
+
+    /// @notice Pays the caller's fees in `stablecoin` and re-issues the CoNET its exits earned, valued
+    /// at the oracle price now, never above the cap: what the cap withholds is reported and forfeited.
+    function claim(address stablecoin) external nonReentrant returns (uint256 fees, uint256 reissued) {
+        uint16 coinId = _coinIds[stablecoin];
+        Earnings memory earned = coinId == 0 ? Earnings(0, 0) : _earnings[msg.sender][coinId];
+        if (earned.fees == 0 && earned.reissueValue == 0) revert NothingToClaim(stablecoin);
+        delete _earnings[msg.sender][coinId];
+        fees = earned.fees;
+
+        uint256 withheld = 0;
+        if (earned.reissueValue > 0) {
+            Coin memory coin = _coins[coinId - 1];
+            uint256 value = Math.mulDiv(earned.reissueValue, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS);
+            uint256 owed = _conetWorth(stablecoin, coin.decimals, value, Math.Rounding.Floor);
+            reissued = Math.min(owed, _conet.reissuable());
+            withheld = owed - reissued;
+        }
+        emit EarningsClaimed(msg.sender, stablecoin, fees, reissued, withheld);
+        if (reissued > 0) _conet.reissue(msg.sender, reissued);
+        if (fees > 0) IERC20(stablecoin).safeTransfer(msg.sender, fees);
+    }
+
+    // ---------------------------------------------------------------- exits
+
+    /// @notice Pays out an exit finalized on a note chain. `signatures` are those of every member of
+    /// epoch `epoch` of the note's archive group over the certificate's EIP-712 digest, sorted by
+    /// signer. Pays `amount` minus EXIT_FEE_BPS (rounded up) to the receiver and credits the fee and
+    /// the re-issue to the note's CBDC. A note exited to zero goes to the pool.
+    function exit(ExitCertificate calldata certificate, uint256 epoch, bytes calldata signatures)
+        external
+        nonReentrant
+        returns (uint256 payout)
+    {
+        uint256 id = certificate.note;
+        Note memory note = _notes[id];
+        if (note.status != Status.Live) revert NoteNotLive(id);
+        bytes32 chain = DleChainId.compute(address(this), id);
+        if (certificate.chain != chain) revert WrongChain(chain, certificate.chain);
+        uint256 amount = certificate.amount;
+        if (amount == 0 || amount > note.outstanding) revert InvalidExitAmount(amount, note.outstanding);
+        _useExitNonce(id, certificate.nonce);
+        _registry.verifyChainCertificate(chain, exitDigest(certificate), epoch, signatures);
+
+        (address stablecoin, uint256 fee) = _debit(certificate, note);
+        payout = amount - fee;
+        if (payout > 0) IERC20(stablecoin).safeTransfer(certificate.receiver, payout);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @notice Note or order `id`.
+    function noteOf(uint256 id) external view returns (NoteView memory) {
+        Note memory note = _notes[id];
+        address stablecoin = note.coin == 0 ? address(0) : _coins[note.coin - 1].token;
+        return NoteView({
+            status: note.status,
+            stablecoin: stablecoin,
+            faceValue: note.faceValue,
+            outstanding: note.status == Status.Live ? note.outstanding : 0,
+            party: _parties[id],
+            stamp: note.stamp,
+            reissuable: note.reissuable,
+            chain: DleChainId.compute(address(this), id)
+        });
+    }
+
+    /// @notice The value still backing live note `id` (0 for anything else).
+    function outstandingOf(uint256 id) external view returns (uint256) {
+        Note memory note = _notes[id];
+        return note.status == Status.Live ? note.outstanding : 0;
+    }
+
+    /// @notice When order `id` may be cancelled.
+    function orderDeadline(uint256 id) external view returns (uint256) {
+        Note memory order = _notes[id];
+        if (order.status != Status.Ordered) revert OrderNotOpen(id);
+        return uint256(order.stamp) + _params.value(ParameterKeys.ORDER_TIMEOUT);
+    }
+
+    /// @notice The id the next order will get; orders and notes have ids below it.
+    function nextId() external view returns (uint256) {
+        return _nextId;
+    }
+
+    /// @notice Withdrawn notes of `stablecoin` waiting to be re-funded.
+    function poolSize(address stablecoin) external view returns (uint256) {
+        uint16 coin = _coinIds[stablecoin];
+        return coin == 0 ? 0 : _pool[coin].length;
+    }
+
+    /// @notice The sum of outstanding values of live notes of `stablecoin`.
+    function backing(address stablecoin) external view returns (uint256) {
+        uint16 coin = _coinIds[stablecoin];
+        return coin == 0 ? 0 : _coins[coin - 1].backing;
+    }
+
+    /// @notice The deposits of `stablecoin` waiting in open orders.
+    function openOrderValue(address stablecoin) external view returns (uint256) {
+        return _openOrderValue[_coinIds[stablecoin]];
+    }
+
+    /// @notice What `cbdc` may claim in `stablecoin`: fees, and the exited value its re-issue is based on.
+    function earningsOf(address cbdc, address stablecoin) external view returns (Earnings memory) {
+        uint16 coin = _coinIds[stablecoin];
+        return coin == 0 ? Earnings(0, 0) : _earnings[cbdc][coin];
+    }
+
+    /// @notice Whether the exit certificate of `note` with `nonce` was used.
+    function isExitNonceUsed(uint256 note, uint256 nonce) external view returns (bool) {
+        uint256 word = _usedExitNonces[note][nonce / _NONCES_PER_WORD];
+        return word & (1 << (nonce % _NONCES_PER_WORD)) != 0;
+    }
+
+    /// @notice The DLE chain id of note `id`.
+    function chainOf(uint256 id) external view returns (bytes32) {
+        return DleChainId.compute(address(this), id);
+    }
+
+    /// @notice The EIP-712 digest the archive group signs for `certificate`.
+    function exitDigest(ExitCertificate calldata certificate) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_EXIT_TYPEHASH, certificate)));
+    }
+
+    /// @notice The CoNET a CBDC burns to fill an order of `amount` `stablecoin` at today's prices.
+    function burnFor(address stablecoin, uint256 amount) external view returns (uint256) {
+        uint8 decimals = _params.stablecoinDecimals(stablecoin);
+        uint256 burnValue = Math.mulDiv(amount, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS, Math.Rounding.Ceil);
+        return _conetWorth(stablecoin, decimals, burnValue, Math.Rounding.Ceil);
+    }
+
+    /// @notice The contracts this one works with.
+    function dependencies()
+        external
+        view
+        returns (ICoNETToken conet, IPriceOracle oracle, IStaking staking, ParameterStore params, DleRegistry registry)
+    {
+        return (_conet, _oracle, _staking, _params, _registry);
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    function _coinOf(address stablecoin, uint8 decimals) private returns (uint16 coin) {
+        coin = _coinIds[stablecoin];
+        if (coin != 0) return coin;
+        _coins.push(Coin(stablecoin, decimals, 0));
+        coin = uint16(_coins.length);
+        _coinIds[stablecoin] = coin;
+    }
+
+    function _pullExactly(IERC20 stablecoin, uint256 amount) private {
+        uint256 before = stablecoin.balanceOf(address(this));
+        stablecoin.safeTransferFrom(msg.sender, address(this), amount);
+        uint256 received = stablecoin.balanceOf(address(this)) - before;
+        if (received != amount) revert TransferShortfall(amount, received);
+    }
+
+    /// @dev The exit's effects: lowers the note and the backing, credits the CBDC, pools an empty note.
+    function _debit(ExitCertificate calldata certificate, Note memory note)
+        private
+        returns (address stablecoin, uint256 fee)
+    {
+        uint256 id = certificate.note;
+        uint256 amount = certificate.amount;
+        fee = Math.mulDiv(amount, _params.value(ParameterKeys.EXIT_FEE_BPS), _BPS, Math.Rounding.Ceil);
+        // `amount` is at most `outstanding`, itself at most the note cap: the casts cannot truncate.
+        note.outstanding -= uint88(amount);
+        Coin storage coin = _coins[note.coin - 1];
+        coin.backing -= uint88(amount);
+        stablecoin = coin.token;
+        Earnings storage earned = _earnings[_parties[id]][note.coin];
+        earned.fees += uint128(fee);
+        if (note.reissuable) earned.reissueValue += uint128(amount);
+        emit NoteExited(id, certificate.holder, certificate.receiver, amount, fee, certificate.nonce);
+
+        if (note.outstanding == 0) {
+            note.status = Status.Pooled;
+            note.reissuable = false;
+            _pool[note.coin].push(id);
+            _burn(id);
+            emit NotePooled(id, stablecoin);
+        }
+        _notes[id] = note;
+    }
+
+    function _useExitNonce(uint256 id, uint256 nonce) private {
+        uint256 index = nonce / _NONCES_PER_WORD;
+        uint256 bit = 1 << (nonce % _NONCES_PER_WORD);
+        uint256 word = _usedExitNonces[id][index];
+        if (word & bit != 0) revert CertificateUsed(id, nonce);
+        _usedExitNonces[id][index] = word | bit | _WORD_WRITTEN;
+    }
+
+    /// @dev CoNET (18 decimals) worth `value` units of `stablecoin`:
+    /// value × price(stablecoin) × 10^18 / (price(CoNET) × 10^decimals).
+    function _conetWorth(address stablecoin, uint8 decimals, uint256 value, Math.Rounding rounding)
+        private
+        view
+        returns (uint256)
+    {
+        (uint256 coinPrice,) = _oracle.price(stablecoin);
+        (uint256 conetPrice,) = _oracle.price(address(_conet));
+        return Math.mulDiv(value * coinPrice, 10 ** _CONET_DECIMALS, conetPrice * 10 ** decimals, rounding);
+    }
+}

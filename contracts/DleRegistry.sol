@@ -1,0 +1,329 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.28;
+
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {NodeRegistry} from "./NodeRegistry.sol";
+import {IStaking} from "./interfaces/IStaking.sol";
+import {ISlashing} from "./interfaces/ISlashing.sol";
+import {DleChainId} from "./libraries/DleChainId.sol";
+import {Role} from "./types/Role.sol";
+
+/// @title DLE chain registry
+/// @notice What the mainchain knows of the DLE (DESIGN §5): the archive groups, each as a sequence of
+/// epochs of fixed membership; the record of every DLE chain (genesis hash, asset, group); the check of
+/// a group certificate — signed by every member of the epoch, no more, no fewer; and equivocation
+/// reports, which slash the signer of two different blocks at one height of one chain.
+///
+/// An epoch is a snapshot of one archive group: the owners of its archive-node NFTs in NodeRegistry
+/// that still meet the archive minimum stake, sorted by address. `refreshGroup` opens a new epoch when
+/// that set has changed. A certificate names the epoch that signed it and is accepted while that epoch
+/// is current, or for `epochGrace` seconds after it ended, so a certificate signed just before a
+/// member joined or left is not lost.
+///
+/// Signatures are 65-byte secp256k1 signatures (r ‖ s ‖ v), concatenated in ascending order of the
+/// signers' addresses. Sorted order rules out duplicates; comparing the hash of the recovered signers
+/// with the epoch's members hash checks "every member, and only members" with one storage read.
+contract DleRegistry is EIP712 {
+    /// @notice The most archive nodes an epoch may hold; bounds every loop over a group.
+    uint256 public constant MAX_GROUP_SIZE = 64;
+
+    bytes32 private constant _GENESIS_TYPEHASH =
+        keccak256("ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)");
+    bytes32 private constant _BLOCK_TYPEHASH = keccak256("BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)");
+    uint256 private constant _SIGNATURE_LENGTH = 65;
+
+    /// @notice One epoch of an archive group.
+    struct Epoch {
+        bytes32 membersHash;
+        uint64 startedAt;
+        uint64 endedAt;
+        uint32 size;
+    }
+
+    /// @notice One DLE chain.
+    struct ChainRecord {
+        bytes32 genesisHash;
+        // asset, group and registeredAt share one slot: a certificate check reads it once.
+        address asset;
+        uint48 group;
+        uint48 registeredAt;
+        uint256 assetId;
+    }
+
+    NodeRegistry private immutable _nodes;
+    IStaking private immutable _staking;
+    uint64 private immutable _epochGrace;
+
+    mapping(uint256 group => uint256 epoch) private _currentEpochs;
+    mapping(uint256 group => mapping(uint256 epoch => Epoch)) private _epochs;
+    mapping(uint256 group => mapping(uint256 epoch => address[])) private _members;
+    mapping(bytes32 chain => ChainRecord) private _chains;
+
+    /// @notice A constructor argument is the zero address.
+    error ZeroAddress();
+    /// @notice Archive group `group` does not exist in the node registry.
+    error UnknownArchiveGroup(uint256 group);
+    /// @notice No archive node of group `group` meets the archive minimum stake.
+    error EmptyGroup(uint256 group);
+    /// @notice Group `group` has more than MAX_GROUP_SIZE staked archive nodes.
+    error GroupTooLarge(uint256 group, uint256 size);
+    /// @notice Group `group` has no epoch `epoch`.
+    error UnknownEpoch(uint256 group, uint256 epoch);
+    /// @notice Epoch `epoch` of group `group` ended at `endedAt`, longer ago than the grace period.
+    error EpochExpired(uint256 group, uint256 epoch, uint64 endedAt);
+    /// @notice The signatures are not a whole number of 65-byte signatures.
+    error MalformedSignatures(uint256 length);
+    /// @notice Signer `index` is not above the one before it: signatures must be sorted by signer.
+    error UnsortedSigners(uint256 index);
+    /// @notice The signers are not exactly the members of epoch `epoch` of group `group`.
+    error SignersNotGroup(uint256 group, uint256 epoch);
+    /// @notice Chain `chain` is not registered.
+    error ChainNotRegistered(bytes32 chain);
+    /// @notice Chain `chain` is already registered.
+    error ChainAlreadyRegistered(bytes32 chain);
+    /// @notice Both headers are the same block: that is no equivocation.
+    error SameBlock(bytes32 headerHash);
+    /// @notice The two headers were signed by different keys.
+    error DifferentSigners(address first, address second);
+
+    /// @notice Epoch `epoch` of archive group `group` began with `members` (sorted).
+    event EpochStarted(uint256 indexed group, uint256 indexed epoch, bytes32 membersHash, address[] members);
+    /// @notice DLE chain `chain` of asset `asset` #`assetId` was registered by its archive group.
+    event ChainRegistered(
+        bytes32 indexed chain, address indexed asset, uint256 indexed assetId, bytes32 genesisHash, uint256 group
+    );
+    /// @notice `signer` signed two blocks at `height` of `chain`; `reporter` proved it.
+    event EquivocationReported(
+        bytes32 indexed chain, uint256 height, address indexed signer, address indexed reporter, uint256 slashed
+    );
+
+    /// @param nodes_ The node registry whose archive NFTs form the groups.
+    /// @param staking_ Checks archive stakes and slashes equivocators; this registry needs its slasher role.
+    /// @param epochGrace_ Seconds an ended epoch's certificates stay valid.
+    constructor(NodeRegistry nodes_, IStaking staking_, uint64 epochGrace_) EIP712("CoNET DLE", "1") {
+        if (address(nodes_) == address(0) || address(staking_) == address(0)) revert ZeroAddress();
+        _nodes = nodes_;
+        _staking = staking_;
+        _epochGrace = epochGrace_;
+    }
+
+    // ---------------------------------------------------------------- archive groups
+
+    /// @notice Opens a new epoch of `group` if its staked archive nodes differ from the current epoch's.
+    /// Anyone may call it; archive nodes do after a member joins, leaves or unbonds.
+    /// @return epoch The current epoch after the call.
+    /// @return changed Whether a new epoch was opened.
+    function refreshGroup(uint256 group) external returns (uint256 epoch, bool changed) {
+        if (group >= _nodes.groupCount()) revert UnknownArchiveGroup(group);
+        address[] memory members = _stakedMembers(group);
+        bytes32 membersHash = keccak256(abi.encodePacked(members));
+        epoch = _currentEpochs[group];
+        if (epoch != 0 && _epochs[group][epoch].membersHash == membersHash) return (epoch, false);
+
+        if (epoch != 0) _epochs[group][epoch].endedAt = uint64(block.timestamp);
+        epoch += 1;
+        _currentEpochs[group] = epoch;
+        _epochs[group][epoch] = Epoch(membersHash, uint64(block.timestamp), 0, uint32(members.length));
+        _members[group][epoch] = members;
+        emit EpochStarted(group, epoch, membersHash, members);
+        return (epoch, true);
+    }
+
+    // ---------------------------------------------------------------- chains
+
+    /// @notice Records the DLE chain of `asset` #`assetId`, on the genesis certificate of its group.
+    /// @param genesisHash Hash of the chain's genesis block header.
+    /// @param group The archive group that keeps the chain.
+    /// @param epoch The epoch of `group` that signed.
+    /// @param signatures The epoch's signatures of the ChainGenesis struct, sorted by signer.
+    /// @return chain The chain id (DleChainId.compute(asset, assetId)).
+    function registerChain(
+        address asset,
+        uint256 assetId,
+        bytes32 genesisHash,
+        uint256 group,
+        uint256 epoch,
+        bytes calldata signatures
+    ) external returns (bytes32 chain) {
+        chain = DleChainId.compute(asset, assetId);
+        if (_chains[chain].registeredAt != 0) revert ChainAlreadyRegistered(chain);
+        bytes32 digest = _hashTypedDataV4(
+            keccak256(abi.encode(_GENESIS_TYPEHASH, chain, genesisHash, asset, assetId, group))
+        );
+        _verifyGroup(group, epoch, digest, signatures);
+        _chains[chain] = ChainRecord({
+            genesisHash: genesisHash,
+            asset: asset,
+            group: uint48(group),
+            registeredAt: uint48(block.timestamp),
+            assetId: assetId
+        });
+        emit ChainRegistered(chain, asset, assetId, genesisHash, group);
+    }
+
+    // ---------------------------------------------------------------- certificates
+
+    /// @notice Reverts unless `signatures` are those of every member of epoch `epoch` of the group
+    /// that keeps `chain`, over `digest`. The caller builds `digest` (its own EIP-712 domain and
+    /// struct), so the certificate is bound to the contract that acts on it.
+    function verifyChainCertificate(bytes32 chain, bytes32 digest, uint256 epoch, bytes calldata signatures)
+        external
+        view
+    {
+        ChainRecord storage record = _chains[chain];
+        uint256 group = record.group;
+        if (record.registeredAt == 0) revert ChainNotRegistered(chain);
+        _verifyGroup(group, epoch, digest, signatures);
+    }
+
+    /// @notice Reverts unless `signatures` are those of every member of epoch `epoch` of `group`.
+    function verifyGroupCertificate(uint256 group, bytes32 digest, uint256 epoch, bytes calldata signatures)
+        external
+        view
+    {
+        _verifyGroup(group, epoch, digest, signatures);
+    }
+
+    // ---------------------------------------------------------------- equivocation
+
+    /// @notice Proves that one key signed two different blocks at `height` of `chain` and slashes
+    /// that key's whole `role` stake; the caller gets the reporter's reward.
+    /// @param role The role the signer served in (its creator, witness, validator or archive stake).
+    function reportEquivocation(
+        bytes32 chain,
+        uint256 height,
+        bytes32 headerHashA,
+        bytes calldata signatureA,
+        bytes32 headerHashB,
+        bytes calldata signatureB,
+        Role role
+    ) external returns (uint256 slashed) {
+        if (headerHashA == headerHashB) revert SameBlock(headerHashA);
+        address signer = ECDSA.recoverCalldata(blockDigest(chain, height, headerHashA), signatureA);
+        address other = ECDSA.recoverCalldata(blockDigest(chain, height, headerHashB), signatureB);
+        if (signer != other) revert DifferentSigners(signer, other);
+        // One report per signer and height, whichever pair of blocks proves it.
+        bytes32 evidence = keccak256(abi.encode(chain, height, signer));
+        slashed = ISlashing(address(_staking)).slash(signer, role, type(uint256).max, evidence, msg.sender);
+        emit EquivocationReported(chain, height, signer, msg.sender, slashed);
+    }
+
+    // ---------------------------------------------------------------- views
+
+    /// @notice The EIP-712 digest a DLE member signs for block `headerHash` at `height` of `chain`.
+    function blockDigest(bytes32 chain, uint256 height, bytes32 headerHash) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_BLOCK_TYPEHASH, chain, height, headerHash)));
+    }
+
+    /// @notice The EIP-712 digest an archive group signs to register a chain.
+    function genesisDigest(address asset, uint256 assetId, bytes32 genesisHash, uint256 group)
+        external
+        view
+        returns (bytes32)
+    {
+        bytes32 chain = DleChainId.compute(asset, assetId);
+        return _hashTypedDataV4(keccak256(abi.encode(_GENESIS_TYPEHASH, chain, genesisHash, asset, assetId, group)));
+    }
+
+    /// @notice The id of the DLE chain of `asset` #`assetId`.
+    function chainIdOf(address asset, uint256 assetId) external view returns (bytes32) {
+        return DleChainId.compute(asset, assetId);
+    }
+
+    /// @notice The record of `chain`; reverts if it is not registered.
+    function chainOf(bytes32 chain) external view returns (ChainRecord memory) {
+        ChainRecord memory record = _chains[chain];
+        if (record.registeredAt == 0) revert ChainNotRegistered(chain);
+        return record;
+    }
+
+    /// @notice Whether `chain` is registered.
+    function isRegistered(bytes32 chain) external view returns (bool) {
+        return _chains[chain].registeredAt != 0;
+    }
+
+    /// @notice The current epoch of `group` (0 before its first refresh).
+    function currentEpoch(uint256 group) external view returns (uint256) {
+        return _currentEpochs[group];
+    }
+
+    /// @notice Epoch `epoch` of `group`.
+    function epochOf(uint256 group, uint256 epoch) external view returns (Epoch memory) {
+        return _epochs[group][epoch];
+    }
+
+    /// @notice The members of epoch `epoch` of `group`, sorted by address.
+    function epochMembers(uint256 group, uint256 epoch) external view returns (address[] memory) {
+        return _members[group][epoch];
+    }
+
+    /// @notice The node registry the groups come from.
+    function nodeRegistry() external view returns (NodeRegistry) {
+        return _nodes;
+    }
+
+    /// @notice The staking contract stakes are checked and slashed in.
+    function staking() external view returns (IStaking) {
+        return _staking;
+    }
+
+    /// @notice Seconds an ended epoch's certificates stay valid.
+    function epochGrace() external view returns (uint64) {
+        return _epochGrace;
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    function _verifyGroup(uint256 group, uint256 epoch, bytes32 digest, bytes calldata signatures) private view {
+        uint256 current = _currentEpochs[group];
+        if (epoch == 0 || epoch > current) revert UnknownEpoch(group, epoch);
+        if (epoch != current) {
+            uint64 endedAt = _epochs[group][epoch].endedAt;
+            if (block.timestamp > uint256(endedAt) + _epochGrace) revert EpochExpired(group, epoch, endedAt);
+        }
+        if (signatures.length == 0 || signatures.length % _SIGNATURE_LENGTH != 0) {
+            revert MalformedSignatures(signatures.length);
+        }
+        uint256 count = signatures.length / _SIGNATURE_LENGTH;
+        // A longer list than any epoch holds cannot match; refusing it early bounds the loop.
+        if (count > MAX_GROUP_SIZE) revert SignersNotGroup(group, epoch);
+        address[] memory signers = new address[](count);
+        address previous = address(0);
+        for (uint256 i = 0; i < count; ++i) {
+            address signer = ECDSA.recoverCalldata(
+                digest, signatures[i * _SIGNATURE_LENGTH:(i + 1) * _SIGNATURE_LENGTH]
+            );
+            if (signer <= previous) revert UnsortedSigners(i);
+            signers[i] = signer;
+            previous = signer;
+        }
+        if (keccak256(abi.encodePacked(signers)) != _epochs[group][epoch].membersHash) {
+            revert SignersNotGroup(group, epoch);
+        }
+    }
+
+    function _stakedMembers(uint256 group) private view returns (address[] memory members) {
+        uint256[] memory tokenIds = _nodes.archiveGroupMembers(group);
+        if (tokenIds.length > MAX_GROUP_SIZE) revert GroupTooLarge(group, tokenIds.length);
+        members = new address[](tokenIds.length);
+        uint256 count = 0;
+        for (uint256 i = 0; i < tokenIds.length; ++i) {
+            address owner = _nodes.ownerOf(tokenIds[i]);
+            if (!_staking.meetsMinimum(owner, Role.ARCHIVE)) continue;
+            // Insertion sort: groups hold a few dozen members at most.
+            uint256 j = count;
+            while (j > 0 && members[j - 1] > owner) {
+                members[j] = members[j - 1];
+                --j;
+            }
+            members[j] = owner;
+            ++count;
+        }
+        if (count == 0) revert EmptyGroup(group);
+        // Drop the unused tail: the array's length is what gets hashed and stored.
+        assembly ("memory-safe") {
+            mstore(members, count)
+        }
+    }
+}
