@@ -17,7 +17,18 @@ from offchain.chain.deployer import DeployConfig, DeployError, Role, deploy
 from offchain.devnet.anvil import AnvilNode, start_anvil
 from offchain.toolchain import project_root
 
-ALL = ["CoNETToken", "MockStablecoin", "NodeRegistry", "PriceOracle", "Staking"]
+PUBLIC = [
+    "CoNETCash",
+    "CoNETGovernor",
+    "CoNETTimelock",
+    "CoNETToken",
+    "DleRegistry",
+    "NodeRegistry",
+    "ParameterStore",
+    "PriceOracle",
+    "Staking",
+]
+ALL = sorted([*PUBLIC, "MockStablecoin"])
 
 
 @pytest.fixture
@@ -51,6 +62,25 @@ def test_first_deploy_writes_every_contract_and_configures_them(book_dir: Path, 
         assert c["Staking"].capacityUnit(int(role)) == config.capacity_units[role]
     assert c["PriceOracle"].price(c["CoNETToken"].address)[0] == config.local_conet_price
     assert c["PriceOracle"].price(c["MockStablecoin"].address)[0] == config.local_stablecoin_price
+    assert c["ParameterStore"].backingStablecoins() == [c["MockStablecoin"].address]
+
+    # The wiring: CoNETCash re-issues, the DLE registry slashes, the governor proposes to the timelock,
+    # and the timelock owns the parameters and administers every role.
+    token, staking, oracle, timelock = c["CoNETToken"], c["Staking"], c["PriceOracle"], c["CoNETTimelock"]
+    assert token.hasRole(token.REISSUER_ROLE(), c["CoNETCash"])
+    assert staking.hasRole(staking.SLASHER_ROLE(), c["DleRegistry"])
+    assert timelock.hasRole(timelock.PROPOSER_ROLE(), c["CoNETGovernor"])
+    assert timelock.hasRole(timelock.CANCELLER_ROLE(), c["CoNETGovernor"])
+    assert timelock.hasRole(timelock.EXECUTOR_ROLE(), "0x" + "00" * 20)
+    assert c["ParameterStore"].owner() == timelock.address
+    for contract in (token, staking, oracle):
+        assert contract.hasRole(contract.DEFAULT_ADMIN_ROLE(), timelock)
+    assert oracle.hasRole(oracle.PRICE_SETTER_ROLE(), timelock)
+    assert c["CoNETGovernor"].timelock() == timelock.address
+    assert c["CoNETGovernor"].token() == token.address
+    assert c["CoNETCash"].dependencies() == tuple(
+        c[name].address for name in ["CoNETToken", "PriceOracle", "Staking", "ParameterStore", "DleRegistry"]
+    )
 
 
 def test_rerun_keeps_what_the_chain_confirms(book_dir: Path, accounts: Any) -> None:
@@ -84,8 +114,11 @@ def test_changed_code_is_redeployed_with_its_dependents(book_dir: Path, accounts
     )
     addressbook.save(book)
     result = deploy(accounts[0], "avalanche:local", log=quiet)
-    assert sorted(result.deployed) == ["NodeRegistry", "Staking"]
+    # Staking's dependents follow: the node registry, the DLE registry on both, CoNETCash on that.
+    assert sorted(result.deployed) == ["CoNETCash", "DleRegistry", "NodeRegistry", "Staking"]
     assert result.contracts["NodeRegistry"].staking() == result.contracts["Staking"].address
+    staking = result.contracts["Staking"]
+    assert staking.hasRole(staking.SLASHER_ROLE(), result.contracts["DleRegistry"])
 
 
 def test_an_interrupted_deploy_resumes(
@@ -104,7 +137,7 @@ def test_an_interrupted_deploy_resumes(
     assert sorted(addressbook.load("avalanche:local").contracts) == ["CoNETToken", "PriceOracle"]
     monkeypatch.setattr(project, "get_contract", real)
     result = deploy(accounts[0], "avalanche:local", log=quiet)
-    assert sorted(result.deployed) == ["MockStablecoin", "NodeRegistry", "Staking"]
+    assert sorted(result.deployed) == sorted(set(ALL) - {"CoNETToken", "PriceOracle"})
 
 
 def test_a_book_of_another_chain_is_refused(book_dir: Path, accounts: Any) -> None:
@@ -175,7 +208,12 @@ def test_a_public_network_needs_an_account_and_never_gets_the_mock(tmp_path: Pat
         data = json.loads((tmp_path / "avalanche-fuji.json").read_text())
         assert data["chainId"] == 43113
         assert "MockStablecoin" not in data["contracts"]
-        assert sorted(data["contracts"]) == ["CoNETToken", "NodeRegistry", "PriceOracle", "Staking"]
+        assert sorted(data["contracts"]) == PUBLIC
+        # On a public chain the deployer keeps no admin role: only governance changes anything.
+        assert "renounced DEFAULT_ADMIN_ROLE" in done.stdout
+        again = ape_run("--network", network, "--account", "TEST::0", book_dir=tmp_path)
+        assert again.returncode == 0, again.stderr + again.stdout
+        assert "deployed " not in again.stdout and "granted " not in again.stdout
     finally:
         fuji.stop()
 

@@ -73,6 +73,29 @@ class DeployConfig:
     # Starting prices on local chains only; public networks are priced by their operators or feeds.
     local_conet_price: int = 5 * USD // 100
     local_stablecoin_price: int = 1 * USD
+    order_timeout: int = 24 * 3600
+    epoch_grace: int = 24 * 3600
+    governance: GovernanceConfig | None = None
+    """None: PUBLIC_GOVERNANCE on public chains, LOCAL_GOVERNANCE on local ones."""
+
+
+@dataclass(frozen=True)
+class GovernanceConfig:
+    """The governor's and timelock's numbers. Times are seconds (the token's clock is a timestamp)."""
+
+    voting_delay: int
+    voting_period: int
+    timelock_delay: int
+    proposal_threshold: int
+    quorum_percent: int = 4
+
+
+PUBLIC_GOVERNANCE = GovernanceConfig(
+    voting_delay=24 * 3600, voting_period=7 * 24 * 3600, timelock_delay=2 * 24 * 3600, proposal_threshold=100_000 * CONET
+)
+# Small on local chains so a whole proposal runs in a test or a demo (time is advanced, not waited).
+LOCAL_GOVERNANCE = GovernanceConfig(voting_delay=1, voting_period=60, timelock_delay=30, proposal_threshold=0)
+ZERO_ADDRESS = "0x" + "00" * 20
 
 
 @dataclass
@@ -132,19 +155,69 @@ def deploy(
         config.unbonding_delay,
         config.reporter_reward_bps,
     )
-    run.ensure("NodeRegistry", ["Staking"], staking.address)
+    nodes = run.ensure("NodeRegistry", ["Staking"], staking.address)
     if local:
         stablecoin = run.ensure("MockStablecoin", [], "Mock USD Coin", "mUSDC")
     elif "MockStablecoin" in book.contracts:
         raise DeployError(f"the address book of chain {chain_id} lists a MockStablecoin; it never belongs there")
+    params = run.ensure("ParameterStore", [], account.address, config.order_timeout)
+    dle = run.ensure("DleRegistry", ["NodeRegistry", "Staking"], nodes.address, staking.address, config.epoch_grace)
+    cash = run.ensure(
+        "CoNETCash",
+        ["CoNETToken", "PriceOracle", "Staking", "ParameterStore", "DleRegistry"],
+        token.address,
+        oracle.address,
+        staking.address,
+        params.address,
+        dle.address,
+    )
+    governance = config.governance or (LOCAL_GOVERNANCE if local else PUBLIC_GOVERNANCE)
+    timelock = run.ensure("CoNETTimelock", [], governance.timelock_delay, [], [ZERO_ADDRESS], account.address)
+    governor = run.ensure(
+        "CoNETGovernor",
+        ["CoNETToken", "CoNETTimelock"],
+        token.address,
+        timelock.address,
+        governance.voting_delay,
+        governance.voting_period,
+        governance.proposal_threshold,
+        governance.quorum_percent,
+    )
 
-    _grant(oracle, "PRICE_SETTER_ROLE", account, log)
+    # Parameters first, while the deployer still administers; governance owns them afterwards.
     for role in Role:
         _set_if_different(staking, "minimumStake", "setMinimumStake", role, config.minimum_stakes[role], account, log)
         _set_if_different(staking, "capacityUnit", "setCapacityUnit", role, config.capacity_units[role], account, log)
     if local:
+        # Local chains keep a price setter for tests and the devnet; public ones price through governance.
+        _grant(oracle, "PRICE_SETTER_ROLE", account.address, account, log)
         _price_if_unset(oracle, token.address, config.local_conet_price, account, log)
         _price_if_unset(oracle, stablecoin.address, config.local_stablecoin_price, account, log)
+        if not params.isBackingStablecoin(stablecoin.address):
+            _as_owner(params, account, "the stablecoin list").listStablecoin(stablecoin.address, sender=account)
+            log(f"listed   {stablecoin.address} as a backing stablecoin")
+
+    # Wiring: who may call whom.
+    _grant(token, "REISSUER_ROLE", cash.address, account, log)
+    _grant(staking, "SLASHER_ROLE", dle.address, account, log)
+    _grant(oracle, "PRICE_SETTER_ROLE", timelock.address, account, log)
+    _grant(timelock, "PROPOSER_ROLE", governor.address, account, log)
+    _grant(timelock, "CANCELLER_ROLE", governor.address, account, log)
+
+    # Hand-over: the timelock owns the parameter store and administers every role. On a public chain
+    # the deployer then renounces its admin roles; a local chain keeps it as a second admin, so tests
+    # and the devnet can re-run the deploy after changing a contract.
+    for contract in (token, staking, oracle):
+        _grant(contract, "DEFAULT_ADMIN_ROLE", timelock.address, account, log)
+    if params.owner() != timelock.address:
+        _as_owner(params, account, "the parameter store").transferOwnership(timelock.address, sender=account)
+        log(f"handed   ParameterStore to the timelock {timelock.address}")
+    if not local:
+        for contract in (token, staking, oracle, timelock):
+            role = contract.DEFAULT_ADMIN_ROLE()
+            if contract.hasRole(role, account.address):
+                contract.renounceRole(role, account.address, sender=account)
+                log(f"renounced DEFAULT_ADMIN_ROLE on {contract.address}")
 
     addressbook.save(book)
     return Deployed(book=book, contracts=run.instances, deployed=run.deployed)
@@ -212,17 +285,32 @@ class _Run:
         return self._code_hash(entry.address) == entry.code_hash
 
 
-def _grant(contract: Any, role_name: str, account: Any, log: Log) -> None:
+def _grant(contract: Any, role_name: str, grantee: str, account: Any, log: Log) -> None:
     role = getattr(contract, role_name)()
-    if not contract.hasRole(role, account.address):
-        contract.grantRole(role, account.address, sender=account)
-        log(f"granted  {role_name} on {contract.address} to {account.address}")
+    if contract.hasRole(role, grantee):
+        return
+    if not contract.hasRole(contract.getRoleAdmin(role), account.address):
+        raise DeployError(
+            f"{grantee} needs {role_name} on {contract.address}, and only governance can grant it now: "
+            "propose it with `ape run governance`"
+        )
+    contract.grantRole(role, grantee, sender=account)
+    log(f"granted  {role_name} on {contract.address} to {grantee}")
+
+
+def _as_owner(contract: Any, account: Any, what: str) -> Any:
+    if contract.owner() != account.address:
+        raise DeployError(f"{what} ({contract.address}) belongs to governance; change it with a proposal")
+    return contract
 
 
 def _set_if_different(contract: Any, getter: str, setter: str, role: Role, value: int, account: Any, log: Log) -> None:
-    if getattr(contract, getter)(int(role)) != value:
-        getattr(contract, setter)(int(role), value, sender=account)
-        log(f"set      Staking.{setter}({role.name}, {value})")
+    if getattr(contract, getter)(int(role)) == value:
+        return
+    if not contract.hasRole(contract.DEFAULT_ADMIN_ROLE(), account.address):
+        raise DeployError(f"Staking.{setter}({role.name}) is governed by the timelock now; propose the change")
+    getattr(contract, setter)(int(role), value, sender=account)
+    log(f"set      Staking.{setter}({role.name}, {value})")
 
 
 def _price_if_unset(oracle: Any, asset: str, price: int, account: Any, log: Log) -> None:

@@ -44,4 +44,24 @@ def describe(book: AddressBook, contracts: dict[str, Any]) -> list[str]:
         round_id, answer, _, updated, _ = oracle.latestRoundData(address)
         shown = f"${answer / USD:,.4f} (round {round_id}, updated {updated})" if round_id else "not set"
         lines.append(f"price {symbol:<6} {shown}")
+    if "ParameterStore" in contracts:
+        lines += _economy(contracts)
+    return lines
+
+
+def _economy(contracts: dict[str, Any]) -> list[str]:
+    params = contracts["ParameterStore"]
+    lines = ["", "parameters (owned by governance)"]
+    for key in params.parameterKeys():
+        name = bytes(key).rstrip(b"\0").decode()
+        lines.append(f"  {name:<24} {params.value(key):,}")
+    coins = params.backingStablecoins()
+    lines.append(f"backing stablecoins  {', '.join(coins) if coins else 'none listed'}")
+    if "CoNETGovernor" in contracts:
+        governor = contracts["CoNETGovernor"]
+        timelock = contracts["CoNETTimelock"]
+        lines.append(
+            f"governance           vote after {governor.votingDelay():,} s for {governor.votingPeriod():,} s, "
+            f"quorum {governor.quorumNumerator()}% of supply, timelock {timelock.getMinDelay():,} s"
+        )
     return lines
