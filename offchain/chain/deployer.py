@@ -91,7 +91,10 @@ class GovernanceConfig:
 
 
 PUBLIC_GOVERNANCE = GovernanceConfig(
-    voting_delay=24 * 3600, voting_period=7 * 24 * 3600, timelock_delay=2 * 24 * 3600, proposal_threshold=100_000 * CONET
+    voting_delay=24 * 3600,
+    voting_period=7 * 24 * 3600,
+    timelock_delay=2 * 24 * 3600,
+    proposal_threshold=100_000 * CONET,
 )
 # Small on local chains so a whole proposal runs in a test or a demo (time is advanced, not waited).
 LOCAL_GOVERNANCE = GovernanceConfig(voting_delay=1, voting_period=60, timelock_delay=30, proposal_threshold=0)

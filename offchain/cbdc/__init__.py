@@ -1,0 +1,1 @@
+"""The CBDC role: stakes, registers, and fills the orders CoNETCash buyers place."""
