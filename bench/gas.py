@@ -50,6 +50,13 @@ RECEIPT_TIMEOUT = 30.0
 
 # anvil's unlocked, funded development accounts, by mnemonic index.
 ADMIN, TREASURY, HOLDER, SPENDER, ARCHIVE_NODE, WITNESS_NODE, REPORTER = range(7)
+# Archive nodes of the economy section: keys derived from the same mnemonic, funded by the admin.
+ARCHIVE_FIRST, ARCHIVE_NODES = 10, 20
+
+USDC = 10**6
+ORDER_TIMEOUT = 3_600
+EPOCH_GRACE = 24 * 3600
+VOTING_DELAY, VOTING_PERIOD, TIMELOCK_DELAY = 1, 60, 30
 
 ENDPOINTS = ["https://node.example.net:443", "wss://node.example.net:8443"]
 UPDATED_ENDPOINTS = ["https://node.example.net:443", "wss://relay.example.net:9443"]
@@ -95,6 +102,12 @@ class _Run:
                 raise GasBenchError(f"{label} measured twice")
             self.gas[label] = int(receipt["gasUsed"])
         return receipt
+
+    def pay(self, sender: str, to: str, value: int) -> None:
+        """Sends `value` wei (setup only)."""
+        self._set_next_timestamp(self.now + BLOCK_INTERVAL)
+        tx_hash = self.w3.eth.send_transaction({"from": sender, "to": to, "value": value})
+        self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT)
 
     def deploy(self, name: str, sender: str, *args: Any) -> Contract:
         artifact = contract_artifact(name)
@@ -192,7 +205,180 @@ def measure_gas(uri: str) -> dict[str, int]:
     evidence = keccak(text="gas benchmark evidence")
     slash = staking.functions.slash(archive_node, archive, MINIMUM_STAKE, evidence, reporter)
     run.send("Staking.slash", slash, admin)
+
+    _measure_economy(run, accounts, token, oracle, stablecoin, staking, registry)
     return dict(sorted(run.gas.items()))
+
+
+def _sign(digest: bytes, keys: list[bytes]) -> bytes:
+    """Signatures of `digest` by `keys`, concatenated in ascending order of address (DleRegistry)."""
+    signed = sorted((Account.from_key(key).address.lower(), Account.unsafe_sign_hash(digest, key)) for key in keys)
+    return b"".join(bytes(signature.signature) for _, signature in signed)
+
+
+def _measure_economy(
+    run: _Run,
+    accounts: list[str],
+    token: Contract,
+    oracle: Contract,
+    stablecoin: Contract,
+    staking: Contract,
+    registry: Contract,
+) -> None:
+    """CoNETCash, the DLE registry and governance: buy, fill (and its baseline), exits signed by 10, 5
+    and 2 archive nodes, claim, cancel, pool and re-fund, equivocation, propose, vote, queue, execute."""
+    admin, treasury, holder = accounts[ADMIN], accounts[TREASURY], accounts[HOLDER]
+    cbdc, reporter = accounts[SPENDER], accounts[REPORTER]
+    params = run.deploy("ParameterStore", admin, admin, ORDER_TIMEOUT)
+    dle = run.deploy("DleRegistry", admin, registry.address, staking.address, EPOCH_GRACE)
+    cash = run.deploy("CoNETCash", admin, token.address, oracle.address, staking.address, params.address, dle.address)
+    baseline = run.deploy("FillBaseline", admin)
+    run.send(None, token.functions.grantRole(token.functions.REISSUER_ROLE().call(), cash.address), admin)
+    run.send(None, staking.functions.grantRole(staking.functions.SLASHER_ROLE().call(), dle.address), admin)
+    run.send(None, params.functions.listStablecoin(stablecoin.address), admin)
+    run.send(None, oracle.functions.setPrice(stablecoin.address, USD), admin)
+    run.send(None, oracle.functions.setPrice(token.address, 5 * USD // 100), admin)  # fresh after the unbonding
+
+    # Twenty archive nodes: two groups of ten.
+    archive = int(Role.ARCHIVE)
+    archive_keys = [hd_key(index) for index in range(ARCHIVE_FIRST, ARCHIVE_FIRST + ARCHIVE_NODES)]
+    for key in archive_keys:
+        address = Account.from_key(key).address
+        run.pay(admin, address, 10**18)
+        # Beyond anvil's ten unlocked accounts: let the node sign for it (the key signs certificates).
+        rpc(run.uri, "anvil_impersonateAccount", [address], timeout=RPC_TIMEOUT)
+        run.send(None, token.functions.transfer(address, MINIMUM_STAKE), treasury)
+        run.send(None, token.functions.approve(staking.address, MINIMUM_STAKE), address)
+        run.send(None, staking.functions.stake(archive, MINIMUM_STAKE), address)
+        run.send(None, registry.functions.register(archive, public_key(key), ENDPOINTS, PRICES, "eu"), address)
+
+    # The CBDC: staked, with CoNET to burn and allowances for CoNETCash and the baseline.
+    cbdc_role = int(Role.CBDC)
+    run.send(None, token.functions.transfer(cbdc, 10 * NODE_FUNDS), treasury)
+    run.send(None, token.functions.approve(staking.address, MINIMUM_STAKE), cbdc)
+    run.send(None, staking.functions.stake(cbdc_role, MINIMUM_STAKE), cbdc)
+    run.send(None, token.functions.approve(cash.address, 2**256 - 1), cbdc)
+    run.send(None, token.functions.approve(baseline.address, 2**256 - 1), cbdc)
+
+    # Buys: the first of a stablecoin registers it; the measured one is the second.
+    run.send(None, stablecoin.functions.approve(cash.address, 2**256 - 1), holder)
+    run.send("CoNETCash.buy(first of its stablecoin)", cash.functions.buy(stablecoin.address, 100 * USDC), holder)
+    run.send("CoNETCash.buy", cash.functions.buy(stablecoin.address, 100 * USDC), holder)
+    run.send(None, cash.functions.buy(stablecoin.address, 10 * USDC), holder)
+    burn = cash.functions.burnFor(stablecoin.address, 100 * USDC).call()
+    run.send("FillBaseline.run", baseline.functions.run(token.address, burn), cbdc)
+    run.send("CoNETCash.fill", cash.functions.fill(2, b"\x11" * 32), cbdc)
+    run.send(None, cash.functions.fill(1, b"\x11" * 32), cbdc)
+    run.mine_after(ORDER_TIMEOUT + 1)
+    run.send("CoNETCash.cancel", cash.functions.cancel(3), holder)
+
+    # Note 2 belongs to group 0. Its epoch shrinks from 10 to 5 to 2 members between exits.
+    note, group = 2, 2 % registry.functions.groupCount().call()
+    members = [key for key in archive_keys if _group_of(registry, key) == group]
+    if len(members) != ARCHIVE_NODES // 2:
+        raise GasBenchError(f"archive group {group} has {len(members)} members, not {ARCHIVE_NODES // 2}")
+    run.send("DleRegistry.refreshGroup(10 members)", dle.functions.refreshGroup(group), admin)
+    genesis = keccak(text="genesis of note 2")
+    digest = dle.functions.genesisDigest(cash.address, note, genesis, group).call()
+    epoch = dle.functions.currentEpoch(group).call()
+    register = dle.functions.registerChain(cash.address, note, genesis, group, epoch, _sign(digest, members))
+    run.send("DleRegistry.registerChain(10 signers)", register, admin)
+    chain_id = cash.functions.chainOf(note).call()
+    nonce = 0
+    for signers in (10, 5, 2):
+        while len(members) > signers:  # unbonding drops a member from the next epoch
+            leaving = Account.from_key(members.pop()).address
+            run.send(None, staking.functions.requestUnstake(archive, MINIMUM_STAKE), leaving)
+        if signers != 10:
+            run.send(None, dle.functions.refreshGroup(group), admin)
+        epoch = dle.functions.currentEpoch(group).call()
+        # The holder already holds the stablecoin: the usual exit to one's own wallet.
+        certificate = (note, chain_id, 10 + nonce, holder, holder, 10 * USDC, nonce)
+        digest = cash.functions.exitDigest(certificate).call()
+        exit_call = cash.functions.exit(certificate, epoch, _sign(digest, members))
+        run.send(f"CoNETCash.exit({signers} signers)", exit_call, holder)
+        nonce += 1
+    fresh = Account.create().address
+    certificate = (note, chain_id, 20, holder, fresh, 10 * USDC, nonce)
+    digest = cash.functions.exitDigest(certificate).call()
+    run.send(
+        "CoNETCash.exit(2 signers, new receiver)",
+        cash.functions.exit(certificate, epoch, _sign(digest, members)),
+        holder,
+    )
+    nonce += 1
+    certificate = (note, chain_id, 21, holder, holder, 60 * USDC, nonce)
+    digest = cash.functions.exitDigest(certificate).call()
+    run.send(
+        "CoNETCash.exit(2 signers, to the pool)",
+        cash.functions.exit(certificate, epoch, _sign(digest, members)),
+        holder,
+    )
+    run.send("CoNETCash.buy(re-fund from the pool)", cash.functions.buy(stablecoin.address, 50 * USDC), holder)
+    run.send("CoNETCash.claim", cash.functions.claim(stablecoin.address), cbdc)
+
+    # Equivocation: one archive node signs two blocks at one height.
+    cheat = members[0]
+    first, second = keccak(text="block a"), keccak(text="block b")
+    signatures = [
+        bytes(Account.unsafe_sign_hash(dle.functions.blockDigest(chain_id, 30, block).call(), cheat).signature)
+        for block in (first, second)
+    ]
+    report = dle.functions.reportEquivocation(chain_id, 30, first, signatures[0], second, signatures[1], archive)
+    run.send("DleRegistry.reportEquivocation", report, reporter)
+
+    _measure_governance(run, accounts, token, params)
+
+
+def _group_of(registry: Contract, key: bytes) -> int:
+    address = Account.from_key(key).address
+    token_id = registry.functions.tokenOf(address, int(Role.ARCHIVE)).call()
+    return int(registry.functions.archiveGroupOf(token_id).call())
+
+
+def _measure_governance(run: _Run, accounts: list[str], token: Contract, params: Contract) -> None:
+    admin, treasury = accounts[ADMIN], accounts[TREASURY]
+    timelock = run.deploy("CoNETTimelock", admin, TIMELOCK_DELAY, [], ["0x" + "00" * 20], admin)
+    governor = run.deploy("CoNETGovernor", admin, token.address, timelock.address, VOTING_DELAY, VOTING_PERIOD, 0, 4)
+    run.send(None, timelock.functions.grantRole(timelock.functions.PROPOSER_ROLE().call(), governor.address), admin)
+    run.send(None, params.functions.transferOwnership(timelock.address), admin)
+    run.send(None, token.functions.delegate(treasury), treasury)
+    key = b"EXIT_FEE_BPS".ljust(32, b"\0")
+    calldata = params.encode_abi("setParameter", args=[key, 25])
+    description = "Set EXIT_FEE_BPS to 25"
+    proposal = ([params.address], [0], [calldata])
+    receipt = run.send("CoNETGovernor.propose", governor.functions.propose(*proposal, description), treasury)
+    proposal_id = governor.events.ProposalCreated().process_receipt(receipt)[0]["args"]["proposalId"]
+    run.mine_after(VOTING_DELAY + 1)
+    run.send("CoNETGovernor.castVote", governor.functions.castVote(proposal_id, 1), treasury)
+    run.mine_after(VOTING_PERIOD + 1)
+    description_hash = keccak(text=description)
+    run.send("CoNETGovernor.queue", governor.functions.queue(*proposal, description_hash), treasury)
+    run.mine_after(TIMELOCK_DELAY + 1)
+    run.send("CoNETGovernor.execute", governor.functions.execute(*proposal, description_hash), treasury)
+    if params.functions.value(key).call() != 25:
+        raise GasBenchError("the executed proposal did not set EXIT_FEE_BPS")
+
+
+INTRINSIC_GAS = 21_000
+"""What every transaction pays before running any code; no contract can save it."""
+
+
+def goals(measured: Mapping[str, int]) -> list[tuple[str, int, int]]:
+    """Issue 3's gas goals as (what, measured, limit). Fill: within 1.5 x its baseline measured in the
+    same run (an ERC-721 mint, an ERC-20 transferFrom and a burn in one call), both as receipts.
+    Exit: within 60,000 + 8,000 x signers of execution, the receipt less INTRINSIC_GAS."""
+    rows = [
+        (
+            "CoNETCash.fill vs 1.5 x FillBaseline.run",
+            measured["CoNETCash.fill"],
+            int(1.5 * measured["FillBaseline.run"]),
+        )
+    ]
+    for signers in (2, 5, 10):
+        gas = measured[f"CoNETCash.exit({signers} signers)"] - INTRINSIC_GAS
+        rows.append((f"CoNETCash.exit({signers} signers) - 21,000", gas, 60_000 + 8_000 * signers))
+    return rows
 
 
 def compare(measured: Mapping[str, int], snapshot: Mapping[str, int]) -> list[str]:
@@ -270,6 +456,11 @@ def main(write: bool, snapshot_path: Path) -> None:
         raise click.ClickException(f"no snapshot at {snapshot_path}; run `make gas-snapshot`")
     snapshot = load_snapshot(snapshot_path)
     click.echo(table(measured, snapshot))
+    click.echo()
+    for what, gas, limit in goals(measured):
+        click.echo(
+            f"goal {what:<44} {gas:>8} ≤ {limit:>8}  ratio {gas / limit:.3f}  {'met' if gas <= limit else 'MISSED'}"
+        )
     problems = compare(measured, snapshot)
     for problem in problems:
         click.echo(problem, err=True)

@@ -59,6 +59,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         address party; // the buyer while ordered, the issuing CBDC once live
         uint256 stamp; // the order's timestamp while ordered, the block the note was minted or re-funded in
         bool reissuable; // whether exits earn the CBDC a CoNET re-issue (the note was backed by a burn)
+        uint256 exitFeeBps; // fixed when the note was issued or re-funded
         bytes32 chain;
     }
 
@@ -68,13 +69,16 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         uint128 reissueValue;
     }
 
-    // One slot per note: its whole life is read and written with one SLOAD and one SSTORE.
+    // One slot per note: its whole life is read and written with one SLOAD and one SSTORE. Amounts
+    // fit 80 bits: the largest note the parameter bounds allow is 10^6 units of an 18-decimal coin.
+    // The exit fee is fixed when the note is issued, so a holder knows what exiting will cost.
     struct Note {
         uint16 coin;
         Status status;
         bool reissuable;
-        uint88 outstanding;
-        uint88 faceValue;
+        uint16 exitFeeBps;
+        uint80 outstanding;
+        uint80 faceValue;
         uint48 stamp;
     }
 
@@ -88,7 +92,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     uint256 private constant _ORACLE_DECIMALS = 8;
     uint256 private constant _CONET_DECIMALS = 18;
     // Exit nonces are tracked 255 to a word; the top bit marks a word as written so that the first
-    // exit of a note updates a slot instead of creating one. `fill` pre-writes word 0.
+    // exit of a note updates a slot instead of creating one. `buy` pre-writes word 0 with the order:
+    // the buyer pays for it once, not the CBDC's fill nor every holder's first exit.
     uint256 private constant _NONCES_PER_WORD = 255;
     uint256 private constant _WORD_WRITTEN = 1 << 255;
     bytes32 private constant _EXIT_TYPEHASH = keccak256(
@@ -210,14 +215,16 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         if (pool.length > 0) {
             id = pool[pool.length - 1];
             pool.pop();
-            _notes[id] = Note(coin, Status.Live, false, uint88(amount), uint88(amount), uint48(block.number));
+            uint16 exitFee = uint16(_params.value(ParameterKeys.EXIT_FEE_BPS));
+            _notes[id] = Note(coin, Status.Live, false, exitFee, uint80(amount), uint80(amount), uint48(block.number));
             _coins[coin - 1].backing += uint88(amount);
             emit NoteRefunded(id, msg.sender, stablecoin, amount);
             assigned = true;
         } else {
             id = _nextId++;
-            _notes[id] = Note(coin, Status.Ordered, false, uint88(amount), uint88(amount), uint48(block.timestamp));
+            _notes[id] = Note(coin, Status.Ordered, false, 0, uint80(amount), uint80(amount), uint48(block.timestamp));
             _parties[id] = msg.sender;
+            _usedExitNonces[id][0] = _WORD_WRITTEN;
             _openOrderValue[coin] += amount;
             emit OrderPlaced(id, msg.sender, stablecoin, amount);
         }
@@ -259,10 +266,10 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         address buyer = _parties[id];
         note.status = Status.Live;
         note.reissuable = true;
+        note.exitFeeBps = uint16(_params.value(ParameterKeys.EXIT_FEE_BPS));
         note.stamp = uint48(block.number);
         _notes[id] = note;
         _parties[id] = msg.sender;
-        _usedExitNonces[id][0] = _WORD_WRITTEN;
         _openOrderValue[note.coin] -= note.faceValue;
         coin.backing += note.faceValue;
         bytes32 chain = DleChainId.compute(address(this), id);
@@ -299,7 +306,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     /// @notice Pays out an exit finalized on a note chain. `signatures` are those of every member of
     /// epoch `epoch` of the note's archive group over the certificate's EIP-712 digest, sorted by
     /// signer. Pays `amount` minus EXIT_FEE_BPS (rounded up) to the receiver and credits the fee and
-    /// the re-issue to the note's CBDC. A note exited to zero goes to the pool.
+    /// the re-issue to the note's CBDC. A note exited to zero goes to the pool. The fee is the one in
+    /// force when the note was issued (or re-funded).
     function exit(ExitCertificate calldata certificate, uint256 epoch, bytes calldata signatures)
         external
         nonReentrant
@@ -334,6 +342,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
             party: _parties[id],
             stamp: note.stamp,
             reissuable: note.reissuable,
+            exitFeeBps: note.exitFeeBps,
             chain: DleChainId.compute(address(this), id)
         });
     }
@@ -435,9 +444,9 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     {
         uint256 id = certificate.note;
         uint256 amount = certificate.amount;
-        fee = Math.mulDiv(amount, _params.value(ParameterKeys.EXIT_FEE_BPS), _BPS, Math.Rounding.Ceil);
+        fee = Math.mulDiv(amount, note.exitFeeBps, _BPS, Math.Rounding.Ceil);
         // `amount` is at most `outstanding`, itself at most the note cap: the casts cannot truncate.
-        note.outstanding -= uint88(amount);
+        note.outstanding -= uint80(amount);
         Coin storage coin = _coins[note.coin - 1];
         coin.backing -= uint88(amount);
         stablecoin = coin.token;

@@ -33,12 +33,13 @@ contract DleRegistry is EIP712 {
     bytes32 private constant _BLOCK_TYPEHASH = keccak256("BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)");
     uint256 private constant _SIGNATURE_LENGTH = 65;
 
-    /// @notice One epoch of an archive group.
+    /// @notice One epoch of an archive group, in one slot: a certificate check reads it once.
+    /// `membersHash` is the first 20 bytes of keccak256 of the sorted members; forging a certificate
+    /// would take a second preimage of it, 2^160 work.
     struct Epoch {
-        bytes32 membersHash;
-        uint64 startedAt;
-        uint64 endedAt;
-        uint32 size;
+        bytes20 membersHash;
+        uint48 startedAt;
+        uint48 endedAt;
     }
 
     /// @notice One DLE chain.
@@ -71,7 +72,7 @@ contract DleRegistry is EIP712 {
     /// @notice Group `group` has no epoch `epoch`.
     error UnknownEpoch(uint256 group, uint256 epoch);
     /// @notice Epoch `epoch` of group `group` ended at `endedAt`, longer ago than the grace period.
-    error EpochExpired(uint256 group, uint256 epoch, uint64 endedAt);
+    error EpochExpired(uint256 group, uint256 epoch, uint48 endedAt);
     /// @notice The signatures are not a whole number of 65-byte signatures.
     error MalformedSignatures(uint256 length);
     /// @notice Signer `index` is not above the one before it: signatures must be sorted by signer.
@@ -88,7 +89,7 @@ contract DleRegistry is EIP712 {
     error DifferentSigners(address first, address second);
 
     /// @notice Epoch `epoch` of archive group `group` began with `members` (sorted).
-    event EpochStarted(uint256 indexed group, uint256 indexed epoch, bytes32 membersHash, address[] members);
+    event EpochStarted(uint256 indexed group, uint256 indexed epoch, bytes20 membersHash, address[] members);
     /// @notice DLE chain `chain` of asset `asset` #`assetId` was registered by its archive group.
     event ChainRegistered(
         bytes32 indexed chain, address indexed asset, uint256 indexed assetId, bytes32 genesisHash, uint256 group
@@ -117,14 +118,14 @@ contract DleRegistry is EIP712 {
     function refreshGroup(uint256 group) external returns (uint256 epoch, bool changed) {
         if (group >= _nodes.groupCount()) revert UnknownArchiveGroup(group);
         address[] memory members = _stakedMembers(group);
-        bytes32 membersHash = keccak256(abi.encodePacked(members));
+        bytes20 membersHash = _membersHash(members);
         epoch = _currentEpochs[group];
         if (epoch != 0 && _epochs[group][epoch].membersHash == membersHash) return (epoch, false);
 
-        if (epoch != 0) _epochs[group][epoch].endedAt = uint64(block.timestamp);
+        if (epoch != 0) _epochs[group][epoch].endedAt = uint48(block.timestamp);
         epoch += 1;
         _currentEpochs[group] = epoch;
-        _epochs[group][epoch] = Epoch(membersHash, uint64(block.timestamp), 0, uint32(members.length));
+        _epochs[group][epoch] = Epoch(membersHash, uint48(block.timestamp), 0);
         _members[group][epoch] = members;
         emit EpochStarted(group, epoch, membersHash, members);
         return (epoch, true);
@@ -276,11 +277,11 @@ contract DleRegistry is EIP712 {
     // ---------------------------------------------------------------- internals
 
     function _verifyGroup(uint256 group, uint256 epoch, bytes32 digest, bytes calldata signatures) private view {
-        uint256 current = _currentEpochs[group];
-        if (epoch == 0 || epoch > current) revert UnknownEpoch(group, epoch);
-        if (epoch != current) {
-            uint64 endedAt = _epochs[group][epoch].endedAt;
-            if (block.timestamp > uint256(endedAt) + _epochGrace) revert EpochExpired(group, epoch, endedAt);
+        Epoch memory record = _epochs[group][epoch];
+        if (record.startedAt == 0) revert UnknownEpoch(group, epoch);
+        // An epoch that has not ended is the current one.
+        if (record.endedAt != 0 && block.timestamp > uint256(record.endedAt) + _epochGrace) {
+            revert EpochExpired(group, epoch, record.endedAt);
         }
         if (signatures.length == 0 || signatures.length % _SIGNATURE_LENGTH != 0) {
             revert MalformedSignatures(signatures.length);
@@ -298,9 +299,11 @@ contract DleRegistry is EIP712 {
             signers[i] = signer;
             previous = signer;
         }
-        if (keccak256(abi.encodePacked(signers)) != _epochs[group][epoch].membersHash) {
-            revert SignersNotGroup(group, epoch);
-        }
+        if (_membersHash(signers) != record.membersHash) revert SignersNotGroup(group, epoch);
+    }
+
+    function _membersHash(address[] memory members) private pure returns (bytes20) {
+        return bytes20(keccak256(abi.encodePacked(members)));
     }
 
     function _stakedMembers(uint256 group) private view returns (address[] memory members) {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.gas import SNAPSHOT, TOLERANCE, compare, load_snapshot, measure_gas
+from bench.gas import SNAPSHOT, TOLERANCE, compare, goals, load_snapshot, measure_gas
 from offchain.devnet.anvil import running_anvil
 
 
@@ -29,3 +29,12 @@ def test_compare_flags_regressions_beyond_the_tolerance_and_missing_calls() -> N
 def test_exactly_the_tolerance_passes() -> None:
     assert compare({"A.edge": 105_000}, {"A.edge": 100_000}) == []
     assert compare({"A.edge": 105_001}, {"A.edge": 100_000}) != []
+
+
+def test_the_snapshot_meets_the_gas_goals() -> None:
+    # Gas is deterministic, so the snapshot's figures are the goals' evidence (issue 3: fill within
+    # 1.5x its same-run baseline, exit within 60,000 + 8,000 per signer of execution).
+    rows = goals(load_snapshot(SNAPSHOT))
+    assert len(rows) == 4
+    missed = [f"{what}: {gas} > {limit}" for what, gas, limit in rows if gas > limit]
+    assert missed == []

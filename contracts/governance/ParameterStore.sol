@@ -52,13 +52,14 @@ contract ParameterStore is Ownable {
     /// 88-bit amounts at any note cap the bounds allow.
     uint8 public constant MAX_STABLECOIN_DECIMALS = 18;
 
-    struct Bounds {
-        uint128 min;
-        uint128 max;
+    // Value and bounds share a slot: a contract reading a parameter pays for one storage read.
+    struct Parameter {
+        uint128 value;
+        uint64 min;
+        uint64 max;
     }
 
-    mapping(bytes32 key => uint256) private _values;
-    mapping(bytes32 key => Bounds) private _bounds;
+    mapping(bytes32 key => Parameter) private _parameters;
     bytes32[] private _keys;
 
     EnumerableSet.AddressSet private _stablecoins;
@@ -141,15 +142,16 @@ contract ParameterStore is Ownable {
 
     /// @notice The value of parameter `key`.
     function value(bytes32 key) external view returns (uint256) {
-        _checkKnown(key);
-        return _values[key];
+        Parameter memory parameter = _parameters[key];
+        if (parameter.max == 0) revert UnknownParameter(key);
+        return parameter.value;
     }
 
     /// @notice The bounds a value of parameter `key` must lie within.
     function boundsOf(bytes32 key) external view returns (uint256 min, uint256 max) {
-        _checkKnown(key);
-        Bounds memory bounds = _bounds[key];
-        return (bounds.min, bounds.max);
+        Parameter memory parameter = _parameters[key];
+        if (parameter.max == 0) revert UnknownParameter(key);
+        return (parameter.min, parameter.max);
     }
 
     /// @notice The names of every parameter.
@@ -174,7 +176,7 @@ contract ParameterStore is Ownable {
     function noteTerms(address stablecoin) external view returns (bool listed, uint8 decimals, uint256 noteCap) {
         listed = _stablecoins.contains(stablecoin);
         decimals = _decimals[stablecoin];
-        noteCap = _values[NOTE_CAP_UNITS] * 10 ** decimals;
+        noteCap = uint256(_parameters[NOTE_CAP_UNITS].value) * 10 ** decimals;
     }
 
     /// @notice The decimals `stablecoin` had when it was listed (0 if it never was).
@@ -194,24 +196,20 @@ contract ParameterStore is Ownable {
 
     // ---------------------------------------------------------------- internals
 
-    function _define(bytes32 key, uint256 initial, uint128 min, uint128 max) private {
-        _bounds[key] = Bounds(min, max);
+    function _define(bytes32 key, uint256 initial, uint64 min, uint64 max) private {
+        _parameters[key] = Parameter(0, min, max);
         _keys.push(key);
         _set(key, initial);
     }
 
     function _set(bytes32 key, uint256 newValue) private {
-        Bounds memory bounds = _bounds[key];
-        if (bounds.max == 0) revert UnknownParameter(key);
-        if (newValue < bounds.min || newValue > bounds.max) {
-            revert ParameterOutOfBounds(key, newValue, bounds.min, bounds.max);
-        }
-        _values[key] = newValue;
+        Parameter storage parameter = _parameters[key];
+        (uint64 min, uint64 max) = (parameter.min, parameter.max);
+        if (max == 0) revert UnknownParameter(key);
+        if (newValue < min || newValue > max) revert ParameterOutOfBounds(key, newValue, min, max);
+        // Bounded by `max`, a uint64: the cast cannot truncate.
+        parameter.value = uint128(newValue);
         emit ParameterSet(key, newValue);
-    }
-
-    function _checkKnown(bytes32 key) private view {
-        if (_bounds[key].max == 0) revert UnknownParameter(key);
     }
 
     function _readDecimals(address stablecoin) private view returns (uint8) {
