@@ -89,7 +89,6 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     }
 
     uint256 private constant _BPS = 10_000;
-    uint256 private constant _ORACLE_DECIMALS = 8;
     uint256 private constant _CONET_DECIMALS = 18;
     // Exit nonces are tracked 255 to a word; the top bit marks a word as written so that the first
     // exit of a note updates a slot instead of creating one. `buy` pre-writes word 0 with the order:
@@ -480,7 +479,10 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         view
         returns (uint256)
     {
+        // The oracle has already refused a stale price; when it was updated is of no further use here.
+        // slither-disable-next-line unused-return
         (uint256 coinPrice,) = _oracle.price(stablecoin);
+        // slither-disable-next-line unused-return
         (uint256 conetPrice,) = _oracle.price(address(_conet));
         return Math.mulDiv(value * coinPrice, 10 ** _CONET_DECIMALS, conetPrice * 10 ** decimals, rounding);
     }

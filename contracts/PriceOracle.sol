@@ -4,6 +4,7 @@ pragma solidity ^0.8.28;
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 import {IAggregatorV3} from "./interfaces/IAggregatorV3.sol";
+import {IPriceOracle} from "./interfaces/IPriceOracle.sol";
 
 /// @title Price oracle
 /// @notice USD prices with 8 decimals for CoNET and each backing stablecoin, keyed by token address.
@@ -11,7 +12,7 @@ import {IAggregatorV3} from "./interfaces/IAggregatorV3.sol";
 /// AggregatorV3 feed configured for the asset. Readers either take the raw round
 /// (`latestRoundData(asset)`, shaped like AggregatorV3) or a checked price (`price(asset)`), which
 /// reverts when the price is missing, not positive, or older than the asset's maximum age.
-contract PriceOracle is AccessControl {
+contract PriceOracle is IPriceOracle, AccessControl {
     using SafeCast for uint256;
 
     /// @notice The role that may set prices.

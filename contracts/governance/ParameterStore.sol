@@ -108,8 +108,8 @@ contract ParameterStore is Ownable {
     // ---------------------------------------------------------------- governance
 
     /// @notice Sets parameter `key` to `value`, within the bounds of `key`.
-    function setParameter(bytes32 key, uint256 value) external onlyOwner {
-        _set(key, value);
+    function setParameter(bytes32 key, uint256 newValue) external onlyOwner {
+        _set(key, newValue);
     }
 
     /// @notice Lets `stablecoin` back new notes. Its decimals are read once and kept.
