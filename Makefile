@@ -65,6 +65,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/gas.py
+	$(BIN)/python bench/dle_engines.py
+	$(BIN)/python bench/si_envelope.py
 
 gas-snapshot: setup
 	$(BIN)/python bench/gas.py --write
