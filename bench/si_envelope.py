@@ -19,7 +19,7 @@ from functools import partial
 
 import click
 from coincurve import PrivateKey
-from Crypto.Cipher import AES
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from offchain.si import KeyPair, open_inner, open_outer, seal, sealed_size
 
@@ -58,7 +58,7 @@ def baseline(size: int) -> Callable[[], object]:
 
     def run() -> object:
         recipient.multiply(ephemeral)
-        return AES.new(key, AES.MODE_GCM, nonce=nonce).encrypt_and_digest(data)
+        return AESGCM(key).encrypt(nonce, data, None)
 
     return run
 

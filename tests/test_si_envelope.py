@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -452,6 +453,23 @@ def test_ecies_round_trip_and_binding() -> None:
             ecies.decrypt(key, blob, info=info, aad=aad)
     with pytest.raises(TruncatedEnvelope):
         ecies.decrypt(RECIPIENT, blob[: ecies.ECIES_OVERHEAD - 1], info=b"info", aad=b"aad")
+
+
+# Made by the first implementation (pycryptodome AES-GCM, hand-written HKDF) with a fixed ephemeral
+# key and nonce: pins HKDF salt and info, the AAD, and the E ‖ nonce ‖ ciphertext ‖ tag layout.
+KNOWN_BLOB = bytes.fromhex(
+    "02b3c82426768c46023c5e7ce95036c4965e70691481ea80bc80d1f3f837200987000102030405060708090a0b"
+    "b3bcf2f4876310aa2abc8b227d02d7defbf1d51bf33c51ef7aad98e7a2cf2a846538ab1172"
+)
+
+
+def test_ecies_wire_format_is_stable(monkeypatch: pytest.MonkeyPatch) -> None:
+    recipient = KeyPair.from_secret(bytes(range(1, 33)))
+    info, aad, plaintext = b"CoNET-SI/v1/ecies/recipient", b"CNSI header", b"CoNET-SI known answer"
+    assert ecies.decrypt(recipient, KNOWN_BLOB, info=info, aad=aad) == plaintext
+    monkeypatch.setattr(ecies, "PrivateKey", lambda: PrivateKey(bytes(range(101, 133))))
+    monkeypatch.setattr(os, "urandom", lambda size: bytes(range(size)))
+    assert ecies.encrypt(recipient.public_key, plaintext, info=info, aad=aad) == KNOWN_BLOB
 
 
 def test_addresses_are_ethereum_addresses() -> None:

@@ -13,19 +13,20 @@ caller's `info` separates protocols and layers, and its `aad` binds whatever cle
 with the blob. Each derived key encrypts one message, so a fixed nonce would do; a random one costs
 12 bytes and keeps AES-GCM safe should a later change ever reuse a derived key.
 
-AES-GCM comes from pycryptodome, which the pinned Ethereum stack already installs (eth-keyfile
-depends on it), HMAC for HKDF from the standard library, and coincurve (libsecp256k1) does the curve
-arithmetic.
+coincurve (libsecp256k1) does the curve arithmetic; HKDF-SHA256 and AES-256-GCM come from the
+`cryptography` package, both running in OpenSSL.
 """
 
 from __future__ import annotations
 
-import hmac
 import os
 from dataclasses import dataclass, field
 
 from coincurve import PrivateKey, PublicKey
-from Crypto.Cipher import AES
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from eth_typing import ChecksumAddress
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
@@ -132,19 +133,13 @@ class KeyPair:
 
 
 def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = KEY_SIZE) -> bytes:
-    """HKDF (RFC 5869) with SHA-256, on the standard library's C HMAC.
+    """HKDF (RFC 5869) with SHA-256, extract then expand, from `cryptography` (OpenSSL).
 
-    pycryptodome's HKDF runs its HMAC in Python and cost more than the ECDH itself here.
+    An `HKDF` object derives once, so each call builds its own.
     """
     if not 0 < length <= 255 * _SHA256_SIZE:
         raise ValueError(f"HKDF-SHA256 yields 1 to {255 * _SHA256_SIZE} bytes, not {length}")
-    prk = hmac.digest(salt, ikm, "sha256")
-    okm = b""
-    block = b""
-    for counter in range(1, -(-length // _SHA256_SIZE) + 1):
-        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
-        okm += block
-    return okm[:length]
+    return HKDF(algorithm=SHA256(), length=length, salt=salt, info=info).derive(ikm)
 
 
 def _symmetric_key(secret: bytes, public: PublicKey, ephemeral: bytes, recipient: bytes, info: bytes) -> bytes:
@@ -161,10 +156,8 @@ def encrypt(recipient: bytes | PublicKey, plaintext: bytes, *, info: bytes, aad:
     ephemeral_public = ephemeral.public_key.format(compressed=True)
     key = _symmetric_key(ephemeral.secret, recipient_key, ephemeral_public, recipient_key.format(compressed=True), info)
     nonce = os.urandom(NONCE_SIZE)
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
-    cipher.update(aad)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return ephemeral_public + nonce + ciphertext + tag
+    # AESGCM returns the ciphertext with the 16-byte tag appended: exactly the blob's tail.
+    return ephemeral_public + nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def decrypt(recipient: KeyPair, blob: bytes, *, info: bytes, aad: bytes) -> bytes:
@@ -177,8 +170,7 @@ def decrypt(recipient: KeyPair, blob: bytes, *, info: bytes, aad: bytes) -> byte
         raise TruncatedEnvelope(f"an ECIES blob is at least {ECIES_OVERHEAD} bytes, got {len(blob)}")
     ephemeral_public = blob[:EPHEMERAL_KEY_SIZE]
     nonce = blob[EPHEMERAL_KEY_SIZE : EPHEMERAL_KEY_SIZE + NONCE_SIZE]
-    ciphertext = blob[EPHEMERAL_KEY_SIZE + NONCE_SIZE : -TAG_SIZE]
-    tag = blob[-TAG_SIZE:]
+    ciphertext_and_tag = blob[EPHEMERAL_KEY_SIZE + NONCE_SIZE :]
     if ephemeral_public[0] not in (0x02, 0x03):
         raise TamperedEnvelope("the ephemeral key is not a compressed secp256k1 key")
     try:
@@ -186,9 +178,7 @@ def decrypt(recipient: KeyPair, blob: bytes, *, info: bytes, aad: bytes) -> byte
     except ValueError as error:
         raise TamperedEnvelope("the ephemeral key is not a point on secp256k1") from error
     key = _symmetric_key(recipient.secret, ephemeral, ephemeral_public, recipient.public_key, info)
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce, mac_len=TAG_SIZE)
-    cipher.update(aad)
     try:
-        return cipher.decrypt_and_verify(ciphertext, tag)
-    except ValueError as error:
+        return AESGCM(key).decrypt(nonce, ciphertext_and_tag, aad)
+    except InvalidTag as error:
         raise TamperedEnvelope("authentication failed: changed, or not sealed to this key") from error
