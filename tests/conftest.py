@@ -4,6 +4,7 @@ snapshot isolation reverting each test's transactions; deploy and gas tests star
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -162,8 +163,9 @@ def archive_nodes(accounts: Any, admin: Any, treasury: Any, token: Any, staking:
         admin.transfer(account, "1 ether")
         token.transfer(account, MIN_STAKE[Role.ARCHIVE], sender=treasury)
         stake(staking, token, account, Role.ARCHIVE, MIN_STAKE[Role.ARCHIVE])
-        registry.register(int(Role.ARCHIVE), public_key(account), ["https://archive.example"], (0, 0, 0, 0), "eu",
-                          sender=account)
+        registry.register(
+            int(Role.ARCHIVE), public_key(account), ["https://archive.example"], (0, 0, 0, 0), "eu", sender=account
+        )
         nodes.append(account)
     return nodes
 
@@ -189,3 +191,146 @@ def set_prices(oracle: Any, admin: Any, token: Any, *stablecoins: Any) -> None:
     oracle.setPrice(token, CONET_PRICE, sender=admin)
     for coin in stablecoins:
         oracle.setPrice(coin, DOLLAR, sender=admin)
+
+
+# ---------------------------------------------------------------- strict reverts and EIP-712 digests
+
+
+def _abi_value(value: Any) -> Any:
+    """`value` as eth_abi encodes it: accounts and contracts by address, enums as ints."""
+    if hasattr(value, "address"):
+        return value.address
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _revert_data(err: Any) -> bytes | None:
+    """The raw revert data of an undecoded revert: ape gives it as hex, or as the repr of bytes."""
+    import ast
+
+    message = str(err.message)
+    if message.startswith("0x"):
+        return bytes.fromhex(message[2:])
+    if message.startswith(("b'", 'b"')):
+        return ast.literal_eval(message)
+    return None
+
+
+@contextmanager
+def reverts_with(error: Any, **inputs: Any) -> Iterator[None]:
+    """Like `ape.reverts(error, **inputs)`, but strict. ape's context manager passes whenever a revert
+    is not decoded (an error raised by another contract than the one called stays raw data) and skips
+    inputs it does not know by name. This one matches the error by selector, decodes raw revert data
+    with the error's ABI, and when inputs are given wants every input, each equal once ABI-encoded."""
+    from ape.exceptions import ContractLogicError, CustomError
+    from eth_abi import decode, encode
+    from eth_utils.crypto import keccak as _keccak
+
+    abi = error.abi
+    selector = _keccak(text=abi.selector)[:4]
+    types = [item.canonical_type for item in abi.inputs]
+    names = [item.name for item in abi.inputs]
+    try:
+        yield
+    except ContractLogicError as err:
+        if isinstance(err, CustomError):
+            got = _keccak(text=err.abi.selector)[:4]
+            assert got == selector, f"expected {abi.selector}, reverted with {err.abi.selector}: {err.inputs}"
+            actual = [err.inputs[name] for name in names]
+        else:
+            data = _revert_data(err)
+            assert data is not None, f"expected {abi.selector}, reverted with {err.message!r}"
+            assert data[:4] == selector, f"expected {abi.selector} ({selector.hex()}), reverted with 0x{data.hex()}"
+            actual = list(decode(types, data[4:]))
+        if inputs:
+            assert sorted(inputs) == sorted(names), f"{abi.selector}: give every input of {names}"
+            for name, kind, value in zip(names, types, actual, strict=True):
+                expected = encode([kind], [_abi_value(inputs[name])])
+                assert encode([kind], [_abi_value(value)]) == expected, (
+                    f"{abi.name}.{name}: expected {inputs[name]!r}, got {value!r}"
+                )
+    else:
+        raise AssertionError(f"did not revert; expected {abi.selector}")
+
+
+def eip712_digest(
+    name: str, chain_id: int, contract: str, primary: str, fields: list[tuple[str, str]], message: dict[str, Any]
+) -> bytes:
+    """The EIP-712 digest of `message` (a `primary` struct of `fields`) for domain (`name`, "1",
+    `chain_id`, `contract`), computed off chain with eth_account."""
+    from eth_account.messages import encode_typed_data
+    from eth_utils.crypto import keccak as _keccak
+
+    domain = {"name": name, "version": "1", "chainId": chain_id, "verifyingContract": contract}
+    types = {primary: [{"name": field, "type": kind} for field, kind in fields]}
+    signable = encode_typed_data(domain_data=domain, message_types=types, message_data=message)
+    return _keccak(b"\x19\x01" + signable.header + signable.body)
+
+
+EXIT_FIELDS = [
+    ("note", "uint256"),
+    ("chain", "bytes32"),
+    ("height", "uint256"),
+    ("holder", "address"),
+    ("receiver", "address"),
+    ("amount", "uint256"),
+    ("nonce", "uint256"),
+]
+
+
+def exit_digest(chain_id: int, cash: Any, certificate: Sequence[Any]) -> bytes:
+    """CoNETCash.exitDigest(certificate) for the CoNETCash at `cash` on chain `chain_id`."""
+    message = {field: _abi_value(value) for (field, _), value in zip(EXIT_FIELDS, certificate, strict=True)}
+    return eip712_digest("CoNETCash", chain_id, _abi_value(cash), "ExitCertificate", EXIT_FIELDS, message)
+
+
+def genesis_digest(chain_id: int, dle: Any, asset: Any, asset_id: int, genesis: bytes, group: int) -> bytes:
+    """DleRegistry.genesisDigest(asset, assetId, genesis, group) for the registry at `dle`."""
+    fields = [
+        ("chain", "bytes32"),
+        ("genesisHash", "bytes32"),
+        ("asset", "address"),
+        ("assetId", "uint256"),
+        ("group", "uint256"),
+    ]
+    message = {
+        "chain": dle_chain_id(chain_id, asset, asset_id),
+        "genesisHash": genesis,
+        "asset": _abi_value(asset),
+        "assetId": asset_id,
+        "group": group,
+    }
+    return eip712_digest("CoNET DLE", chain_id, _abi_value(dle), "ChainGenesis", fields, message)
+
+
+def block_digest(chain_id: int, dle: Any, chain: bytes, height: int, header: bytes) -> bytes:
+    """DleRegistry.blockDigest(chain, height, header) for the registry at `dle`."""
+    fields = [("chain", "bytes32"), ("height", "uint256"), ("headerHash", "bytes32")]
+    message = {"chain": chain, "height": height, "headerHash": header}
+    return eip712_digest("CoNET DLE", chain_id, _abi_value(dle), "BlockSignature", fields, message)
+
+
+def dle_chain_id(chain_id: int, asset: Any, asset_id: int) -> bytes:
+    """DleChainId.compute: keccak256(abi.encode(block.chainid, asset, assetId))."""
+    from eth_abi import encode
+    from eth_utils.crypto import keccak as _keccak
+
+    return _keccak(encode(["uint256", "address", "uint256"], [chain_id, _abi_value(asset), asset_id]))
+
+
+def recovered_signers(digest: bytes, signatures: bytes) -> list[str]:
+    """The addresses ecrecover finds in concatenated 65-byte `signatures` over `digest`, in order."""
+    from eth_account import Account
+
+    return [Account._recover_hash(digest, signature=signatures[i : i + 65]) for i in range(0, len(signatures), 65)]
+
+
+def reverts_with_wrong_signers(dle: Any, digest: bytes, signatures: bytes, group: int, epoch: int) -> Any:
+    """`reverts_with` the error DleRegistry gives for `signatures` that are not over `digest`: whoever
+    ecrecover finds instead is either out of order (UnsortedSigners) or not the group (SignersNotGroup)."""
+    signers = recovered_signers(digest, signatures)
+    for index in range(1, len(signers)):
+        if int(signers[index], 16) <= int(signers[index - 1], 16):
+            return reverts_with(dle.UnsortedSigners, index=index)
+    return reverts_with(dle.SignersNotGroup, group=group, epoch=epoch)
