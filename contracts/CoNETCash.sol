@@ -59,11 +59,13 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         address party; // the buyer while ordered, the issuing CBDC once live
         uint256 stamp; // the order's timestamp while ordered, the block the note was minted or re-funded in
         bool reissuable; // whether exits earn the CBDC a CoNET re-issue (the note was backed by a burn)
+        uint256 burnBps; // the burn rate its CBDC paid at fill, and the rate of its re-issue (0: none)
         uint256 exitFeeBps; // fixed when the note was issued or re-funded
         bytes32 chain;
     }
 
-    /// @notice What a CBDC has earned in one stablecoin and not claimed.
+    /// @notice What a CBDC has earned in one stablecoin and not claimed: fees, and the value (in the
+    /// stablecoin's units) of the CoNET to re-issue — the burn rate of each note times what was exited.
     struct Earnings {
         uint128 fees;
         uint128 reissueValue;
@@ -71,21 +73,24 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     // One slot per note: its whole life is read and written with one SLOAD and one SSTORE. Amounts
     // fit 80 bits: the largest note the parameter bounds allow is 10^6 units of an 18-decimal coin.
-    // The exit fee is fixed when the note is issued, so a holder knows what exiting will cost.
+    // The exit fee is fixed when the note is issued, so a holder knows what exiting will cost; the
+    // burn rate is the one its CBDC paid, so the re-issue restores exactly that rate (0: the note
+    // was re-funded from the pool, nothing was burned for it, nothing is re-issued).
     struct Note {
         uint16 coin;
         Status status;
-        bool reissuable;
+        uint16 burnBps;
         uint16 exitFeeBps;
         uint80 outstanding;
         uint80 faceValue;
-        uint48 stamp;
+        uint40 stamp;
     }
 
+    // The coin's address and its total backing share a slot: an exit updates it with one write.
+    // 96 bits hold 79 billion whole units of an 18-decimal coin; `buy` refuses to go beyond.
     struct Coin {
         address token;
-        uint8 decimals;
-        uint88 backing;
+        uint96 backing;
     }
 
     uint256 private constant _BPS = 10_000;
@@ -143,6 +148,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     error CertificateUsed(uint256 note, uint256 nonce);
     /// @notice Nothing to claim in `stablecoin`.
     error NothingToClaim(address stablecoin);
+    /// @notice The deposits and notes of `stablecoin` would exceed what this contract can account for.
+    error BackingLimitReached(address stablecoin);
 
     /// @notice `buyer` deposited `amount` of `stablecoin`; the order waits for a CBDC until `deadline`.
     event OrderPlaced(uint256 indexed id, address indexed buyer, address indexed stablecoin, uint256 amount);
@@ -205,23 +212,27 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     /// @return id The note (if `assigned`) or the order.
     /// @return assigned Whether a pooled note was assigned at once.
     function buy(address stablecoin, uint256 amount) external nonReentrant returns (uint256 id, bool assigned) {
-        (bool listed, uint8 decimals, uint256 cap) = _params.noteTerms(stablecoin);
+        (bool listed,, uint256 cap) = _params.noteTerms(stablecoin);
         if (!listed) revert StablecoinNotListed(stablecoin);
         if (amount == 0 || amount > cap) revert InvalidAmount(amount, cap);
-        uint16 coin = _coinOf(stablecoin, decimals);
+        uint16 coin = _coinOf(stablecoin);
+        // Every open order may become backing: keep their sum within the backing's 96 bits.
+        if (_coins[coin - 1].backing + _openOrderValue[coin] + amount > type(uint96).max) {
+            revert BackingLimitReached(stablecoin);
+        }
 
         uint256[] storage pool = _pool[coin];
         if (pool.length > 0) {
             id = pool[pool.length - 1];
             pool.pop();
             uint16 exitFee = uint16(_params.value(ParameterKeys.EXIT_FEE_BPS));
-            _notes[id] = Note(coin, Status.Live, false, exitFee, uint80(amount), uint80(amount), uint48(block.number));
-            _coins[coin - 1].backing += uint88(amount);
+            _notes[id] = Note(coin, Status.Live, 0, exitFee, uint80(amount), uint80(amount), uint40(block.number));
+            _coins[coin - 1].backing += uint96(amount);
             emit NoteRefunded(id, msg.sender, stablecoin, amount);
             assigned = true;
         } else {
             id = _nextId++;
-            _notes[id] = Note(coin, Status.Ordered, false, 0, uint80(amount), uint80(amount), uint48(block.timestamp));
+            _notes[id] = Note(coin, Status.Ordered, 0, 0, uint80(amount), uint80(amount), uint40(block.timestamp));
             _parties[id] = msg.sender;
             _usedExitNonces[id][0] = _WORD_WRITTEN;
             _openOrderValue[coin] += amount;
@@ -259,14 +270,15 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         if (!_staking.meetsMinimum(msg.sender, Role.CBDC)) revert NotStakedCbdc(msg.sender);
         Coin storage coin = _coins[note.coin - 1];
         address stablecoin = coin.token;
-        uint256 burnValue = Math.mulDiv(note.faceValue, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS, Math.Rounding.Ceil);
-        burned = _conetWorth(stablecoin, coin.decimals, burnValue, Math.Rounding.Ceil);
+        // Bounded by 10,000 in the parameter store: the casts cannot truncate.
+        note.burnBps = uint16(_params.value(ParameterKeys.CBDC_BURN_BPS));
+        uint256 burnValue = Math.mulDiv(note.faceValue, note.burnBps, _BPS, Math.Rounding.Ceil);
+        burned = _conetWorth(stablecoin, burnValue, Math.Rounding.Ceil);
 
         address buyer = _parties[id];
         note.status = Status.Live;
-        note.reissuable = true;
         note.exitFeeBps = uint16(_params.value(ParameterKeys.EXIT_FEE_BPS));
-        note.stamp = uint48(block.number);
+        note.stamp = uint40(block.number);
         _notes[id] = note;
         _parties[id] = msg.sender;
         _openOrderValue[note.coin] -= note.faceValue;
@@ -278,8 +290,9 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         _safeMint(buyer, id);
     }
 
-    /// @notice Pays the caller's fees in `stablecoin` and re-issues the CoNET its exits earned, valued
-    /// at the oracle price now, never above the cap: what the cap withholds is reported and forfeited.
+    /// @notice Pays the caller's fees in `stablecoin` and re-issues the CoNET its exits earned: each
+    /// exit earned its note's burn rate times the amount, valued here at today's oracle price (rounded
+    /// down), never above the cap: what the cap withholds is reported and forfeited.
     function claim(address stablecoin) external nonReentrant returns (uint256 fees, uint256 reissued) {
         uint16 coinId = _coinIds[stablecoin];
         Earnings memory earned = coinId == 0 ? Earnings(0, 0) : _earnings[msg.sender][coinId];
@@ -289,9 +302,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
         uint256 withheld = 0;
         if (earned.reissueValue > 0) {
-            Coin memory coin = _coins[coinId - 1];
-            uint256 value = Math.mulDiv(earned.reissueValue, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS);
-            uint256 owed = _conetWorth(stablecoin, coin.decimals, value, Math.Rounding.Floor);
+            uint256 owed = _conetWorth(stablecoin, earned.reissueValue, Math.Rounding.Floor);
             reissued = Math.min(owed, _conet.reissuable());
             withheld = owed - reissued;
         }
@@ -340,7 +351,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
             outstanding: note.status == Status.Live ? note.outstanding : 0,
             party: _parties[id],
             stamp: note.stamp,
-            reissuable: note.reissuable,
+            reissuable: note.burnBps > 0,
+            burnBps: note.burnBps,
             exitFeeBps: note.exitFeeBps,
             chain: DleChainId.compute(address(this), id)
         });
@@ -405,9 +417,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     /// @notice The CoNET a CBDC burns to fill an order of `amount` `stablecoin` at today's prices.
     function burnFor(address stablecoin, uint256 amount) external view returns (uint256) {
-        uint8 decimals = _params.stablecoinDecimals(stablecoin);
         uint256 burnValue = Math.mulDiv(amount, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS, Math.Rounding.Ceil);
-        return _conetWorth(stablecoin, decimals, burnValue, Math.Rounding.Ceil);
+        return _conetWorth(stablecoin, burnValue, Math.Rounding.Ceil);
     }
 
     /// @notice The contracts this one works with.
@@ -421,10 +432,10 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- internals
 
-    function _coinOf(address stablecoin, uint8 decimals) private returns (uint16 coin) {
+    function _coinOf(address stablecoin) private returns (uint16 coin) {
         coin = _coinIds[stablecoin];
         if (coin != 0) return coin;
-        _coins.push(Coin(stablecoin, decimals, 0));
+        _coins.push(Coin(stablecoin, 0));
         coin = uint16(_coins.length);
         _coinIds[stablecoin] = coin;
     }
@@ -447,16 +458,16 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         // `amount` is at most `outstanding`, itself at most the note cap: the casts cannot truncate.
         note.outstanding -= uint80(amount);
         Coin storage coin = _coins[note.coin - 1];
-        coin.backing -= uint88(amount);
+        coin.backing -= uint96(amount);
         stablecoin = coin.token;
         Earnings storage earned = _earnings[_parties[id]][note.coin];
         earned.fees += uint128(fee);
-        if (note.reissuable) earned.reissueValue += uint128(amount);
+        if (note.burnBps > 0) earned.reissueValue += uint128(Math.mulDiv(amount, note.burnBps, _BPS));
         emit NoteExited(id, certificate.holder, certificate.receiver, amount, fee, certificate.nonce);
 
         if (note.outstanding == 0) {
             note.status = Status.Pooled;
-            note.reissuable = false;
+            note.burnBps = 0;
             _pool[note.coin].push(id);
             _burn(id);
             emit NotePooled(id, stablecoin);
@@ -474,11 +485,9 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     /// @dev CoNET (18 decimals) worth `value` units of `stablecoin`:
     /// value × price(stablecoin) × 10^18 / (price(CoNET) × 10^decimals).
-    function _conetWorth(address stablecoin, uint8 decimals, uint256 value, Math.Rounding rounding)
-        private
-        view
-        returns (uint256)
-    {
+    function _conetWorth(address stablecoin, uint256 value, Math.Rounding rounding) private view returns (uint256) {
+        // Recorded when the coin was listed, and kept after a delisting for the notes it still backs.
+        uint8 decimals = _params.stablecoinDecimals(stablecoin);
         // The oracle has already refused a stale price; when it was updated is of no further use here.
         // slither-disable-next-line unused-return
         (uint256 coinPrice,) = _oracle.price(stablecoin);

@@ -132,7 +132,7 @@ def test_list_buy_fill_exit_claim_pool_refund(
     cash.exit(certificate, epoch, signatures, sender=bob)
     assert stablecoin.balanceOf(bob) == 40 * USDC - 80_000
     assert cash.outstandingOf(note) == 60 * USDC
-    assert cash.earningsOf(cbdc, stablecoin) == (80_000, 40 * USDC)
+    assert cash.earningsOf(cbdc, stablecoin) == (80_000, 8 * USDC)  # re-issue value: 20% of $40
     assert stablecoin.balanceOf(cash) == 60 * USDC + 80_000
 
     # 6. The same certificate again is refused.
