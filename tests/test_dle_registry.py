@@ -1,0 +1,496 @@
+"""DleRegistry: archive-group epochs (opened, kept, renewed on a member leaving, unbonding or joining),
+chain registration on a genesis certificate, group certificates (every member of the epoch, no more, no
+fewer, sorted; an ended epoch within its grace), and equivocation reports that slash the signer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import (
+    EPOCH_GRACE,
+    MIN_STAKE,
+    REPORTER_BPS,
+    block_digest,
+    dle_chain_id,
+    genesis_digest,
+    group_of,
+    group_signatures,
+    public_key,
+    reverts_with,
+    reverts_with_wrong_signers,
+    sign_digest,
+    stake,
+)
+from eth_abi import encode
+from eth_account import Account
+from eth_utils import to_checksum_address
+from eth_utils.crypto import keccak
+
+from offchain.chain.deployer import CONET, Role
+
+ASSET = to_checksum_address("0x00000000000000000000000000000000000c0de5")
+GENESIS = b"\x6e" * 32
+DIGEST = keccak(b"some certificate")
+HEADER_A = keccak(b"block a")
+HEADER_B = keccak(b"block b")
+HEADER_C = keccak(b"block c")
+CHAIN = keccak(b"a note chain")
+HEIGHT = 42
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deployed(
+    dle: Any,
+    archive_nodes: list[Any],
+    funded: list[Any],
+    admin: Any,
+    treasury: Any,
+    alice: Any,
+    bob: Any,
+    carol: Any,
+    token: Any,
+    staking: Any,
+    registry: Any,
+) -> None:
+    """Set up the module's fixtures before ape's per-test snapshots start."""
+
+
+@pytest.fixture
+def epochs(dle: Any, admin: Any) -> None:
+    """Both archive groups' first epoch."""
+    for group in (0, 1):
+        dle.refreshGroup(group, sender=admin)
+
+
+def sort(accounts: list[Any]) -> list[str]:
+    return sorted((a.address for a in accounts), key=lambda address: int(address, 16))
+
+
+def members_hash(addresses: list[str]) -> bytes:
+    """bytes20(keccak256(abi.encodePacked(address[]))): each address padded to a 32-byte word."""
+    return keccak(b"".join(bytes.fromhex(a[2:]).rjust(32, b"\x00") for a in addresses))[:20]
+
+
+def new_archive_node(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any, registry: Any) -> Any:
+    account = accounts.generate_test_account()
+    admin.transfer(account, "1 ether")
+    token.transfer(account, MIN_STAKE[Role.ARCHIVE], sender=treasury)
+    stake(staking, token, account, Role.ARCHIVE, MIN_STAKE[Role.ARCHIVE])
+    registry.register(int(Role.ARCHIVE), public_key(account), ["https://a.example"], (0, 0, 0, 0), "eu", sender=account)
+    return account
+
+
+def started(receipt: Any, dle: Any) -> list[Any]:
+    return list(receipt.events.filter(dle.EpochStarted))
+
+
+# ---------------------------------------------------------------- epochs
+
+
+def test_the_first_refresh_opens_epoch_1_with_the_sorted_staked_members(
+    chain: Any, dle: Any, registry: Any, archive_nodes: list[Any], admin: Any
+) -> None:
+    for group in (0, 1):
+        assert dle.currentEpoch(group) == 0
+        with reverts_with(dle.UnknownEpoch, group=group, epoch=1):
+            dle.verifyGroupCertificate(group, DIGEST, 1, b"\x00" * 65)
+        assert dle.refreshGroup.call(group, sender=admin) == (1, True)
+        receipt = dle.refreshGroup(group, sender=admin)
+        members = sort(group_of(registry, archive_nodes, group))
+        assert len(members) == 2
+        (event,) = started(receipt, dle)
+        assert (event.group, event.epoch, list(event.members)) == (group, 1, members)
+        assert bytes(event.membersHash) == members_hash(members)
+        record = dle.epochOf(group, 1)
+        assert (bytes(record.membersHash), record.startedAt, record.endedAt) == (
+            members_hash(members),
+            chain.blocks[receipt.block_number].timestamp,
+            0,
+        )
+        assert dle.epochMembers(group, 1) == members
+        assert dle.currentEpoch(group) == 1
+
+
+def test_an_unchanged_group_keeps_its_epoch(dle: Any, admin: Any, epochs: None) -> None:
+    before = dle.epochOf(0, 1)
+    assert dle.refreshGroup.call(0, sender=admin) == (1, False)
+    receipt = dle.refreshGroup(0, sender=admin)
+    assert started(receipt, dle) == []
+    assert dle.currentEpoch(0) == 1
+    assert dle.epochOf(0, 1) == before
+
+
+def test_a_member_unbonding_below_the_minimum_opens_a_new_epoch(
+    chain: Any,
+    dle: Any,
+    token: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    treasury: Any,
+    epochs: None,
+) -> None:
+    leaver, stayer = group_of(registry, archive_nodes, 0)
+    staking.requestUnstake(int(Role.ARCHIVE), 1, sender=leaver)  # one wei below the minimum
+    assert not staking.meetsMinimum(leaver, int(Role.ARCHIVE))
+    assert dle.refreshGroup.call(0, sender=admin) == (2, True)
+    receipt = dle.refreshGroup(0, sender=admin)
+    now = chain.blocks[receipt.block_number].timestamp
+    (event,) = started(receipt, dle)
+    assert (event.epoch, list(event.members)) == (2, [stayer.address])
+    assert dle.epochOf(0, 1).endedAt == now
+    assert (dle.epochOf(0, 2).startedAt, dle.epochOf(0, 2).endedAt) == (now, 0)
+    assert dle.epochMembers(0, 1) == sort([leaver, stayer])  # the old epoch keeps its members
+    # Staking back up to the minimum brings the member back in a third epoch.
+    token.transfer(leaver, 1, sender=treasury)
+    stake(staking, token, leaver, Role.ARCHIVE, 1)
+    dle.refreshGroup(0, sender=admin)
+    assert dle.currentEpoch(0) == 3
+    assert dle.epochMembers(0, 3) == sort([leaver, stayer])
+
+
+def test_a_stake_above_the_minimum_changing_opens_no_epoch(
+    dle: Any,
+    staking: Any,
+    token: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    treasury: Any,
+    epochs: None,
+) -> None:
+    member = group_of(registry, archive_nodes, 0)[0]
+    token.transfer(member, 10 * CONET, sender=treasury)
+    stake(staking, token, member, Role.ARCHIVE, 10 * CONET)
+    staking.requestUnstake(int(Role.ARCHIVE), 10 * CONET, sender=member)
+    assert dle.refreshGroup.call(0, sender=admin) == (1, False)
+
+
+def test_a_raised_minimum_stake_empties_the_group(
+    dle: Any, staking: Any, admin: Any, archive_nodes: list[Any], epochs: None
+) -> None:
+    staking.setMinimumStake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE] + 1, sender=admin)
+    for group in (0, 1):
+        with reverts_with(dle.EmptyGroup, group=group):
+            dle.refreshGroup(group, sender=admin)
+        assert dle.currentEpoch(group) == 1  # the last epoch stands
+
+
+def test_a_deregistered_member_leaves_and_a_new_node_joins(
+    accounts: Any,
+    dle: Any,
+    token: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    treasury: Any,
+    epochs: None,
+) -> None:
+    leaver, stayer = group_of(registry, archive_nodes, 1)
+    registry.deregister(registry.tokenOf(leaver, int(Role.ARCHIVE)), sender=leaver)
+    receipt = dle.refreshGroup(1, sender=admin)
+    assert [list(e.members) for e in started(receipt, dle)] == [[stayer.address]]
+
+    # New archive nodes join the smallest group: the next one joins group 1, back to two members.
+    newcomer = new_archive_node(accounts, admin, treasury, token, staking, registry)
+    assert registry.archiveGroupOf(registry.tokenOf(newcomer, int(Role.ARCHIVE))) == 1
+    assert dle.refreshGroup.call(0, sender=admin) == (1, False)
+    receipt = dle.refreshGroup(1, sender=admin)
+    (event,) = started(receipt, dle)
+    assert (event.epoch, list(event.members)) == (3, sort([stayer, newcomer]))
+
+
+def test_members_are_sorted_by_address_whatever_the_order_they_joined_in(
+    accounts: Any,
+    dle: Any,
+    token: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    treasury: Any,
+) -> None:
+    joined = [new_archive_node(accounts, admin, treasury, token, staking, registry) for _ in range(8)]
+    for group in (0, 1):
+        dle.refreshGroup(group, sender=admin)
+        members = dle.epochMembers(group, 1)
+        expected = sort(group_of(registry, [*archive_nodes, *joined], group))
+        assert len(members) == 6
+        assert members == expected
+        assert [int(a, 16) for a in members] == sorted(int(a, 16) for a in members)
+        assert bytes(dle.epochOf(group, 1).membersHash) == members_hash(expected)
+
+
+def test_an_unknown_group_is_refused(dle: Any, registry: Any, admin: Any) -> None:
+    assert registry.groupCount() == 2
+    with reverts_with(dle.UnknownArchiveGroup, group=2):
+        dle.refreshGroup(2, sender=admin)
+
+
+# ---------------------------------------------------------------- chains
+
+
+def test_a_chain_is_registered_once_on_its_groups_genesis_certificate(
+    chain: Any, dle: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    chain_id = dle_chain_id(chain.chain_id, ASSET, 7)
+    assert (
+        dle.chainIdOf(ASSET, 7)
+        == chain_id
+        == keccak(encode(["uint256", "address", "uint256"], [chain.chain_id, ASSET, 7]))
+    )
+    assert not dle.isRegistered(chain_id)
+    with reverts_with(dle.ChainNotRegistered, chain=chain_id):
+        dle.chainOf(chain_id)
+    digest = dle.genesisDigest(ASSET, 7, GENESIS, 1)
+    assert digest == genesis_digest(chain.chain_id, dle, ASSET, 7, GENESIS, 1)
+    signatures = group_signatures(group_of(registry, archive_nodes, 1), digest)
+
+    receipt = dle.registerChain(ASSET, 7, GENESIS, 1, 1, signatures, sender=admin)
+
+    (event,) = receipt.events.filter(dle.ChainRegistered)
+    assert (event.chain, event.asset, event.assetId, event.genesisHash, event.group) == (chain_id, ASSET, 7, GENESIS, 1)
+    record = dle.chainOf(chain_id)
+    assert (record.genesisHash, record.asset, record.group, record.assetId) == (GENESIS, ASSET, 1, 7)
+    assert record.registeredAt == chain.blocks[receipt.block_number].timestamp
+    assert dle.isRegistered(chain_id)
+    # Once: not again, not with another genesis, not by the other group.
+    with reverts_with(dle.ChainAlreadyRegistered, chain=chain_id):
+        dle.registerChain(ASSET, 7, GENESIS, 1, 1, signatures, sender=admin)
+    other = group_signatures(group_of(registry, archive_nodes, 0), dle.genesisDigest(ASSET, 7, HEADER_A, 0))
+    with reverts_with(dle.ChainAlreadyRegistered, chain=chain_id):
+        dle.registerChain(ASSET, 7, HEADER_A, 0, 1, other, sender=admin)
+
+
+def test_a_genesis_certificate_registers_only_what_was_signed(
+    dle: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    signatures = group_signatures(group_of(registry, archive_nodes, 1), dle.genesisDigest(ASSET, 7, GENESIS, 1))
+    for asset, asset_id, genesis in ((ASSET, 8, GENESIS), (ASSET, 7, HEADER_A), (admin.address, 7, GENESIS)):
+        with reverts_with_wrong_signers(dle, dle.genesisDigest(asset, asset_id, genesis, 1), signatures, 1, 1):
+            dle.registerChain(asset, asset_id, genesis, 1, 1, signatures, sender=admin)
+    # The other group's members cannot register a chain for this group.
+    digest = dle.genesisDigest(ASSET, 7, GENESIS, 1)
+    with reverts_with(dle.SignersNotGroup, group=1, epoch=1):
+        dle.registerChain(
+            ASSET, 7, GENESIS, 1, 1, group_signatures(group_of(registry, archive_nodes, 0), digest), sender=admin
+        )
+    with reverts_with(dle.UnknownEpoch, group=1, epoch=2):
+        dle.registerChain(ASSET, 7, GENESIS, 1, 2, signatures, sender=admin)
+
+
+# ---------------------------------------------------------------- certificates
+
+
+@pytest.mark.parametrize(
+    ("flaw", "error"),
+    [
+        ("none", None),
+        ("missing", "SignersNotGroup"),
+        ("extra", "SignersNotGroup"),
+        ("stranger", "SignersNotGroup"),
+        ("other group", "SignersNotGroup"),
+        ("duplicate", "UnsortedSigners"),
+        ("unsorted", "UnsortedSigners"),
+        ("truncated", "MalformedSignatures"),
+        ("empty", "MalformedSignatures"),
+    ],
+)
+def test_a_group_certificate_needs_every_member_and_only_members_in_order(
+    dle: Any, registry: Any, archive_nodes: list[Any], carol: Any, epochs: None, flaw: str, error: str | None
+) -> None:
+    members = sorted(group_of(registry, archive_nodes, 0), key=lambda a: int(a.address, 16))
+    others = group_of(registry, archive_nodes, 1)
+    signatures = {
+        "none": group_signatures(members, DIGEST),
+        "missing": sign_digest(members[1], DIGEST),
+        "extra": group_signatures([*members, carol], DIGEST),
+        "stranger": group_signatures([members[0], carol], DIGEST),
+        "other group": group_signatures(others, DIGEST),
+        "duplicate": sign_digest(members[0], DIGEST) * 2,
+        "unsorted": sign_digest(members[1], DIGEST) + sign_digest(members[0], DIGEST),
+        "truncated": group_signatures(members, DIGEST)[:-1],
+        "empty": b"",
+    }[flaw]
+    if error is None:
+        dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
+        return
+    inputs = {
+        "SignersNotGroup": {"group": 0, "epoch": 1},
+        "UnsortedSigners": {"index": 1},
+        "MalformedSignatures": {"length": len(signatures)},
+    }[error]
+    with reverts_with(getattr(dle, error), **inputs):
+        dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
+
+
+def test_a_certificate_over_another_digest_is_refused(
+    dle: Any, registry: Any, archive_nodes: list[Any], epochs: None
+) -> None:
+    signatures = group_signatures(group_of(registry, archive_nodes, 0), DIGEST)
+    with reverts_with_wrong_signers(dle, keccak(DIGEST), signatures, 0, 1):
+        dle.verifyGroupCertificate(0, keccak(DIGEST), 1, signatures)
+
+
+def test_a_chain_certificate_is_checked_against_the_chains_group(
+    chain: Any, dle: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    chain_id = dle_chain_id(chain.chain_id, ASSET, 7)
+    group_1 = group_of(registry, archive_nodes, 1)
+    with reverts_with(dle.ChainNotRegistered, chain=chain_id):
+        dle.verifyChainCertificate(chain_id, DIGEST, 1, group_signatures(group_1, DIGEST))
+    dle.registerChain(
+        ASSET, 7, GENESIS, 1, 1, group_signatures(group_1, dle.genesisDigest(ASSET, 7, GENESIS, 1)), sender=admin
+    )
+    dle.verifyChainCertificate(chain_id, DIGEST, 1, group_signatures(group_1, DIGEST))
+    with reverts_with(dle.SignersNotGroup, group=1, epoch=1):
+        dle.verifyChainCertificate(chain_id, DIGEST, 1, group_signatures(group_of(registry, archive_nodes, 0), DIGEST))
+
+
+def test_an_ended_epoch_is_accepted_within_its_grace_and_refused_after(
+    chain: Any, dle: Any, staking: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    old = group_of(registry, archive_nodes, 0)
+    staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
+    dle.refreshGroup(0, sender=admin)
+    ended = dle.epochOf(0, 1).endedAt
+    assert dle.epochGrace() == EPOCH_GRACE
+    signatures = group_signatures(old, DIGEST)
+    chain.mine(1, timestamp=ended + EPOCH_GRACE)
+    dle.verifyGroupCertificate(0, DIGEST, 1, signatures)  # the last second of grace
+    chain.mine(1, timestamp=ended + EPOCH_GRACE + 1)
+    with reverts_with(dle.EpochExpired, group=0, epoch=1, endedAt=ended):
+        dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
+    dle.verifyGroupCertificate(0, DIGEST, 2, group_signatures(old[1:], DIGEST))  # the current epoch never expires
+    with reverts_with(dle.UnknownEpoch, group=0, epoch=3):
+        dle.verifyGroupCertificate(0, DIGEST, 3, signatures)
+
+
+# ---------------------------------------------------------------- equivocation
+
+
+@pytest.fixture
+def witness(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any) -> Any:
+    """A fresh account staked 1,500 CoNET as a witness."""
+    account = accounts.generate_test_account()
+    admin.transfer(account, "1 ether")
+    token.transfer(account, 1_500 * CONET, sender=treasury)
+    stake(staking, token, account, Role.WITNESS, 1_500 * CONET)
+    return account
+
+
+def signed_block(chain: Any, dle: Any, signer: Any, header: bytes, height: int = HEIGHT, on: bytes = CHAIN) -> bytes:
+    digest = dle.blockDigest(on, height, header)
+    assert digest == block_digest(chain.chain_id, dle, on, height, header)
+    return sign_digest(signer, digest)
+
+
+def evidence(signer: Any, height: int = HEIGHT) -> bytes:
+    return keccak(encode(["bytes32", "uint256", "address"], [CHAIN, height, signer.address]))
+
+
+def test_two_blocks_at_one_height_signed_by_one_witness_slash_its_stake(
+    chain: Any, dle: Any, staking: Any, token: Any, treasury: Any, bob: Any, witness: Any
+) -> None:
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, witness, HEADER_B)
+    pool, reporter = token.balanceOf(treasury), token.balanceOf(bob)
+    reward = 1_500 * CONET * REPORTER_BPS // 10_000
+
+    receipt = dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+
+    (slashed,) = receipt.events.filter(staking.Slashed)
+    assert (slashed.node, slashed.role, slashed.amount, slashed.reporter, slashed.reward) == (
+        witness.address,
+        int(Role.WITNESS),
+        1_500 * CONET,
+        bob.address,
+        reward,
+    )
+    assert bytes(slashed.evidenceHash) == evidence(witness)
+    (reported,) = receipt.events.filter(dle.EquivocationReported)
+    assert (reported.chain, reported.height, reported.signer, reported.reporter, reported.slashed) == (
+        CHAIN,
+        HEIGHT,
+        witness.address,
+        bob.address,
+        1_500 * CONET,
+    )
+    assert staking.stakeOf(witness, int(Role.WITNESS)) == 0
+    assert not staking.meetsMinimum(witness, int(Role.WITNESS))
+    assert token.balanceOf(bob) == reporter + reward
+    assert token.balanceOf(treasury) == pool + 1_500 * CONET - reward
+    assert staking.isEvidenceUsed(evidence(witness))
+
+    # The same height again, even with another pair of blocks, is the same evidence.
+    third = signed_block(chain, dle, witness, HEADER_C)
+    with reverts_with(staking.EvidenceAlreadyUsed, evidenceHash=evidence(witness)):
+        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_C, third, int(Role.WITNESS), sender=bob)
+
+
+def test_an_equivocation_slashes_unbonding_stake_too(
+    chain: Any, dle: Any, staking: Any, bob: Any, witness: Any
+) -> None:
+    staking.requestUnstake(int(Role.WITNESS), 1_500 * CONET, sender=witness)
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, witness, HEADER_B)
+    receipt = dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+    assert receipt.events.filter(dle.EquivocationReported)[0].slashed == 1_500 * CONET
+    assert staking.unbondingOf(witness, int(Role.WITNESS)) == (0, 0)
+
+
+def test_an_equivocating_archive_member_is_slashed_and_leaves_its_group(
+    chain: Any, dle: Any, staking: Any, registry: Any, archive_nodes: list[Any], admin: Any, bob: Any, epochs: None
+) -> None:
+    cheat, honest = group_of(registry, archive_nodes, 0)
+    first = signed_block(chain, dle, cheat, HEADER_A)
+    second = signed_block(chain, dle, cheat, HEADER_B)
+    dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.ARCHIVE), sender=bob)
+    assert staking.stakeOf(cheat, int(Role.ARCHIVE)) == 0
+    dle.refreshGroup(0, sender=admin)
+    assert dle.epochMembers(0, 2) == [honest.address]
+
+
+def test_one_block_twice_is_no_equivocation(chain: Any, dle: Any, bob: Any, witness: Any) -> None:
+    signature = signed_block(chain, dle, witness, HEADER_A)
+    with reverts_with(dle.SameBlock, headerHash=HEADER_A):
+        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, signature, HEADER_A, signature, int(Role.WITNESS), sender=bob)
+
+
+def test_blocks_signed_by_two_keys_are_no_equivocation(
+    chain: Any, dle: Any, bob: Any, carol: Any, witness: Any
+) -> None:
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, carol, HEADER_B)
+    with reverts_with(dle.DifferentSigners, first=witness, second=carol):
+        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+
+
+def test_blocks_at_two_heights_are_no_equivocation(chain: Any, dle: Any, bob: Any, witness: Any) -> None:
+    """A signature of a block at another height, presented as one at this height, recovers to a stranger."""
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, witness, HEADER_B, height=HEIGHT + 1)
+    stranger = Account._recover_hash(dle.blockDigest(CHAIN, HEIGHT, HEADER_B), signature=second)
+    assert stranger != witness.address
+    with reverts_with(dle.DifferentSigners, first=witness, second=stranger):
+        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+
+
+def test_an_equivocator_cannot_report_itself(chain: Any, dle: Any, staking: Any, witness: Any) -> None:
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, witness, HEADER_B)
+    with reverts_with(staking.SelfReport, node=witness):
+        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=witness)
+    assert staking.stakeOf(witness, int(Role.WITNESS)) == 1_500 * CONET
+
+
+def test_an_equivocator_without_stake_in_the_role_is_not_slashable(
+    chain: Any, dle: Any, staking: Any, bob: Any, witness: Any
+) -> None:
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, witness, HEADER_B)
+    with reverts_with(staking.NothingToSlash, node=witness, role=int(Role.VALIDATOR)):
+        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.VALIDATOR), sender=bob)
