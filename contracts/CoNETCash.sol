@@ -212,6 +212,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     /// @return id The note (if `assigned`) or the order.
     /// @return assigned Whether a pooled note was assigned at once.
     function buy(address stablecoin, uint256 amount) external nonReentrant returns (uint256 id, bool assigned) {
+        // The decimals are read where prices are converted; here only listing and cap matter.
+        // slither-disable-next-line unused-return
         (bool listed,, uint256 cap) = _params.noteTerms(stablecoin);
         if (!listed) revert StablecoinNotListed(stablecoin);
         if (amount == 0 || amount > cap) revert InvalidAmount(amount, cap);
