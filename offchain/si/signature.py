@@ -14,10 +14,10 @@ message it received to a third party, which would then believe it had been writt
 
 from __future__ import annotations
 
-from coincurve import PublicKey
 from eth_utils.crypto import keccak
 
-from offchain.si.ecies import KeyPair, address_of
+from dle_vm import signature as canonical
+from offchain.si.ecies import KeyPair
 from offchain.si.errors import BadSignature
 
 __all__ = ["DIGEST_DOMAIN", "MESSAGE_ID_SIZE", "SIGNATURE_SIZE", "eip191_hash", "message_digest", "recover", "sign"]
@@ -26,8 +26,6 @@ DIGEST_DOMAIN = b"CoNET-SI/v1/message"
 MESSAGE_ID_SIZE = 16
 SIGNATURE_SIZE = 65
 _EIP191_PREFIX = b"\x19Ethereum Signed Message:\n32"
-_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
-_HALF_ORDER = _ORDER // 2
 
 
 def message_digest(*, sender: bytes, recipient: bytes, timestamp_ms: int, message_id: bytes, content: bytes) -> bytes:
@@ -61,19 +59,8 @@ def recover(digest: bytes, signature: bytes) -> bytes:
     Only the canonical form is accepted (v of 27 or 28, a low s), so that a message has exactly one
     valid signature and its bytes cannot be varied without the sender.
     """
-    if len(signature) != SIGNATURE_SIZE:
-        raise BadSignature(f"a signature is {SIGNATURE_SIZE} bytes, got {len(signature)}")
-    v = signature[64]
-    if v not in (27, 28):
-        raise BadSignature(f"the recovery byte v must be 27 or 28, got {v}")
-    r = int.from_bytes(signature[:32], "big")
-    s = int.from_bytes(signature[32:64], "big")
-    if not (0 < r < _ORDER and 0 < s <= _HALF_ORDER):
-        raise BadSignature("r or s is out of range (s must be in the lower half of the order)")
+    # One canonical-signature check for the whole project: the DLE's, over the EIP-191 hash.
     try:
-        public = PublicKey.from_signature_and_message(
-            signature[:64] + bytes([v - 27]), eip191_hash(digest), hasher=None
-        )
-    except ValueError as error:
-        raise BadSignature("no public key recovers from this signature") from error
-    return address_of(public)
+        return canonical.recover(eip191_hash(digest), signature)
+    except canonical.BadSignature as error:
+        raise BadSignature(str(error)) from error
