@@ -284,7 +284,15 @@ def _measure_economy(
     register = dle.functions.registerChain(cash.address, note, genesis, group, epoch, _sign(digest, members))
     run.send("DleRegistry.registerChain(10 signers)", register, admin)
     chain_id = cash.functions.chainOf(note).call()
-    nonce = 0
+    nonces = iter(range(ARCHIVE_NODES))
+
+    def exit_of(receiver: str, amount: int, epoch: int) -> Any:
+        """The exit of the note's next certificate (nonce 0, 1, …), signed by the group's members now."""
+        nonce = next(nonces)
+        certificate = (note, chain_id, 10 + nonce, holder, receiver, amount, nonce)
+        digest = cash.functions.exitDigest(certificate).call()
+        return cash.functions.exit(certificate, epoch, _sign(digest, members))
+
     for signers in (10, 5, 2):
         while len(members) > signers:  # unbonding drops a member from the next epoch
             leaving = Account.from_key(members.pop()).address
@@ -293,27 +301,10 @@ def _measure_economy(
             run.send(None, dle.functions.refreshGroup(group), admin)
         epoch = dle.functions.currentEpoch(group).call()
         # The holder already holds the stablecoin: the usual exit to one's own wallet.
-        certificate = (note, chain_id, 10 + nonce, holder, holder, 10 * USDC, nonce)
-        digest = cash.functions.exitDigest(certificate).call()
-        exit_call = cash.functions.exit(certificate, epoch, _sign(digest, members))
-        run.send(f"CoNETCash.exit({signers} signers)", exit_call, holder)
-        nonce += 1
+        run.send(f"CoNETCash.exit({signers} signers)", exit_of(holder, 10 * USDC, epoch), holder)
     fresh = Account.create().address
-    certificate = (note, chain_id, 20, holder, fresh, 10 * USDC, nonce)
-    digest = cash.functions.exitDigest(certificate).call()
-    run.send(
-        "CoNETCash.exit(2 signers, new receiver)",
-        cash.functions.exit(certificate, epoch, _sign(digest, members)),
-        holder,
-    )
-    nonce += 1
-    certificate = (note, chain_id, 21, holder, holder, 60 * USDC, nonce)
-    digest = cash.functions.exitDigest(certificate).call()
-    run.send(
-        "CoNETCash.exit(2 signers, to the pool)",
-        cash.functions.exit(certificate, epoch, _sign(digest, members)),
-        holder,
-    )
+    run.send("CoNETCash.exit(2 signers, new receiver)", exit_of(fresh, 10 * USDC, epoch), holder)
+    run.send("CoNETCash.exit(2 signers, to the pool)", exit_of(holder, 60 * USDC, epoch), holder)
     run.send("CoNETCash.buy(re-fund from the pool)", cash.functions.buy(stablecoin.address, 50 * USDC), holder)
     run.send("CoNETCash.claim", cash.functions.claim(stablecoin.address), cbdc)
 

@@ -250,7 +250,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         if (order.status != Status.Ordered) revert OrderNotOpen(id);
         address buyer = _parties[id];
         if (buyer != msg.sender) revert NotBuyer(id, msg.sender);
-        uint256 deadline = uint256(order.stamp) + _params.value(ParameterKeys.ORDER_TIMEOUT);
+        uint256 deadline = _deadline(order);
         if (block.timestamp < deadline) revert OrderNotExpired(id, deadline);
 
         delete _notes[id];
@@ -274,8 +274,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         address stablecoin = coin.token;
         // Bounded by 10,000 in the parameter store: the casts cannot truncate.
         note.burnBps = uint16(_params.value(ParameterKeys.CBDC_BURN_BPS));
-        uint256 burnValue = Math.mulDiv(note.faceValue, note.burnBps, _BPS, Math.Rounding.Ceil);
-        burned = _conetWorth(stablecoin, burnValue, Math.Rounding.Ceil);
+        burned = _burnFor(stablecoin, note.faceValue, note.burnBps);
 
         address buyer = _parties[id];
         note.status = Status.Live;
@@ -370,7 +369,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     function orderDeadline(uint256 id) external view returns (uint256) {
         Note memory order = _notes[id];
         if (order.status != Status.Ordered) revert OrderNotOpen(id);
-        return uint256(order.stamp) + _params.value(ParameterKeys.ORDER_TIMEOUT);
+        return _deadline(order);
     }
 
     /// @notice The id the next order will get; orders and notes have ids below it.
@@ -419,8 +418,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     /// @notice The CoNET a CBDC burns to fill an order of `amount` `stablecoin` at today's prices.
     function burnFor(address stablecoin, uint256 amount) external view returns (uint256) {
-        uint256 burnValue = Math.mulDiv(amount, _params.value(ParameterKeys.CBDC_BURN_BPS), _BPS, Math.Rounding.Ceil);
-        return _conetWorth(stablecoin, burnValue, Math.Rounding.Ceil);
+        return _burnFor(stablecoin, amount, _params.value(ParameterKeys.CBDC_BURN_BPS));
     }
 
     /// @notice The contracts this one works with.
@@ -487,6 +485,17 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     /// @dev CoNET (18 decimals) worth `value` units of `stablecoin`:
     /// value × price(stablecoin) × 10^18 / (price(CoNET) × 10^decimals).
+    /// @dev An order may be cancelled from its timestamp plus the order timeout in force now.
+    function _deadline(Note memory order) private view returns (uint256) {
+        return uint256(order.stamp) + _params.value(ParameterKeys.ORDER_TIMEOUT);
+    }
+
+    /// @dev The CoNET burned for a note of `amount` at `burnBps`: both roundings up, in the protocol's favour.
+    function _burnFor(address stablecoin, uint256 amount, uint256 burnBps) private view returns (uint256) {
+        uint256 burnValue = Math.mulDiv(amount, burnBps, _BPS, Math.Rounding.Ceil);
+        return _conetWorth(stablecoin, burnValue, Math.Rounding.Ceil);
+    }
+
     function _conetWorth(address stablecoin, uint256 value, Math.Rounding rounding) private view returns (uint256) {
         // Recorded when the coin was listed, and kept after a delisting for the notes it still backs.
         uint8 decimals = _params.stablecoinDecimals(stablecoin);

@@ -45,7 +45,7 @@ def cli(ecosystem, network, account, amount, stablecoin, wallet_dir):
             if "MockStablecoin" not in contracts:
                 raise click.UsageError("--stablecoin is required on a public network")
             stablecoin = contracts["MockStablecoin"].address
-        decimals = client.check_listed(stablecoin)
+        decimals, _cap = client.note_terms(stablecoin)
         client.check_price(stablecoin)
         units = parse_amount(amount, decimals)
         # The mock's ABI is a plain ERC-20 plus mint: it speaks to any listed stablecoin.

@@ -135,12 +135,12 @@ class CashClient:
 
     # ---------------------------------------------------------------- checks
 
-    def check_listed(self, stablecoin: str) -> int:
-        """The stablecoin's decimals; CashError if it may not back notes."""
-        listed, decimals, _cap = self.params.noteTerms(stablecoin)
+    def note_terms(self, stablecoin: str) -> tuple[int, int]:
+        """The stablecoin's decimals and the note cap in its units; CashError if it may not back notes."""
+        listed, decimals, cap = self.params.noteTerms(stablecoin)
         if not listed:
             raise CashError(f"stablecoin not listed: {stablecoin} may not back notes")
-        return int(decimals)
+        return int(decimals), int(cap)
 
     def check_price(self, asset: str) -> int:
         """The oracle's USD price of `asset` (8 decimals), judged as PriceOracle.price judges it;
@@ -167,8 +167,7 @@ class CashClient:
 
     def buy(self, account: Any, stablecoin: Any, amount: int) -> Bought:
         """Approves and buys a note of `amount` units; a pooled note is assigned at once."""
-        self.check_listed(stablecoin.address)
-        _listed, _decimals, cap = self.params.noteTerms(stablecoin.address)
+        _decimals, cap = self.note_terms(stablecoin.address)
         if not 0 < amount <= cap:
             raise CashError(f"invalid amount {amount}: must be above 0 and at most {cap}")
         balance = stablecoin.balanceOf(account.address)
