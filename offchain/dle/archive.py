@@ -1,0 +1,825 @@
+"""An archive node: stores every chain of its group, checks every block, and has the final say.
+
+DESIGN §5. An archive node
+- accepts a block (`accept`) only after its quality check: the block extends the stored head, carries
+  exactly its members' signatures (creator, 5 witnesses, the validator drawn from the roster by the
+  parent hash), re-executes to the state root its header claims, its timestamp does not run backwards
+  or ahead of this node's clock by more than `max_drift`, its PoH tick does not precede the parent's,
+  and no other block was accepted at that height under the same roles. It stamps the header into its
+  Proof of History, signs the block digest and every exit certificate in it;
+- stores a block once the whole group signed it (`final`);
+- for the chains it hosts (`ArchiveGroup.host_of`), turns reports into role changes: a timeout (probed
+  by every archive node before it co-signs), or evidence of a fault, which every archive node judges
+  by re-executing before it co-signs the FaultReport that slashes the offender on the mainchain and
+  the new roles of a freshly drawn group (old members excluded); an archive node's signed rejection
+  dissolves the group the same way, without slashing;
+- draws groups with the verifiable roulette (commit and reveal from every archive node of the group,
+  the record signed by all) and appends every record to the group's Selection Chain;
+- opens note chains: draws the group, has the CBDC produce the genesis block, and registers the chain
+  on the mainchain with the group's ChainGenesis certificate.
+
+The mainchain is handed in as a `Mainchain` (offchain/chain/dle.py's client in production); calls to it
+run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from coincurve import PrivateKey
+
+from dle_vm.block import Block, Header, transactions_root
+from dle_vm.encoding import EncodingError, decode_rlp, encode_rlp, fixed_bytes, raw_bytes, rlp_list, uint, uint_bytes
+from dle_vm.engine import Engine, InvalidTransaction
+from dle_vm.hashing import keccak
+from dle_vm.signature import BadSignature, address_of, recover, sign
+from dle_vm.state import State
+from dle_vm.transaction import Transaction
+from offchain.dle import roulette
+from offchain.dle.digests import Domains
+from offchain.dle.member import check_final, execute
+from offchain.dle.messages import (
+    EQUIVOCATION,
+    REFUSED,
+    REJECTED,
+    WRONG_VOTE,
+    Acceptance,
+    ChainDump,
+    Commit,
+    Evidence,
+    Final,
+    Outcome,
+    Rejection,
+    TimeoutReport,
+)
+from offchain.dle.note import ExitCertificate, NoteTerms, genesis_state
+from offchain.dle.poh import ProofOfHistory
+from offchain.dle.pool import WaitingPool
+from offchain.dle.roles import ArchiveGroup, ChainRoles, RolesError, RolesRecord, join_certificate
+from offchain.dle.store import ChainStore, UnknownChain
+from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
+
+__all__ = ["ROLE_CBDC", "ROLE_VALIDATOR", "ROLE_WITNESS", "ArchiveNode", "Mainchain", "Verdict", "selection_chain_id"]
+
+log = logging.getLogger("conet.dle.archive")
+
+ROLE_CBDC = 0
+ROLE_ARCHIVE = 1
+ROLE_WITNESS = 2
+ROLE_VALIDATOR = 3
+
+FAULT_REFUSED = 1
+FAULT_INVALID = 2
+
+VALIDATOR_ROSTER = 3
+SELECTION_LOG = keccak(b"CoNET DLE selection chain")[12:]
+"""The code-less address Selection Chain transactions are sent to: a record is calldata, no state."""
+
+
+def selection_chain_id(group: int) -> bytes:
+    """The Selection Chain of an archive group: where every draw record of the group is kept."""
+    return keccak(b"CoNET DLE selection chain\x00" + group.to_bytes(32, "big"))
+
+
+class Mainchain(Protocol):
+    """What an archive node needs of the mainchain (blocking calls; run in a thread)."""
+
+    def meets_minimum(self, address: bytes, role: int) -> bool: ...
+
+    def register_chain(
+        self, asset: bytes, asset_id: int, genesis_hash: bytes, group: int, epoch: int, certificate: bytes
+    ) -> None: ...
+
+    def report_equivocation(
+        self, chain: bytes, height: int, hash_a: bytes, signature_a: bytes, hash_b: bytes, signature_b: bytes, role: int
+    ) -> int: ...
+
+    def report_fault(
+        self,
+        chain: bytes,
+        height: int,
+        offender: bytes,
+        role: int,
+        kind: int,
+        evidence_hash: bytes,
+        reporter: bytes,
+        epoch: int,
+        certificate: bytes,
+    ) -> int: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the evidence proves: who is at fault (None: nobody is slashed) and the FaultReport kind
+    (None for equivocation, which the mainchain proves itself)."""
+
+    offender: bytes | None
+    kind: int | None
+    role: int
+
+
+class ArchiveNode:
+    """One archive node of one archive group."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        transport: Transport,
+        store: ChainStore,
+        group: Callable[[], ArchiveGroup],
+        domains: Domains,
+        engine: Engine,
+        mainchain: Mainchain,
+        *,
+        max_drift: int = 60,
+        probe_timeout: float = 2.0,
+        call_timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = secret
+        self.address = address_of(PrivateKey(secret).public_key)
+        self._transport = transport
+        self.store = store
+        self._group = group
+        self._domains = domains
+        self._engine = engine
+        self._mainchain = mainchain
+        self._max_drift = max_drift
+        self._probe_timeout = probe_timeout
+        self._call_timeout = call_timeout
+        self._clock = clock
+        self.poh = ProofOfHistory()
+        self.pool = WaitingPool(self.poh)
+        self._accepted: dict[tuple[bytes, int, int], bytes] = {}
+        self._secrets: dict[bytes, bytes] = {}
+        self._host_lock: dict[bytes, asyncio.Lock] = {}
+        self._pending_state: dict[tuple[bytes, bytes], State] = {}
+        self._genesis: dict[bytes, RolesRecord] = {}
+        self.slashed: list[tuple[bytes, int, int]] = []
+        """(offender, role, amount) of every report this node submitted."""
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    async def handle(self, method: str, body: bytes) -> bytes:
+        name = _METHODS.get(method)
+        if name is None:
+            raise RemoteError("unknown-method", f"no method {method!r}")
+        handler: Callable[[bytes], Awaitable[bytes]] = getattr(self, name)
+        try:
+            return await handler(body)
+        except (EncodingError, RolesError) as error:
+            raise RemoteError("bad-request", f"{method}: {error}") from error
+
+    async def _ping(self, body: bytes) -> bytes:
+        return self.address
+
+    def roles(self, chain: bytes) -> RolesRecord:
+        return RolesRecord.decode(self.store.meta(chain))
+
+    async def _roles(self, body: bytes) -> bytes:
+        try:
+            return self.store.meta(body)
+        except UnknownChain:
+            raise RemoteError("unknown-chain", "this archive node does not keep the chain") from None
+
+    async def _chain(self, body: bytes) -> bytes:
+        return self._dump(fixed_bytes(body, 32, "chain"), 0)
+
+    async def _head(self, body: bytes) -> bytes:
+        return self._dump(fixed_bytes(body, 32, "chain"), None)
+
+    def _dump(self, chain: bytes, start: int | None) -> bytes:
+        try:
+            height = self.store.height(chain)
+        except UnknownChain:
+            raise RemoteError("unknown-chain", "this archive node does not keep the chain") from None
+        entries = []
+        for h in range(height if start is None else start, height + 1):
+            stored = self.store.block(chain, h)
+            entries.append((stored.block, stored.certificate, stored.state))
+        return ChainDump(tuple(entries), self.roles(chain)).encode()
+
+    # -- the quality check ------------------------------------------------------------------------
+
+    def quality(self, block: Block, record: RolesRecord, pre: State, parent: Header | None) -> State:
+        """The archive node's check of a fully signed block; raises `RemoteError("rejected", …)`."""
+        roles = record.roles
+        header = block.header
+        digest = self._domains.block(header.chain_id, header.height, block.hash)
+        try:
+            signers = block.signers(digest)
+        except BadSignature:
+            return self._reject(block, "a malformed member signature")
+        if signers != roles.signers_for(header.parent_hash):
+            return self._reject(block, "not signed by exactly the chain's members")
+        if parent is not None:
+            if header.height != parent.height + 1 or header.parent_hash != parent.hash:
+                return self._reject(block, "does not extend the final head")
+            if header.timestamp < parent.timestamp or header.poh_tick < parent.poh_tick:
+                return self._reject(block, "its time or PoH tick runs backwards")
+        if header.timestamp > self._clock() + self._max_drift:
+            return self._reject(block, "its timestamp is in the future")
+        if header.group_id != roles.group:
+            return self._reject(block, "names another archive group")
+        try:
+            post, _ = execute(self._engine, pre, header, block.transactions)
+        except InvalidTransaction as error:
+            return self._reject(block, f"an invalid transaction: {error}")
+        if post.root != header.state_root:
+            return self._reject(block, "executing it reaches another state root")
+        return post
+
+    def _reject(self, block: Block, reason: str) -> State:
+        rejection = Rejection(block.hash, reason, sign(self._secret, Rejection.digest(block.hash)))
+        raise RemoteError("rejected", f"{rejection.encode().hex()} {reason}")
+
+    async def _accept(self, body: bytes) -> bytes:
+        block = Commit.decode(body).block
+        chain = block.header.chain_id
+        if block.header.height == 0:
+            record, pre, parent = self._genesis_roles(block), genesis_state(), None
+        else:
+            try:
+                record, head = self.roles(chain), self.store.head(chain)
+            except UnknownChain:
+                raise RemoteError("unknown-chain", "this archive node does not keep the chain") from None
+            pre, parent = head.state, head.block.header
+        key = (chain, block.header.height, record.roles.version)
+        if self._accepted.get(key, block.hash) != block.hash:
+            self._reject(block, "another block was accepted at this height")
+        post = self.quality(block, record, pre, parent)
+        self._accepted[key] = block.hash
+        self._pending_state[(chain, block.hash)] = post
+        _, receipts = execute(self._engine, pre, block.header, block.transactions)
+        exits = [
+            sign(self._secret, self._domains.exit(certificate.encode()))
+            for receipt in receipts
+            for certificate in ExitCertificate.from_logs(receipt.logs)
+        ]
+        stamp = self.poh.stamp(block.hash)
+        signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
+        return Acceptance(signature, tuple(exits), stamp.index).encode()
+
+    def _genesis_roles(self, block: Block) -> RolesRecord:
+        record = self._genesis.get(block.header.chain_id)
+        if record is None:
+            raise RemoteError("unknown-chain", "no genesis is expected for this chain")
+        return record
+
+    async def _final(self, body: bytes) -> bytes:
+        final = Final.decode(body)
+        self.store_final(final)
+        return b""
+
+    def store_final(self, final: Final) -> None:
+        block = final.block
+        chain = block.header.chain_id
+        if block.header.height == 0:
+            if chain in self.store.chains():
+                return
+            record = self._genesis_roles(block)
+        else:
+            record = self.roles(chain)
+            if block.header.height <= self.store.height(chain):
+                return
+        check_final(block, final.certificate, record.roles, self._group(), self._domains)
+        post = self._pending_state.pop((chain, block.hash), None)
+        if post is None:
+            pre = genesis_state() if block.header.height == 0 else self.store.head(chain).state
+            post, _ = execute(self._engine, pre, block.header, block.transactions)
+        if block.header.height == 0:
+            self.store.create_chain(block, post, final.certificate, record.encode())
+            self._genesis.pop(chain, None)
+        else:
+            self.store.append(chain, block, post, final.certificate)
+
+    # -- group decisions (host) -------------------------------------------------------------------
+
+    def _lock(self, chain: bytes) -> asyncio.Lock:
+        return self._host_lock.setdefault(chain, asyncio.Lock())
+
+    async def _report_timeout(self, body: bytes) -> bytes:
+        report = TimeoutReport.decode(body)
+        async with self._lock(report.chain):
+            record = self.roles(report.chain)
+            if report.roles_version < record.roles.version:
+                return record.encode()  # already handled
+            roles = record.roles
+            if not await self._unreachable(report.member):
+                raise RemoteError("alive", f"0x{report.member.hex()} answers; no timeout")
+            last_validator = roles.validator_for(self.store.head(report.chain).block.header.parent_hash)
+            roles = await self._refill_roster(roles, last_validator)
+            if report.member == roles.creator:
+                new = roles.after_creator_timeout(last_validator)
+            elif report.member in roles.witnesses:
+                new = roles.after_witness_timeout(report.member, last_validator)
+            elif report.member in roles.validators:
+                new = roles.with_roster(v for v in roles.validators if v != report.member)
+            else:
+                raise RemoteError("not-member", "the reported node is not a member of the chain")
+            justification = encode_rlp([b"timeout", report.member])
+            return (await self._enact(record, new, justification)).encode()
+
+    async def _refill_roster(self, roles: ChainRoles, leaving: bytes) -> ChainRoles:
+        """Promoting the last validator must leave one in the roster; draw more first if not."""
+        if [v for v in roles.validators if v != leaving]:
+            return roles
+        record, picks = await self.run_draw(
+            roles.chain, [roulette.Slot(ROLE_VALIDATOR, 1, VALIDATOR_ROSTER - 1)], (*roles.members(), *roles.excluded)
+        )
+        del record
+        return ChainRoles(
+            roles.chain,
+            roles.group,
+            roles.version,
+            roles.creator,
+            roles.witnesses,
+            (*roles.validators, *picks[ROLE_VALIDATOR]),
+            roles.excluded,
+            roles.draw_hash,
+        )
+
+    async def _unreachable(self, member: bytes) -> bool:
+        try:
+            await self._transport.call(member, "ping", b"", timeout=self._probe_timeout)
+        except (PeerTimeout, PeerUnavailable):
+            return True
+        except RemoteError:
+            return False
+        return False
+
+    async def _report_fault(self, body: bytes) -> bytes:
+        evidence = Evidence.decode(body)
+        chain = evidence.block.header.chain_id
+        async with self._lock(chain):
+            record = self.roles(chain) if evidence.block.header.height else self._genesis_roles(evidence.block)
+            if evidence.roles_version < record.roles.version:
+                return record.encode()
+            verdict = self.judge(evidence, record)
+            log.info(
+                "fault on 0x%s at %d: kind %d by 0x%s (%s); offender %s",
+                chain.hex()[:12],
+                evidence.block.header.height,
+                evidence.kind,
+                evidence.member.hex()[:8],
+                evidence.reason,
+                verdict.offender.hex()[:8] if verdict.offender else None,
+            )
+            roles = record.roles
+            exclude = (*roles.members(), *roles.excluded)
+            extra = 1 if verdict.offender == roles.creator else 0
+            draw, picks = await self.run_draw(
+                chain,
+                [roulette.Slot(ROLE_WITNESS, 5 + extra), roulette.Slot(ROLE_VALIDATOR, 1, VALIDATOR_ROSTER - 1)],
+                exclude,
+            )
+            new = roles.dissolved(picks[ROLE_WITNESS], picks[ROLE_VALIDATOR], verdict.offender, draw.hash)
+            justification = encode_rlp([b"fault", evidence.encode(), draw.encode()])
+            signatures = await self._endorse_all("endorse_fault", encode_rlp([new.encode(), justification]))
+            certificate = join_certificate({node: sig[65:] for node, sig in signatures.items()})
+            roles_certificate = join_certificate({node: sig[:65] for node, sig in signatures.items()})
+            new_record = RolesRecord(new, roles_certificate)
+            await self._slash(evidence, verdict, certificate)
+            await self._install(record, new_record)
+            return new_record.encode()
+
+    def judge(self, evidence: Evidence, record: RolesRecord) -> Verdict:
+        """What `evidence` proves, by re-executing from the last final state (every archive node
+        judges for itself before it co-signs)."""
+        roles = record.roles
+        block = evidence.block
+        header = block.header
+        chain = header.chain_id
+        role = self._role_of(chain, roles, evidence.member)
+        if evidence.kind == REJECTED:
+            rejection = evidence.rejection
+            if rejection is None or rejection.block_hash != block.hash:
+                raise RemoteError("bad-evidence", "a rejection must name the block")
+            if _recover(Rejection.digest(block.hash), rejection.signature) not in self._group().members:
+                raise RemoteError("bad-evidence", "the rejection is not signed by an archive node of the group")
+            return Verdict(None, None, role)
+        creator_digest = self._domains.block(chain, header.height, block.hash)
+        if not block.signatures or _recover(creator_digest, block.signatures[0]) != roles.creator:
+            raise RemoteError("bad-evidence", "the block is not signed by the chain's creator")
+        creator_role = self._role_of(chain, roles, roles.creator)
+        if evidence.kind == EQUIVOCATION:
+            other = evidence.other
+            if other is None or other.height != header.height or other.chain_id != chain or other == header:
+                raise RemoteError("bad-evidence", "equivocation needs two different headers at one height")
+            if (
+                _recover(self._domains.block(chain, other.height, other.hash), evidence.other_signature)
+                != roles.creator
+            ):
+                raise RemoteError("bad-evidence", "the second header is not signed by the creator")
+            return Verdict(roles.creator, None, creator_role)
+        valid = self._valid(block, record)
+        if evidence.kind == REFUSED:
+            if evidence.member not in roles.signers_for(header.parent_hash):
+                raise RemoteError("bad-evidence", "the refusing node is not a member of this block")
+            return (
+                Verdict(evidence.member, FAULT_REFUSED, role)
+                if valid
+                else Verdict(roles.creator, FAULT_INVALID, creator_role)
+            )
+        if evidence.kind == WRONG_VOTE:
+            other = evidence.other
+            if other is None or other == header:
+                raise RemoteError("bad-evidence", "a wrong vote needs the header the member signed")
+            if (
+                _recover(self._domains.block(chain, other.height, other.hash), evidence.other_signature)
+                != evidence.member
+            ):
+                raise RemoteError("bad-evidence", "the other header is not signed by the member")
+            if not valid:
+                return Verdict(roles.creator, FAULT_INVALID, creator_role)
+            return Verdict(evidence.member, FAULT_INVALID, role)
+        raise RemoteError("bad-evidence", f"unknown evidence kind {evidence.kind}")
+
+    def _valid(self, block: Block, record: RolesRecord) -> bool:
+        header = block.header
+        if header.height == 0:
+            pre = genesis_state()
+        else:
+            head = self.store.head(header.chain_id)
+            if header.parent_hash != head.block.hash:
+                raise RemoteError("bad-evidence", "the block does not extend the final head")
+            pre = head.state
+        try:
+            post, _ = execute(self._engine, pre, header, block.transactions)
+        except InvalidTransaction:
+            return False
+        return post.root == header.state_root
+
+    def _role_of(self, chain: bytes, roles: ChainRoles, member: bytes) -> int:
+        """The stake a member serves with: the note's CBDC its CBDC stake, every other member its
+        witness or validator stake."""
+        if member in roles.validators:
+            return ROLE_VALIDATOR
+        if member == roles.creator and self._cbdc_of(chain, roles) == member:
+            return ROLE_CBDC
+        return ROLE_WITNESS
+
+    def _cbdc_of(self, chain: bytes, roles: ChainRoles) -> bytes:
+        try:
+            return self.store.block(chain, 0).block.transactions[0].sender
+        except UnknownChain:
+            return roles.creator  # the genesis itself: its creator is the CBDC
+
+    async def _slash(self, evidence: Evidence, verdict: Verdict, certificate: bytes) -> None:
+        if verdict.offender is None:
+            return
+        header = evidence.block.header
+        if verdict.kind is None:
+            other = evidence.other
+            assert other is not None
+            amount = await asyncio.to_thread(
+                self._mainchain.report_equivocation,
+                header.chain_id,
+                header.height,
+                evidence.block.hash,
+                evidence.block.signatures[0],
+                other.hash,
+                evidence.other_signature,
+                verdict.role,
+            )
+        else:
+            amount = await asyncio.to_thread(
+                self._mainchain.report_fault,
+                header.chain_id,
+                header.height,
+                verdict.offender,
+                verdict.role,
+                verdict.kind,
+                keccak(evidence.encode()),
+                self.address,
+                self._group().epoch,
+                certificate,
+            )
+        self.slashed.append((verdict.offender, verdict.role, amount))
+        log.info("slashed 0x%s role %d: %d", verdict.offender.hex(), verdict.role, amount)
+
+    async def _enact(self, record: RolesRecord, new: ChainRoles, justification: bytes) -> RolesRecord:
+        signatures = await self._endorse_all("endorse_roles", encode_rlp([new.encode(), justification]))
+        new_record = RolesRecord(new, join_certificate(signatures))
+        await self._install(record, new_record)
+        return new_record
+
+    async def _install(self, old: RolesRecord, new: RolesRecord) -> None:
+        """Keep the new roles, and tell every old and new member and archive node (the rollback of
+        anything signed under the old roles)."""
+        chain = new.roles.chain
+        if chain in self.store.chains():
+            self.store.set_meta(chain, new.encode())
+        else:
+            self._genesis[chain] = new
+        peers = (old.roles.members() | new.roles.members() | set(self._group().members)) - {self.address}
+        await asyncio.gather(*(self._quiet(peer, "rollback", new.encode()) for peer in peers), return_exceptions=True)
+
+    async def _quiet(self, peer: bytes, method: str, body: bytes) -> None:
+        try:
+            await self._transport.call(peer, method, body, timeout=self._probe_timeout)
+        except (PeerTimeout, PeerUnavailable, RemoteError) as error:
+            log.info("0x%s did not take %s: %s", peer.hex()[:8], method, error)
+
+    async def _endorse_all(self, method: str, body: bytes) -> dict[bytes, bytes]:
+        """Every archive node's endorsement (this node's own included): 100% or nothing."""
+        group = self._group()
+
+        async def one(node: bytes) -> bytes:
+            if node == self.address:
+                return await self.handle(method, body)
+            return await self._transport.call(node, method, body, timeout=self._call_timeout)
+
+        answers = await asyncio.gather(*(one(node) for node in group.members))
+        return dict(zip(group.members, answers, strict=True))
+
+    # -- endorsements (every archive node) --------------------------------------------------------
+
+    async def _endorse_roles(self, body: bytes) -> bytes:
+        new_bytes, justification = rlp_list(decode_rlp(body), 2, "roles endorsement")
+        new = ChainRoles.decode(raw_bytes(new_bytes, "roles"))
+        reason, member = rlp_list(decode_rlp(raw_bytes(justification, "justification")), 2, "timeout justification")
+        if raw_bytes(reason, "reason") != b"timeout":
+            raise RemoteError("bad-request", "unknown justification")
+        current = self.roles(new.chain).roles
+        if new.version != current.version + 1:
+            raise RemoteError("stale-roles", "the change does not follow the current roles")
+        if not await self._unreachable(raw_bytes(member, "member")):
+            raise RemoteError("alive", "the member answers this archive node")
+        return sign(self._secret, new.digest)
+
+    async def _rollback(self, body: bytes) -> bytes:
+        """The host's new roles for a chain: keep them, and forget acceptances under older ones."""
+        record = RolesRecord.decode(body)
+        record.verify(self._group())
+        chain = record.roles.chain
+        if chain in self.store.chains():
+            if record.roles.version > self.roles(chain).roles.version:
+                self.store.set_meta(chain, record.encode())
+        elif chain in self._genesis and record.roles.version > self._genesis[chain].roles.version:
+            self._genesis[chain] = record
+        for key in [k for k in self._accepted if k[0] == chain and k[2] < record.roles.version]:
+            del self._accepted[key]
+        return b""
+
+    async def _endorse_fault(self, body: bytes) -> bytes:
+        new_bytes, justification = rlp_list(decode_rlp(body), 2, "fault endorsement")
+        new = ChainRoles.decode(raw_bytes(new_bytes, "roles"))
+        reason, evidence_bytes, draw_bytes = rlp_list(
+            decode_rlp(raw_bytes(justification, "justification")), 3, "fault justification"
+        )
+        if raw_bytes(reason, "reason") != b"fault":
+            raise RemoteError("bad-request", "unknown justification")
+        evidence = Evidence.decode(raw_bytes(evidence_bytes, "evidence"))
+        draw = roulette.DrawRecord.decode(raw_bytes(draw_bytes, "draw"))
+        chain = new.chain
+        record = self.roles(chain) if evidence.block.header.height else self._genesis_roles(evidence.block)
+        verdict = self.judge(evidence, record)
+        roulette.check(draw)
+        if draw.group != self._group().members or draw.hash != new.draw_hash:
+            raise RemoteError("bad-request", "the draw is not this group's or not the one the roles name")
+        witnesses = [p.address for p in draw.chosen if p.role == ROLE_WITNESS]
+        validators = [p.address for p in (*draw.chosen, *draw.standbys) if p.role == ROLE_VALIDATOR]
+        expected = record.roles.dissolved(witnesses, validators, verdict.offender, draw.hash)
+        if expected != new:
+            raise RemoteError("bad-request", "the new roles are not what the evidence and the draw give")
+        header = evidence.block.header
+        fault = b""
+        if verdict.offender is not None and verdict.kind is not None:
+            fault = sign(
+                self._secret,
+                self._domains.fault(
+                    chain,
+                    header.height,
+                    verdict.offender,
+                    verdict.role,
+                    verdict.kind,
+                    keccak(evidence.encode()),
+                    self._reporter_for(chain),
+                ),
+            )
+        return sign(self._secret, new.digest) + fault
+
+    def _reporter_for(self, chain: bytes) -> bytes:
+        return self._group().host_of(chain)
+
+    # -- the roulette -----------------------------------------------------------------------------
+
+    async def _draw_commit(self, body: bytes) -> bytes:
+        draw_id = fixed_bytes(body, 32, "draw id")
+        if draw_id in self._secrets:
+            raise RemoteError("bad-request", "already committed to this draw")
+        self._secrets[draw_id] = roulette.new_secret()
+        return roulette.commitment(self._secrets[draw_id], self.address, draw_id)
+
+    async def _draw_reveal(self, body: bytes) -> bytes:
+        secret = self._secrets.get(fixed_bytes(body, 32, "draw id"))
+        if secret is None:
+            raise RemoteError("bad-request", "no commitment to this draw")
+        return secret
+
+    async def _endorse_draw(self, body: bytes) -> bytes:
+        record = roulette.DrawRecord.decode(body)
+        roulette.check(record)
+        if record.group != self._group().members:
+            raise RemoteError("bad-request", "the draw is not this group's")
+        index = record.group.index(self.address)
+        if record.reveals[index] != self._secrets.get(record.draw_id):
+            raise RemoteError("bad-request", "the record does not hold this node's reveal")
+        return roulette.sign_record(record, self._secret)
+
+    async def run_draw(
+        self, chain: bytes, slots: Sequence[roulette.Slot], excluded: Sequence[bytes]
+    ) -> tuple[roulette.DrawRecord, dict[int, tuple[bytes, ...]]]:
+        """Draw members for `chain` from this node's pool; the record goes to the Selection Chain."""
+        group = self._group()
+        draw_id = keccak(chain + self.poh.hash)
+        randomness = roulette.CommitReveal(draw_id, group.members)
+        for node, value in (await self._ask_all("draw_commit", draw_id)).items():
+            randomness.commit(node, value)
+        for node, value in (await self._ask_all("draw_reveal", draw_id)).items():
+            randomness.reveal(node, value)
+        snapshot = self.pool.snapshot()
+        eligible_cache: dict[tuple[bytes, int], bool] = {}
+
+        def eligible(address: bytes, role: int) -> bool:
+            key = (address, role)
+            if key not in eligible_cache:
+                eligible_cache[key] = self._mainchain.meets_minimum(address, role)
+            return eligible_cache[key]
+
+        record = await asyncio.to_thread(
+            lambda: roulette.draw(
+                chain_id=int.from_bytes(chain, "big"),
+                randomness=randomness,
+                snapshot=snapshot,
+                slots=slots,
+                eligible=eligible,
+                excluded=excluded,
+            )
+        )
+        wanted = {slot.role: slot.count for slot in slots}
+        picks: dict[int, tuple[bytes, ...]] = {}
+        for role, count in wanted.items():
+            chosen = tuple(p.address for p in record.chosen if p.role == role)
+            if len(chosen) < count:
+                raise RemoteError(
+                    "pool-empty", f"the pool holds {len(chosen)} eligible candidates of role {role}, {count} needed"
+                )
+            picks[role] = chosen + tuple(p.address for p in record.standbys if p.role == role)
+        signatures = await self._ask_all("endorse_draw", record.encode())
+        roulette.verify_signatures(record, signatures)
+        self._append_selection(group, record, signatures)
+        # Drawn members serve and rejoin at the back: a node serves many chains within its capacity.
+        for address in {p.address: p.role for p in (*record.chosen, *record.standbys)}.items():
+            self.pool.leave(address[0])
+            self.pool.join(address[0], address[1])
+        return record, picks
+
+    def _append_selection(
+        self, group: ArchiveGroup, record: roulette.DrawRecord, signatures: dict[bytes, bytes]
+    ) -> None:
+        """The record, with every archive node's signature, as a transaction of the Selection Chain."""
+        chain = selection_chain_id(group.group)
+        tx = Transaction(
+            sender=self.address,
+            to=SELECTION_LOG,
+            data=encode_rlp([record.encode(), [signatures[n] for n in record.group]]),
+            gas_limit=30_000_000,
+        )
+        try:
+            head = self.store.head(chain)
+            height, parent, state = head.block.header.height + 1, head.block.hash, head.state
+        except UnknownChain:
+            height, parent, state = 0, bytes(32), State({})
+        header = Header(
+            chain, height, parent, state.root, transactions_root((tx,)), int(self._clock()), self.poh.index, group.group
+        )
+        block = Block(header, (tx,))
+        # The host's own record of the draws it ran; every member checked and signed the record itself.
+        if height == 0:
+            self.store.create_chain(block, state, b"".join(signatures[n] for n in record.group), b"")
+        else:
+            self.store.append(chain, block, state, b"".join(signatures[n] for n in record.group))
+
+    async def _ask_all(self, method: str, body: bytes) -> dict[bytes, bytes]:
+        return await self._endorse_all(method, body)
+
+    # -- opening a note chain ---------------------------------------------------------------------
+
+    async def open_note(self, terms_without_roles: NoteTerms) -> Outcome:
+        """Draw the note chain's group, have its CBDC produce the genesis block, register the chain.
+        The draw fills in the witnesses; the validators' fee share accrues to the first drawn
+        validator of the roster (a staked node whose balance it is to pay out)."""
+        chain = terms_without_roles.chain
+        draw, picks = await self.run_draw(
+            chain,
+            [roulette.Slot(ROLE_WITNESS, 5), roulette.Slot(ROLE_VALIDATOR, 1, VALIDATOR_ROSTER - 1)],
+            (terms_without_roles.cbdc,),
+        )
+        group = self._group()
+        roles = ChainRoles(
+            chain, group.group, 0, terms_without_roles.cbdc, picks[ROLE_WITNESS], picks[ROLE_VALIDATOR], (), draw.hash
+        )
+        terms = NoteTerms(
+            note=terms_without_roles.note,
+            mainchain_id=terms_without_roles.mainchain_id,
+            cash=terms_without_roles.cash,
+            value=terms_without_roles.value,
+            holder=terms_without_roles.holder,
+            cbdc=terms_without_roles.cbdc,
+            witnesses=roles.witnesses,
+            validators_pool=picks[ROLE_VALIDATOR][0],
+            transfer_fee_bps=terms_without_roles.transfer_fee_bps,
+        )
+        body = encode_rlp([terms.to_rlp(), roles.encode(), draw.encode()])
+        signatures = await self._endorse_all("endorse_genesis_roles", body)
+        record = RolesRecord(roles, join_certificate(signatures))
+        await self._endorse_all("expect_genesis", record.encode())
+        answer = await self._transport.call(
+            terms.cbdc,
+            "open_genesis",
+            encode_rlp([terms.to_rlp(), record.encode(), uint_bytes(self.poh.index)]),
+            timeout=self._call_timeout,
+        )
+        outcome = Outcome.decode(answer)
+        genesis = outcome.block
+        digest = self._domains.genesis(chain, genesis.hash, terms.cash, terms.note, group.group)
+        genesis_sigs = await self._endorse_all(
+            "endorse_registration", encode_rlp([chain, terms.cash, uint_bytes(terms.note)])
+        )
+        del digest
+        await asyncio.to_thread(
+            self._mainchain.register_chain,
+            terms.cash,
+            terms.note,
+            genesis.hash,
+            group.group,
+            group.epoch,
+            join_certificate(genesis_sigs),
+        )
+        return outcome
+
+    async def _endorse_genesis_roles(self, body: bytes) -> bytes:
+        terms_item, roles_bytes, draw_bytes = rlp_list(decode_rlp(body), 3, "genesis roles")
+        roles = ChainRoles.decode(raw_bytes(roles_bytes, "roles"))
+        draw = roulette.DrawRecord.decode(raw_bytes(draw_bytes, "draw"))
+        terms = NoteTerms.from_rlp(terms_item)
+        roulette.check(draw)
+        if draw.hash != roles.draw_hash or draw.group != self._group().members or roles.version != 0:
+            raise RemoteError("bad-request", "the roles do not come from this group's draw")
+        if roles.creator != terms.cbdc or roles.chain != terms.chain or tuple(terms.witnesses) != roles.witnesses:
+            raise RemoteError("bad-request", "the roles do not match the note's terms")
+        if roles.chain in self.store.chains():
+            raise RemoteError("bad-request", "the chain is open already")
+        return sign(self._secret, roles.digest)
+
+    async def _expect_genesis(self, body: bytes) -> bytes:
+        record = RolesRecord.decode(body)
+        record.verify(self._group())
+        self._genesis[record.roles.chain] = record
+        return b""
+
+    async def _endorse_registration(self, body: bytes) -> bytes:
+        chain_item, cash, note = rlp_list(decode_rlp(body), 3, "registration")
+        chain = fixed_bytes(chain_item, 32, "chain")
+        stored = self.store.block(chain, 0)  # only a chain this node holds as final
+        return sign(
+            self._secret,
+            self._domains.genesis(
+                chain, stored.block.hash, fixed_bytes(cash, 20, "cash"), uint(note, "note"), self._group().group
+            ),
+        )
+
+
+def _recover(digest: bytes, signature: bytes) -> bytes | None:
+    try:
+        return recover(digest, signature)
+    except BadSignature:
+        return None
+
+
+_METHODS: dict[str, str] = {
+    "ping": "_ping",
+    "roles": "_roles",
+    "chain": "_chain",
+    "head": "_head",
+    "accept": "_accept",
+    "final": "_final",
+    "report_timeout": "_report_timeout",
+    "report_fault": "_report_fault",
+    "rollback": "_rollback",
+    "endorse_roles": "_endorse_roles",
+    "endorse_fault": "_endorse_fault",
+    "draw_commit": "_draw_commit",
+    "draw_reveal": "_draw_reveal",
+    "endorse_draw": "_endorse_draw",
+    "endorse_genesis_roles": "_endorse_genesis_roles",
+    "expect_genesis": "_expect_genesis",
+    "endorse_registration": "_endorse_registration",
+}

@@ -1,0 +1,128 @@
+"""A DLE client: submits transactions to a chain's creator and follows the chain's roles.
+
+A wallet never trusts the node it talks to: it checks the roles record against the archive group's
+certificate and every outcome against its members' and archive group's signatures before reporting a
+transfer as final. When the creator does not answer, the client reports the timeout to the chain's
+host archive node, which (after probing the creator itself) promotes the first witness, and the same
+signed transactions are submitted again: nonces make a transaction count once however often it is
+sent, so nothing final is lost and nothing is applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dle_vm.state import State
+from dle_vm.transaction import Transaction
+from offchain.dle.digests import Domains
+from offchain.dle.member import check_final
+from offchain.dle.messages import ChainDump, Outcome, Submit, TimeoutReport
+from offchain.dle.roles import ArchiveGroup, RolesError, RolesRecord
+from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
+
+__all__ = ["DleClient", "DleError"]
+
+
+class DleError(RuntimeError):
+    """A submission that did not become final; `code` is the refusing node's reason code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class DleClient:
+    """Submits to note chains of one archive group epoch (or several, through `group_of`)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        group_of: Callable[[int], ArchiveGroup],
+        domains: Domains,
+        *,
+        group: int = 0,
+        submit_timeout: float = 10.0,
+        archive_timeout: float = 30.0,
+        attempts: int = 4,
+    ) -> None:
+        self._transport = transport
+        self._group_of = group_of
+        self._domains = domains
+        self._group = group
+        self._submit_timeout = submit_timeout
+        self._archive_timeout = archive_timeout
+        self._attempts = attempts
+        self._roles: dict[bytes, RolesRecord] = {}
+
+    def _host(self, chain: bytes) -> bytes:
+        return self._group_of(self._group).host_of(chain)
+
+    async def roles(self, chain: bytes, *, refresh: bool = False) -> RolesRecord:
+        """The chain's current roles, certified by its archive group."""
+        if refresh or chain not in self._roles:
+            record = RolesRecord.decode(await self._archive("roles", chain))
+            record.verify(self._group_of(record.roles.group))
+            self._roles[chain] = record
+        return self._roles[chain]
+
+    async def head(self, chain: bytes) -> tuple[int, State]:
+        """The final head's height and state, checked against the archive certificate."""
+        dump = ChainDump.decode(await self._archive("head", chain))
+        block, certificate, state = dump.blocks[-1]
+        group = self._group_of(dump.roles.roles.group)
+        group.verify(self._domains.block(chain, block.header.height, block.hash), certificate)
+        if state.root != block.header.state_root:
+            raise DleError("bad-state", "the archive node sent a state that is not the head's")
+        return block.header.height, state
+
+    async def _archive(self, method: str, body: bytes) -> bytes:
+        host = self._host(body[:32])
+        try:
+            return await self._transport.call(host, method, body, timeout=self._archive_timeout)
+        except RemoteError as error:
+            raise DleError(error.code, error.message) from error
+        except (PeerTimeout, PeerUnavailable) as error:
+            raise DleError("archive-unavailable", str(error)) from error
+
+    async def submit(self, chain: bytes, transactions: Sequence[Transaction]) -> Outcome:
+        """Submit and wait until final; raises `DleError` with the reason when refused."""
+        body = Submit(chain, tuple(transactions)).encode()
+        last: Exception | None = None
+        for _ in range(self._attempts):
+            record = await self.roles(chain)
+            creator = record.roles.creator
+            try:
+                answer = await self._transport.call(creator, "submit", body, timeout=self._submit_timeout)
+            except (PeerTimeout, PeerUnavailable) as error:
+                last = error
+                report = TimeoutReport(chain, record.roles.version, creator).encode()
+                try:
+                    await self._archive("report_timeout", report)
+                except DleError as refused:
+                    if refused.code != "alive":
+                        raise
+                await self.roles(chain, refresh=True)
+                continue
+            except RemoteError as error:
+                if error.code in ("not-creator", "stale-roles"):
+                    last = error
+                    await self.roles(chain, refresh=True)
+                    continue
+                raise DleError(error.code, error.message) from error
+            outcome = Outcome.decode(answer)
+            await self._check(chain, outcome)
+            return outcome
+        raise DleError("no-final", f"no final block after {self._attempts} attempts: {last}")
+
+    async def _check(self, chain: bytes, outcome: Outcome) -> None:
+        for refresh in (False, True):
+            record = await self.roles(chain, refresh=refresh)
+            try:
+                check_final(
+                    outcome.block, outcome.certificate, record.roles, self._group_of(record.roles.group), self._domains
+                )
+                return
+            except RolesError as error:
+                if refresh:
+                    raise DleError("not-final", f"the outcome does not carry its signatures: {error}") from error

@@ -1,0 +1,121 @@
+"""A whole DLE in one process: archive nodes and member nodes on an in-process network.
+
+The same node classes run over HTTP in the devnet (offchain/dle/service.py); here they share an
+`InProcessNetwork`, so tests can kill a node (unregister it), slow it down, or replace its class with a
+faulty one, and benchmarks measure the protocol without sockets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coincurve import PrivateKey
+
+from dle_vm.engine import Engine, default_engine
+from dle_vm.signature import address_of
+from offchain.dle.archive import ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode, Mainchain
+from offchain.dle.client import DleClient
+from offchain.dle.digests import Domains
+from offchain.dle.member import MemberNode, Timeouts
+from offchain.dle.messages import Outcome
+from offchain.dle.note import NoteTerms, role_change_transactions
+from offchain.dle.roles import ArchiveGroup
+from offchain.dle.store import ChainStore
+from offchain.dle.transport import InProcessNetwork
+
+__all__ = ["LocalDle", "address_of_secret"]
+
+
+def address_of_secret(secret: bytes) -> bytes:
+    return address_of(PrivateKey(secret).public_key)
+
+
+@dataclass
+class LocalDle:
+    """Archive group 0 and a set of member nodes, wired on one in-process network."""
+
+    directory: Path
+    domains: Domains
+    mainchain: Mainchain
+    engine: Engine = field(default_factory=default_engine)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    network: InProcessNetwork = field(default_factory=InProcessNetwork)
+    archives: dict[bytes, ArchiveNode] = field(default_factory=dict)
+    members: dict[bytes, MemberNode] = field(default_factory=dict)
+    group: ArchiveGroup | None = None
+    epoch: int = 1
+
+    def add_archives(self, secrets: Sequence[bytes], *, cls: Callable[..., ArchiveNode] = ArchiveNode) -> None:
+        addresses = sorted(address_of_secret(s) for s in secrets)
+        self.group = ArchiveGroup(0, self.epoch, tuple(addresses))
+        for secret in secrets:
+            address = address_of_secret(secret)
+            node = cls(
+                secret,
+                self.network.transport(address),
+                ChainStore(self.directory / f"archive-{address.hex()[:8]}.sqlite"),
+                self._current_group,
+                self.domains,
+                self.engine,
+                self.mainchain,
+                probe_timeout=min(1.0, self.timeouts.vote),
+            )
+            self.archives[address] = node
+            self.network.register(address, node.handle)
+
+    def _current_group(self) -> ArchiveGroup:
+        assert self.group is not None, "add the archive nodes first"
+        return self.group
+
+    def group_of(self, group: int) -> ArchiveGroup:
+        return self._current_group()
+
+    def add_member(
+        self, secret: bytes, *, cls: Callable[..., MemberNode] = MemberNode, role: int | None = None
+    ) -> MemberNode:
+        """A member node; with `role` (witness or validator) it also waits in every archive pool."""
+        address = address_of_secret(secret)
+        node = cls(
+            secret,
+            self.network.transport(address),
+            ChainStore(self.directory / f"member-{address.hex()[:8]}.sqlite"),
+            self.group_of,
+            self.domains,
+            self.engine,
+            timeouts=self.timeouts,
+            role_change_txs=role_change_transactions,
+        )
+        self.members[address] = node
+        self.network.register(address, node.handle)
+        if role is not None:
+            self.join_pool(address, role)
+        return node
+
+    def join_pool(self, address: bytes, role: int) -> None:
+        for archive in self.archives.values():
+            archive.pool.join(address, role)
+
+    def add_witnesses(self, secrets: Sequence[bytes]) -> None:
+        for secret in secrets:
+            self.add_member(secret, role=ROLE_WITNESS)
+
+    def add_validators(self, secrets: Sequence[bytes]) -> None:
+        for secret in secrets:
+            self.add_member(secret, role=ROLE_VALIDATOR)
+
+    def host(self, chain: bytes) -> ArchiveNode:
+        return self.archives[self._current_group().host_of(chain)]
+
+    async def open_note(self, terms: NoteTerms) -> Outcome:
+        """Draw the note's group and produce its genesis block; the terms' witnesses are ignored
+        (the draw picks them) and the validators' pool is the first drawn validator."""
+        return await self.host(terms.chain).open_note(terms)
+
+    def client(self, **kwargs: object) -> DleClient:
+        address = b"\xc1" * 20
+        return DleClient(self.network.transport(address), self.group_of, self.domains, **kwargs)  # type: ignore[arg-type]
+
+    def kill(self, address: bytes) -> None:
+        self.network.unregister(address)

@@ -1,0 +1,771 @@
+"""A chain member: creator, witness and validator in one node, since the roles move between nodes.
+
+DESIGN §5. A node serves every chain whose roles name it: as a witness it stores the chain, re-executes
+each proposal and signs; as the chain's validator for one block it re-executes on the pre-state it is
+handed (it stores nothing for that); as the creator it batches submitted transactions into blocks and
+drives the round:
+
+1. execute the batch on the head state (a transaction that reverts is answered at once and left out),
+   sign the header, and send it to the 5 witnesses (`propose`) and the block's validator (`validate`);
+2. with all 7 signatures, send the block to every archive node of the group (`accept`);
+3. with every archive signature, the block is final: `final` goes to witnesses and archive nodes, and
+   the submitters get their `Outcome` (with exit certificates when the block holds exits).
+
+What goes wrong, and what the creator does (the archive host decides, every archive node co-signs):
+- a member does not answer within the timeout → `report_timeout` → new roles (the last block's
+  validator takes the place), and the round is retried under them;
+- a member refuses, or signs another header → `report_fault` with the evidence → the archive group
+  re-executes, slashes the offender on the mainchain, dissolves the group and draws a new one;
+- an archive node rejects the block → `report_fault` (kind REJECTED) → dissolved and redrawn; every
+  member drops the pending block (the rollback) and the block is re-validated from the last final state.
+
+A member signs at most one header per (chain, height, roles version); a creator that asks for a second
+one is reported with both signed headers (equivocation, slashed on the mainchain by anyone).
+
+Transport, store, archive directory and clock are handed in (offchain/dle/transport.py, store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from coincurve import PrivateKey
+
+from dle_vm.block import Block, Header, transactions_root
+from dle_vm.encoding import EncodingError
+from dle_vm.engine import BlockContext, Engine, InvalidTransaction, Receipt
+from dle_vm.signature import BadSignature, address_of, recover, sign
+from dle_vm.state import State
+from dle_vm.transaction import Transaction
+from offchain.dle.digests import Domains
+from offchain.dle.messages import (
+    EQUIVOCATION,
+    REFUSED,
+    REJECTED,
+    WRONG_VOTE,
+    Acceptance,
+    ChainDump,
+    Commit,
+    Evidence,
+    Final,
+    Outcome,
+    Proposal,
+    Rejection,
+    Submit,
+    TimeoutReport,
+    Validation,
+    Vote,
+)
+from offchain.dle.roles import ArchiveGroup, ChainRoles, RolesError, RolesRecord, join_certificate
+from offchain.dle.store import ChainStore, UnknownChain
+from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
+
+__all__ = ["ConsensusFailed", "MemberNode", "Timeouts", "check_final", "execute"]
+
+log = logging.getLogger("conet.dle.member")
+
+GroupOf = Callable[[int], ArchiveGroup]
+"""The current epoch of an archive group (from the chain mirror, or fixed in tests)."""
+
+RoleChangeTxs = Callable[[Block, Sequence[bytes], Sequence[bytes]], Sequence[Transaction]]
+"""(genesis block, old witnesses, new witnesses) → the transactions a creator prepends after the
+witnesses changed (the note program's `replaceWitness`, note.role_change_transactions)."""
+
+
+class ConsensusFailed(RuntimeError):
+    """A round could not finish within its attempts."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds a node waits for each kind of answer."""
+
+    vote: float = 5.0
+    accept: float = 5.0
+    archive: float = 30.0
+    """For role changes, faults and draws, which involve every archive node and the mainchain."""
+    final: float = 5.0
+    batch_window: float = 0.0
+    """How long a creator waits for more transactions before starting a block."""
+    max_batch: int = 64
+    attempts: int = 6
+
+
+def execute(
+    engine: Engine, state: State, header: Header, transactions: Sequence[Transaction]
+) -> tuple[State, tuple[Receipt, ...]]:
+    """Run a block's transactions on `state` in the block's environment."""
+    return engine.apply(state, transactions, BlockContext.of(header))
+
+
+def check_final(block: Block, certificate: bytes, roles: ChainRoles, group: ArchiveGroup, domains: Domains) -> None:
+    """Demand that `block` carries exactly its members' signatures and the archive group's certificate."""
+    digest = domains.block(block.header.chain_id, block.header.height, block.hash)
+    try:
+        signers = block.signers(digest)
+    except BadSignature as error:
+        raise RolesError(f"block {block.header.height}: malformed member signature: {error}") from error
+    expected = roles.signers_for(block.header.parent_hash)
+    if signers != expected:
+        raise RolesError(f"block {block.header.height} is not signed by exactly its members")
+    group.verify(digest, certificate)
+
+
+@dataclass
+class _Pending:
+    """A header this node signed and the post-state it reached, until the block is final or dropped."""
+
+    roles_version: int
+    header: Header
+    signature: bytes
+    post: State
+    creator_signature: bytes
+
+
+@dataclass
+class _Job:
+    transactions: tuple[Transaction, ...]
+    done: asyncio.Future[bytes]
+
+
+@dataclass
+class _ChainWork:
+    queue: list[_Job] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class MemberNode:
+    """One member node: serves `propose`, `validate`, `final`, `roles`, `submit`, `ping`."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        transport: Transport,
+        store: ChainStore,
+        group_of: GroupOf,
+        domains: Domains,
+        engine: Engine,
+        *,
+        timeouts: Timeouts | None = None,
+        role_change_txs: RoleChangeTxs | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._secret = secret
+        self.address = address_of(PrivateKey(secret).public_key)
+        self._transport = transport
+        self.store = store
+        self._group_of = group_of
+        self._domains = domains
+        self._engine = engine
+        self.timeouts = timeouts or Timeouts()
+        self._role_change_txs = role_change_txs
+        self._clock = clock
+        self._pending: dict[tuple[bytes, int], _Pending] = {}
+        self._seen_validation: dict[tuple[bytes, int, int], Header] = {}
+        self._work: dict[bytes, _ChainWork] = {}
+        self._role_prefix: dict[bytes, tuple[Transaction, ...]] = {}
+        self._poh: dict[bytes, int] = {}
+        self._lock: dict[bytes, asyncio.Lock] = {}
+        self._genesis_records: dict[bytes, RolesRecord] = {}
+        self.rounds = 0
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    async def handle(self, method: str, body: bytes) -> bytes:
+        name = _METHODS.get(method)
+        if name is None:
+            raise RemoteError("unknown-method", f"no method {method!r}")
+        handler: Callable[[bytes], Awaitable[bytes]] = getattr(self, name)
+        try:
+            return await handler(body)
+        except EncodingError as error:
+            raise RemoteError("bad-request", f"malformed {method}: {error}") from error
+
+    async def _ping(self, body: bytes) -> bytes:
+        return self.address
+
+    # -- roles ------------------------------------------------------------------------------------
+
+    def roles(self, chain: bytes) -> RolesRecord:
+        return RolesRecord.decode(self.store.meta(chain))
+
+    def _chain_lock(self, chain: bytes) -> asyncio.Lock:
+        return self._lock.setdefault(chain, asyncio.Lock())
+
+    async def _roles_message(self, body: bytes) -> bytes:
+        """A new roles record from the archive group: adopt it if newer (and drop older pending)."""
+        record = RolesRecord.decode(body)
+        await self.adopt(record)
+        return b""
+
+    async def adopt(self, record: RolesRecord) -> None:
+        """Take `record` as the chain's roles if it is newer and certified; sync the chain if needed."""
+        chain = record.roles.chain
+        record.verify(self._group_of(record.roles.group))
+        try:
+            current = self.roles(chain).roles.version
+        except UnknownChain:
+            await self._sync(chain, record)
+            return
+        if record.roles.version <= current:
+            return
+        self.store.set_meta(chain, record.encode())
+        # A pending header of an older roles version can never become final: the rollback.
+        for key in [k for k, p in self._pending.items() if k[0] == chain and p.roles_version < record.roles.version]:
+            del self._pending[key]
+
+    async def _sync(self, chain: bytes, record: RolesRecord) -> None:
+        """Fetch the chain from its host archive node (a member newly drawn or promoted)."""
+        group = self._group_of(record.roles.group)
+        body = await self._transport.call(group.host_of(chain), "chain", chain, timeout=self.timeouts.archive)
+        dump = ChainDump.decode(body)
+        newest = dump.roles if dump.roles.roles.version >= record.roles.version else record
+        newest.verify(group)
+        for index, (block, certificate, state) in enumerate(dump.blocks):
+            if block.header.height != index or state.root != block.header.state_root:
+                raise RolesError("the archive node sent an inconsistent chain")
+            group.verify(self._domains.block(chain, block.header.height, block.hash), certificate)
+            if index == 0:
+                self.store.create_chain(block, state, certificate, newest.encode())
+            else:
+                self.store.append(chain, block, state, certificate)
+        self.store.set_meta(chain, newest.encode())
+
+    # -- witness ----------------------------------------------------------------------------------
+
+    async def _propose(self, body: bytes) -> bytes:
+        proposal = Proposal.decode(body)
+        block = proposal.block
+        chain = block.header.chain_id
+        async with self._chain_lock(chain):
+            roles = await self._roles_for(chain, proposal.roles_version, block.header.group_id)
+            if self.address not in roles.witnesses:
+                raise RemoteError("not-member", "this node is not a witness of the chain")
+            head = self.store.head(chain)
+            if block.header.height > head.block.header.height + 1:
+                await self._catch_up(chain, block.header.group_id)
+                head = self.store.head(chain)
+            self._check_creator(block, roles)
+            self._check_equivocation(block, roles)
+            if block.header.height != head.block.header.height + 1 or block.header.parent_hash != head.block.hash:
+                raise RemoteError("not-head", f"the head is at {head.block.header.height}")
+            post = self._reexecute(head.state, block)
+            vote = self._vote(block.header, roles, post, block.signatures[0])
+            return vote.encode()
+
+    async def _roles_for(self, chain: bytes, version: int, group: int) -> ChainRoles:
+        """The chain's roles at `version`, fetching newer ones (and the chain) from the host first."""
+        try:
+            roles: ChainRoles | None = self.roles(chain).roles
+        except UnknownChain:
+            roles = None
+        if roles is None or version > roles.version:
+            host = self._group_of(group).host_of(chain)
+            record = RolesRecord.decode(await self._transport.call(host, "roles", chain, timeout=self.timeouts.archive))
+            await self.adopt(record)
+            roles = self.roles(chain).roles
+        if version != roles.version:
+            raise RemoteError("stale-roles", f"roles version {version}, current is {roles.version}")
+        return roles
+
+    async def _catch_up(self, chain: bytes, group: int) -> None:
+        """Take the final blocks this node missed from the host archive node."""
+        host = self._group_of(group).host_of(chain)
+        dump = ChainDump.decode(await self._transport.call(host, "chain", chain, timeout=self.timeouts.archive))
+        archive_group = self._group_of(group)
+        height = self.store.height(chain)
+        for block, certificate, state in dump.blocks[height + 1 :]:
+            archive_group.verify(self._domains.block(chain, block.header.height, block.hash), certificate)
+            self.store.append(chain, block, state, certificate)
+
+    def _check_creator(self, block: Block, roles: ChainRoles) -> None:
+        digest = self._domains.block(block.header.chain_id, block.header.height, block.hash)
+        try:
+            signer = recover(digest, block.signatures[0]) if block.signatures else None
+        except BadSignature:
+            signer = None
+        if signer != roles.creator:
+            raise RemoteError("not-creator", "the block is not signed by the chain's creator")
+
+    def _check_equivocation(self, block: Block, roles: ChainRoles) -> None:
+        pending = self._pending.get((block.header.chain_id, block.header.height))
+        if pending is None or pending.roles_version != roles.version or pending.header == block.header:
+            return
+        # The creator signed two headers at one height: refuse, and hand the proof to the archive host.
+        evidence = Evidence(
+            kind=EQUIVOCATION,
+            roles_version=roles.version,
+            member=roles.creator,
+            block=block,
+            other=pending.header,
+            other_signature=pending.creator_signature,
+        )
+        asyncio.get_running_loop().create_task(self._report(roles, "report_fault", evidence.encode()))
+        raise RemoteError("equivocation", "the creator already signed another block at this height")
+
+    def _reexecute(self, pre: State, block: Block) -> State:
+        try:
+            post, _ = execute(self._engine, pre, block.header, block.transactions)
+        except InvalidTransaction as error:
+            raise RemoteError("invalid-block", f"invalid transaction: {error}") from error
+        if post.root != block.header.state_root:
+            raise RemoteError("invalid-block", "executing the block reaches another state root")
+        return post
+
+    def _vote(self, header: Header, roles: ChainRoles, post: State, creator_signature: bytes = b"") -> Vote:
+        """Sign `header` (an honest node signs exactly what it re-executed)."""
+        key = (header.chain_id, header.height)
+        pending = self._pending.get(key)
+        if pending is not None and pending.header == header and pending.roles_version == roles.version:
+            return Vote(header, pending.signature)
+        signature = sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
+        self._pending[key] = _Pending(roles.version, header, signature, post, creator_signature)
+        return Vote(header, signature)
+
+    # -- validator --------------------------------------------------------------------------------
+
+    async def _validate(self, body: bytes) -> bytes:
+        request = Validation.decode(body)
+        block, parent = request.block, request.parent
+        roles = request.roles.roles
+        chain = block.header.chain_id
+        group = self._group_of(roles.group)
+        try:
+            request.roles.verify(group)
+        except RolesError as error:
+            raise RemoteError("bad-roles", str(error)) from error
+        if roles.chain != chain or roles.validator_for(block.header.parent_hash) != self.address:
+            raise RemoteError("not-member", "this node is not the block's validator")
+        if parent.hash != block.header.parent_hash or parent.header.height + 1 != block.header.height:
+            raise RemoteError("not-head", "the parent does not precede the block")
+        if request.pre_state.root != parent.header.state_root:
+            raise RemoteError("bad-pre-state", "the pre-state is not the parent's post-state")
+        try:
+            group.verify(self._domains.block(chain, parent.header.height, parent.hash), request.parent_certificate)
+        except RolesError as error:
+            raise RemoteError("bad-parent", f"the parent is not final: {error}") from error
+        self._check_creator(block, roles)
+        seen_key = (chain, block.header.height, roles.version)
+        seen = self._seen_validation.get(seen_key)
+        if seen is not None and seen != block.header:
+            raise RemoteError("equivocation", "the creator already asked to validate another block at this height")
+        self._reexecute(request.pre_state, block)
+        self._seen_validation[seen_key] = block.header
+        signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
+        return Vote(block.header, signature).encode()
+
+    # -- final ------------------------------------------------------------------------------------
+
+    async def _final(self, body: bytes) -> bytes:
+        final = Final.decode(body)
+        await self.accept_final(final)
+        return b""
+
+    async def accept_final(self, final: Final) -> None:
+        """Store a final block (after checking both signature sets); idempotent."""
+        block = final.block
+        chain = block.header.chain_id
+        async with self._chain_lock(chain):
+            if block.header.height == 0 and chain in self._genesis_records:
+                self._store_genesis(final)
+                return
+            record = self.roles(chain)
+            check_final(block, final.certificate, record.roles, self._group_of(record.roles.group), self._domains)
+            head = self.store.head(chain)
+            if block.header.height <= head.block.header.height:
+                return
+            if block.header.height != head.block.header.height + 1:
+                raise RemoteError("not-head", "a final block beyond the next height: sync first")
+            pending = self._pending.pop((chain, block.header.height), None)
+            if pending is not None and pending.header == block.header:
+                post = pending.post
+            else:
+                post = self._reexecute(head.state, block)
+            self.store.append(chain, block, post, final.certificate)
+            self._seen_validation = {
+                k: v for k, v in self._seen_validation.items() if k[0] != chain or k[1] > block.header.height
+            }
+
+    def _store_genesis(self, final: Final) -> None:
+        chain = final.block.header.chain_id
+        record = self._genesis_records[chain]
+        check_final(final.block, final.certificate, record.roles, self._group_of(record.roles.group), self._domains)
+        pending = self._pending.pop((chain, 0), None)
+        if pending is None or pending.header != final.block.header:
+            raise RemoteError("not-head", "a final genesis block this node did not validate: sync instead")
+        self.store.create_chain(final.block, pending.post, final.certificate, record.encode())
+        del self._genesis_records[chain]
+
+    async def _rollback(self, body: bytes) -> bytes:
+        """The archive group dropped a block that was never final: forget what was signed for it."""
+        record = RolesRecord.decode(body)
+        await self.adopt(record)
+        chain = record.roles.chain
+        for key in [k for k in self._pending if k[0] == chain]:
+            del self._pending[key]
+        return b""
+
+    # -- creator ----------------------------------------------------------------------------------
+
+    async def _submit(self, body: bytes) -> bytes:
+        submit = Submit.decode(body)
+        try:
+            roles = self.roles(submit.chain).roles
+        except UnknownChain:
+            raise RemoteError("unknown-chain", "this node does not keep the chain") from None
+        if roles.creator != self.address:
+            raise RemoteError("not-creator", f"0x{roles.creator.hex()}")
+        if not submit.transactions:
+            raise RemoteError("bad-request", "no transactions")
+        work = self._work.setdefault(submit.chain, _ChainWork())
+        job = _Job(submit.transactions, asyncio.get_running_loop().create_future())
+        work.queue.append(job)
+        work.wake.set()
+        if work.task is None or work.task.done():
+            work.task = asyncio.get_running_loop().create_task(self._creator_loop(submit.chain, work))
+        return await job.done
+
+    async def open_chain(
+        self, genesis_transactions: Sequence[Transaction], state: State, record: RolesRecord, poh_tick: int
+    ) -> Outcome:
+        """Produce a chain's genesis block (the archive host hands the terms and the drawn roles)."""
+        chain = record.roles.chain
+        self._poh[chain] = poh_tick
+        return await self._round(chain, tuple(genesis_transactions), genesis=(state, record))
+
+    async def _creator_loop(self, chain: bytes, work: _ChainWork) -> None:
+        while work.queue:
+            if self.timeouts.batch_window:
+                await asyncio.sleep(self.timeouts.batch_window)
+            jobs, work.queue = work.queue[: self.timeouts.max_batch], work.queue[self.timeouts.max_batch :]
+            work.wake.clear()
+            await self._produce(chain, jobs)
+
+    async def _produce(self, chain: bytes, jobs: list[_Job]) -> None:
+        txs = tuple(tx for job in jobs for tx in job.transactions)
+        try:
+            outcome = await self._round(chain, txs, jobs=jobs)
+        except RemoteError as error:
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(error)
+            return
+        except Exception as error:
+            log.exception("round on chain 0x%s failed", chain.hex()[:12])
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(RemoteError("failed", str(error)))
+            return
+        start = 0
+        for job in jobs:
+            if job.done.done():
+                continue
+            count = len(job.transactions)
+            receipts = outcome.receipts[start : start + count]
+            start += count
+            job.done.set_result(
+                Outcome(outcome.block, outcome.certificate, receipts, outcome.exit_certificates).encode()
+            )
+
+    def _drop_failing(
+        self,
+        pre: State,
+        header: Header,
+        prefix: tuple[Transaction, ...],
+        txs: tuple[Transaction, ...],
+        jobs: list[_Job] | None,
+    ) -> tuple[Transaction, ...]:
+        """Answer the submitters of reverting transactions now; keep the rest (whole jobs only)."""
+        if not jobs:
+            return txs
+        try:
+            _, receipts = execute(self._engine, pre, header, prefix + txs)
+        except InvalidTransaction as error:
+            for job in jobs:
+                job.done.set_exception(RemoteError("invalid-transaction", str(error)))
+            jobs.clear()
+            return ()
+        from offchain.dle.note import note_program
+
+        start, kept = len(prefix), list[Transaction]()
+        for job in list(jobs):
+            count = len(job.transactions)
+            failed = [r for r in receipts[start : start + count] if not r.success]
+            start += count
+            if failed:
+                reason = note_program().decode_error(failed[0].output)
+                job.done.set_exception(RemoteError("reverted", reason))
+                jobs.remove(job)
+            else:
+                kept.extend(job.transactions)
+        return tuple(kept)
+
+    async def _round(
+        self,
+        chain: bytes,
+        txs: tuple[Transaction, ...],
+        *,
+        jobs: list[_Job] | None = None,
+        genesis: tuple[State, RolesRecord] | None = None,
+    ) -> Outcome:
+        for _attempt in range(self.timeouts.attempts):
+            if genesis is not None:
+                pre, record = genesis
+                parent = None
+                height, parent_hash, parent_time, parent_tick = 0, bytes(32), 0, 0
+            else:
+                record = self.roles(chain)
+                head = self.store.head(chain)
+                parent = head
+                pre = head.state
+                height = head.block.header.height + 1
+                parent_hash, parent_time = head.block.hash, head.block.header.timestamp
+                parent_tick = head.block.header.poh_tick
+            roles = record.roles
+            if roles.creator != self.address:
+                raise RemoteError("not-creator", f"0x{roles.creator.hex()}")
+            prefix = self._role_prefix.get(chain, ())
+            timestamp = max(int(self._clock()), parent_time)
+            draft = Header(
+                chain,
+                height,
+                parent_hash,
+                bytes(32),
+                transactions_root(()),
+                timestamp,
+                max(self._poh.get(chain, 0), parent_tick),
+                roles.group,
+            )
+            user_txs = self._drop_failing(pre, draft, prefix, txs, jobs) if jobs is not None else txs
+            if jobs is not None and not jobs:
+                raise RemoteError("reverted", "every transaction of the batch reverted")
+            all_txs = prefix + tuple(user_txs)
+            post, receipts = execute(self._engine, pre, draft, all_txs)
+            header = Header(
+                chain,
+                height,
+                parent_hash,
+                post.root,
+                transactions_root(all_txs),
+                timestamp,
+                draft.poh_tick,
+                roles.group,
+            )
+            block = Block(header, all_txs, (self._sign_header(header),))
+            self.rounds += 1
+            outcome = await self._attempt(record, block, post, parent, pre)
+            if isinstance(outcome, RolesRecord):
+                if genesis is not None:
+                    genesis = (pre, outcome)
+                else:
+                    await self._after_change(record.roles, outcome)
+                continue
+            self._role_prefix.pop(chain, None)
+            return Outcome(outcome.block, outcome.certificate, receipts[len(prefix) :], outcome.exit_certificates)
+        raise ConsensusFailed(f"no final block for chain 0x{chain.hex()[:12]} after {self.timeouts.attempts} attempts")
+
+    async def _after_change(self, old: ChainRoles, new: RolesRecord) -> None:
+        await self.adopt(new)
+        if new.roles.creator == self.address and self._role_change_txs is not None:
+            genesis = self.store.block(new.roles.chain, 0).block
+            prefix = tuple(self._role_change_txs(genesis, old.witnesses, new.roles.witnesses))
+            self._role_prefix[new.roles.chain] = self._role_prefix.get(new.roles.chain, ()) + prefix
+
+    def _sign_header(self, header: Header) -> bytes:
+        return sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
+
+    async def _attempt(
+        self, record: RolesRecord, block: Block, post: State, parent: object, genesis_pre: State
+    ) -> RolesRecord | _FinalOutcome:
+        """One try at finality under `record`; a new roles record when the group changed on the way."""
+        roles = record.roles
+        header = block.header
+        digest = self._domains.block(header.chain_id, header.height, block.hash)
+        validator = roles.validator_for(header.parent_hash)
+        calls: list[Awaitable[bytes | Exception]]
+        if parent is None:
+            # Genesis: nothing precedes it; every member re-executes from the program's empty state.
+            request = encode_genesis(block, genesis_pre, record)
+            calls = [
+                self._call(m, "validate_genesis", request, self.timeouts.vote) for m in (*roles.witnesses, validator)
+            ]
+        else:
+            calls = [
+                self._call(w, "propose", Proposal(roles.version, block).encode(), self.timeouts.vote)
+                for w in roles.witnesses
+            ]
+            from offchain.dle.store import StoredBlock
+
+            assert isinstance(parent, StoredBlock)
+            validation = Validation(block, parent.block, parent.certificate, parent.state, record)
+            calls.append(self._call(validator, "validate", validation.encode(), self.timeouts.vote))
+        answers = await asyncio.gather(*calls)
+        members = (*roles.witnesses, validator)
+        signatures = [block.signatures[0]]
+        for member, answer in zip(members, answers, strict=True):
+            if isinstance(answer, (PeerTimeout, PeerUnavailable)):
+                return await self._report(
+                    roles, "report_timeout", TimeoutReport(roles.chain, roles.version, member).encode(), record=True
+                )
+            if isinstance(answer, Exception):  # a refusal (RemoteError) or anything else unexpected
+                if isinstance(answer, RemoteError) and answer.code in ("stale-roles", "equivocation"):
+                    # Someone else moved on, or a witness caught this creator's key signing twice and
+                    # reported it: either way the archive group decides, and the round follows.
+                    await asyncio.sleep(self.timeouts.vote / 10)
+                    return await self._fetch_roles(roles)
+                evidence = Evidence(REFUSED, roles.version, member, block, reason=str(answer))
+                return await self._report(roles, "report_fault", evidence.encode(), record=True)
+            vote = Vote.decode(answer)
+            if vote.header != header or _recover(digest, vote.signature) != member:
+                evidence = Evidence(
+                    WRONG_VOTE, roles.version, member, block, other=vote.header, other_signature=vote.signature
+                )
+                return await self._report(roles, "report_fault", evidence.encode(), record=True)
+            signatures.append(vote.signature)
+        signed = block.with_signatures(signatures)
+        group = self._group_of(roles.group)
+        accepts = await asyncio.gather(
+            *(self._call(node, "accept", Commit(signed).encode(), self.timeouts.accept) for node in group.members)
+        )
+        archive_signatures: dict[bytes, bytes] = {}
+        exit_signatures: dict[bytes, tuple[bytes, ...]] = {}
+        ticks: dict[bytes, int] = {}
+        for node, answer in zip(group.members, accepts, strict=True):
+            if isinstance(answer, RemoteError) and answer.code == "rejected":
+                rejection = Rejection.decode(bytes.fromhex(answer.message.split(" ", 1)[0]))
+                evidence = Evidence(REJECTED, roles.version, node, signed, reason=rejection.reason, rejection=rejection)
+                return await self._report(roles, "report_fault", evidence.encode(), record=True)
+            if isinstance(answer, Exception):
+                raise ConsensusFailed(f"archive node 0x{node.hex()} did not accept: {answer}")
+            acceptance = Acceptance.decode(answer)
+            archive_signatures[node] = acceptance.signature
+            exit_signatures[node] = acceptance.exit_signatures
+            ticks[node] = acceptance.poh_tick
+        certificate = join_certificate(archive_signatures)
+        final = Final(signed, certificate)
+        self._poh[roles.chain] = ticks[group.host_of(roles.chain)]
+        exits = tuple(
+            join_certificate({node: exit_signatures[node][i] for node in group.members})
+            for i in range(len(exit_signatures[group.members[0]]))
+        )
+        if parent is None:
+            self.store.create_chain(signed, post, certificate, record.encode())
+        else:
+            self.store.append(roles.chain, signed, post, certificate)
+        others = [w for w in roles.witnesses] + list(group.members)
+        await asyncio.gather(*(self._call(peer, "final", final.encode(), self.timeouts.final) for peer in others))
+        return _FinalOutcome(signed, certificate, exits)
+
+    async def _fetch_roles(self, roles: ChainRoles) -> RolesRecord:
+        host = self._group_of(roles.group).host_of(roles.chain)
+        record = RolesRecord.decode(
+            await self._transport.call(host, "roles", roles.chain, timeout=self.timeouts.archive)
+        )
+        record.verify(self._group_of(roles.group))
+        return record
+
+    async def _report(self, roles: ChainRoles, method: str, body: bytes, *, record: bool = False) -> RolesRecord:
+        host = self._group_of(roles.group).host_of(roles.chain)
+        answer = await self._transport.call(host, method, body, timeout=self.timeouts.archive)
+        new = RolesRecord.decode(answer)
+        new.verify(self._group_of(new.roles.group))
+        return new
+
+    async def _call(self, peer: bytes, method: str, body: bytes, timeout: float) -> bytes | Exception:
+        """A call whose failure is an answer: the round classifies it."""
+        if peer == self.address:
+            try:
+                return await self.handle(method, body)
+            except RemoteError as error:
+                return error
+        try:
+            return await self._transport.call(peer, method, body, timeout=timeout)
+        except (PeerTimeout, PeerUnavailable, RemoteError) as error:
+            return error
+
+    # -- genesis validation -----------------------------------------------------------------------
+
+    async def _open_genesis(self, body: bytes) -> bytes:
+        """The archive host asks the note's CBDC to produce the genesis block under drawn roles."""
+        from dle_vm.encoding import decode_rlp, raw_bytes, rlp_list, uint
+        from offchain.dle.note import NoteTerms, genesis_state
+
+        terms_item, record_bytes, tick = rlp_list(decode_rlp(body), 3, "open genesis")
+        terms = NoteTerms.from_rlp(terms_item)
+        record = RolesRecord.decode(raw_bytes(record_bytes, "roles"))
+        record.verify(self._group_of(record.roles.group))
+        if record.roles.creator != self.address or terms.cbdc != self.address or record.roles.chain != terms.chain:
+            raise RemoteError("not-creator", "this node is not the note's CBDC")
+        outcome = await self.open_chain((terms.initialize(),), genesis_state(), record, uint(tick, "poh tick"))
+        return outcome.encode()
+
+    async def _validate_genesis(self, body: bytes) -> bytes:
+        """A genesis block for a witness or the validator: it runs on the program's empty state."""
+        block, pre, record = decode_genesis(body)
+        roles = record.roles
+        try:
+            record.verify(self._group_of(roles.group))
+        except RolesError as error:
+            raise RemoteError("bad-roles", str(error)) from error
+        if block.header.height != 0 or block.header.chain_id != roles.chain:
+            raise RemoteError("bad-request", "not a genesis block of the roles' chain")
+        if self.address not in roles.witnesses and roles.validator_for(block.header.parent_hash) != self.address:
+            raise RemoteError("not-member", "this node is not a member of the chain")
+        self._check_creator(block, roles)
+        from offchain.dle.note import genesis_state
+
+        if pre.root != genesis_state().root:
+            raise RemoteError("bad-pre-state", "a note chain starts from the program's empty state")
+        post = self._reexecute(pre, block)
+        if self.address in roles.witnesses:
+            self._genesis_records[roles.chain] = record
+        return self._vote(block.header, roles, post, block.signatures[0]).encode()
+
+
+@dataclass(frozen=True)
+class _FinalOutcome:
+    block: Block
+    certificate: bytes
+    exit_certificates: tuple[bytes, ...]
+
+
+def _recover(digest: bytes, signature: bytes) -> bytes | None:
+    try:
+        return recover(digest, signature)
+    except BadSignature:
+        return None
+
+
+def encode_genesis(block: Block, pre: State, record: RolesRecord) -> bytes:
+    from dle_vm.encoding import encode_rlp
+
+    return encode_rlp([block.encode(), pre.encode(), record.encode()])
+
+
+def decode_genesis(data: bytes) -> tuple[Block, State, RolesRecord]:
+    from dle_vm.encoding import decode_rlp, raw_bytes, rlp_list
+
+    block, pre, record = rlp_list(decode_rlp(data), 3, "genesis validation")
+    return (
+        Block.decode(raw_bytes(block, "block")),
+        State.decode(raw_bytes(pre, "state")),
+        RolesRecord.decode(raw_bytes(record, "roles")),
+    )
+
+
+_METHODS: dict[str, str] = {
+    "ping": "_ping",
+    "roles": "_roles_message",
+    "propose": "_propose",
+    "validate": "_validate",
+    "validate_genesis": "_validate_genesis",
+    "final": "_final",
+    "rollback": "_rollback",
+    "submit": "_submit",
+    "open_genesis": "_open_genesis",
+}

@@ -1,0 +1,440 @@
+"""How DLE nodes talk: one request, one response, addressed by the peer's 20-byte address.
+
+The role services (archive node, creator, witness, validator) take a `Transport` as a parameter and
+serve a `Handler`, so the same node code runs in-process in tests (`InProcessNetwork`) and over HTTP
+in a devnet (`HttpTransport` + `http_app` / `serve`).
+
+    Handler   = async (method, request body) -> response body
+    Transport = async call(peer, method, body, *, timeout) -> response body
+
+A call ends in exactly one of: the response body; `PeerUnavailable` (the peer is unknown, down or
+refuses the connection: the message did not reach it); `PeerTimeout` (no answer within `timeout`:
+the peer may or may not have processed it); `RemoteError(code, message)` (the peer answered with a
+refusal — a handler raises `RemoteError` and the caller sees the same code and message); or
+`BodyTooLarge` (a request or response over the size limit, refused on the caller's side before
+sending or while reading).
+
+The transport authenticates nothing. `X-DLE-From` on HTTP requests is informational (logs, metrics):
+anyone can claim any address. Every DLE message that matters carries its own signatures (block
+signatures, archive certificates, signed role records), and a node judges a message by those, never by
+who delivered it. Wire conventions are in docs/drafts/dle-infra.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+from aiohttp import web
+
+__all__ = [
+    "ADDRESS_SIZE",
+    "DEFAULT_MAX_BODY",
+    "FROM_HEADER",
+    "BodyTooLarge",
+    "Handler",
+    "HttpTransport",
+    "InProcessNetwork",
+    "PeerTimeout",
+    "PeerUnavailable",
+    "RemoteError",
+    "Transport",
+    "TransportError",
+    "http_app",
+    "serve",
+]
+
+ADDRESS_SIZE = 20
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+"""4 MiB: a note chain's whole state with its program is tens of KiB; a dump of a long chain is paged."""
+FROM_HEADER = "X-DLE-From"
+_METHOD = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_MAX_CODE = 64
+_MAX_MESSAGE = 1024
+_log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes], Awaitable[bytes]]
+"""A node's entry point: (method name, request body) -> response body. Raise `RemoteError` to refuse."""
+
+
+class TransportError(Exception):
+    """A call that did not return a response body."""
+
+
+class PeerUnavailable(TransportError):
+    """The peer is unknown, down, or refused the connection: the request did not reach it."""
+
+    def __init__(self, peer: bytes, reason: str) -> None:
+        super().__init__(f"peer 0x{peer.hex()} is unavailable: {reason}")
+        self.peer = peer
+        self.reason = reason
+
+
+class PeerTimeout(TransportError):
+    """No answer within the timeout. The peer may have processed the request (or may still)."""
+
+    def __init__(self, peer: bytes, method: str, timeout: float) -> None:
+        super().__init__(f"peer 0x{peer.hex()} did not answer {method} within {timeout:g} s")
+        self.peer = peer
+        self.method = method
+        self.timeout = timeout
+
+
+class BodyTooLarge(TransportError):
+    """A request or response body over this side's limit; the request is not sent, the response not read."""
+
+    def __init__(self, what: str, size: int | None, limit: int) -> None:
+        shown = "more" if size is None else str(size)
+        super().__init__(f"the {what} body is {shown} bytes, over the limit of {limit}")
+        self.what = what
+        self.size = size
+        self.limit = limit
+
+
+class RemoteError(TransportError):
+    """The peer refused the request. A handler raises it; the caller receives the same code and message.
+    `code` is a short machine-readable name (letters, digits, `-`, `_`, `.`), `message` for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if not isinstance(code, str) or not _METHOD.match(code) or len(code) > _MAX_CODE:
+            raise ValueError(f"a remote error code is 1-{_MAX_CODE} of [A-Za-z0-9_.-], got {code!r}")
+        message = str(message)[:_MAX_MESSAGE]
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Transport(Protocol):
+    """What a role service sends its messages through."""
+
+    async def call(self, peer: bytes, method: str, body: bytes, *, timeout: float) -> bytes:
+        """Send `body` to `peer`'s `method` and return the response body (errors: see the module)."""
+        ...
+
+
+def _check_call(peer: bytes, method: str, body: bytes, timeout: float) -> None:
+    if not isinstance(peer, bytes) or len(peer) != ADDRESS_SIZE:
+        raise TypeError(f"a peer is a {ADDRESS_SIZE}-byte address")
+    if not isinstance(method, str) or not _METHOD.match(method):
+        raise ValueError(f"a method name is 1-64 of [A-Za-z0-9_.-], got {method!r}")
+    if not isinstance(body, bytes):
+        raise TypeError(f"a body is bytes, got {type(body).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"a timeout must be positive, got {timeout}")
+
+
+def _internal_error(error: BaseException) -> RemoteError:
+    # What a peer sees of a handler's bug: its type and text, no traceback (that goes to the log).
+    return RemoteError("internal", f"{type(error).__name__}: {error}")
+
+
+# -- in-process ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Node:
+    handler: Handler
+    running: set[asyncio.Task[bytes]]
+
+
+class InProcessNetwork:
+    """Nodes of one test run, talking through direct calls on one event loop, with HTTP's semantics:
+    bodies are copied, size limits apply, a handler's `RemoteError` reaches the caller as such and any
+    other exception as `RemoteError("internal", …)` (chained, so the test's traceback shows it).
+
+    Faults: `unregister` kills a node (new calls and calls in flight raise `PeerUnavailable`),
+    `delay` adds latency before a node receives a request (a late request is still processed after
+    the caller timed out, as over a network), `drop` makes a node's requests vanish (calls hang until
+    their timeout), `heal` clears both. `calls` counts requests per method, `calls_to` per node and
+    method, `traffic` bytes (request + response) per method."""
+
+    def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self.max_body = max_body
+        self._nodes: dict[bytes, _Node] = {}
+        self._delays: dict[bytes, float] = {}
+        self._dropped: set[bytes] = set()
+        self._late: set[asyncio.Task[bytes]] = set()
+        self.calls: Counter[str] = Counter()
+        self.traffic: Counter[str] = Counter()
+        self._calls_to: dict[bytes, Counter[str]] = {}
+
+    def register(self, address: bytes, handler: Handler) -> None:
+        """Bring a node up at `address` (replacing one that was there)."""
+        if not isinstance(address, bytes) or len(address) != ADDRESS_SIZE:
+            raise TypeError(f"an address is {ADDRESS_SIZE} bytes")
+        self.unregister(address)
+        self._nodes[address] = _Node(handler=handler, running=set())
+
+    def unregister(self, address: bytes) -> None:
+        """Kill the node at `address`: calls to it raise `PeerUnavailable`, and so do calls it was serving."""
+        node = self._nodes.pop(address, None)
+        if node is not None:
+            for task in node.running:
+                task.cancel()
+
+    def delay(self, address: bytes, seconds: float) -> None:
+        """Requests to `address` arrive `seconds` late (the caller's timeout keeps running)."""
+        self._delays[address] = seconds
+
+    def drop(self, address: bytes) -> None:
+        """Requests to `address` are lost: calls hang until their timeout."""
+        self._dropped.add(address)
+
+    def heal(self, address: bytes) -> None:
+        """Clear `delay` and `drop` for `address`."""
+        self._delays.pop(address, None)
+        self._dropped.discard(address)
+
+    def calls_to(self, address: bytes) -> Counter[str]:
+        """Requests sent to `address`, per method."""
+        return Counter(self._calls_to.get(address, Counter()))
+
+    def transport(self, own_address: bytes) -> Transport:
+        """The transport a node at `own_address` sends through."""
+        return _InProcessTransport(self, own_address)
+
+    async def aclose(self) -> None:
+        """Cancel requests still being processed after their callers gave up."""
+        for task in list(self._late):
+            task.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)
+
+    async def _deliver(self, peer: bytes, node: _Node, method: str, body: bytes) -> bytes:
+        latency = self._delays.get(peer, 0.0)
+        if latency > 0:
+            await asyncio.sleep(latency)
+        if self._nodes.get(peer) is not node:
+            raise PeerUnavailable(peer, "the node went down")
+        return await node.handler(method, body)
+
+    async def _call(self, own: bytes, peer: bytes, method: str, body: bytes, timeout: float) -> bytes:
+        _check_call(peer, method, body, timeout)
+        self.calls[method] += 1
+        self._calls_to.setdefault(peer, Counter())[method] += 1
+        self.traffic[method] += len(body)
+        if len(body) > self.max_body:
+            raise BodyTooLarge("request", len(body), self.max_body)
+        node = self._nodes.get(peer)
+        if node is None:
+            raise PeerUnavailable(peer, "no node at this address")
+        if peer in self._dropped:
+            await asyncio.sleep(timeout)
+            raise PeerTimeout(peer, method, timeout)
+        # bytes(...) copies, so neither side can see the other mutate a buffer (as over a wire).
+        task = asyncio.ensure_future(self._deliver(peer, node, method, bytes(body)))
+        node.running.add(task)
+        task.add_done_callback(node.running.discard)
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            # Over a network the peer would go on processing a request its caller gave up on.
+            self._late.add(task)
+            task.add_done_callback(self._late_done)
+            raise PeerTimeout(peer, method, timeout)
+        if task.cancelled():
+            raise PeerUnavailable(peer, "the node went down while serving the request")
+        error = task.exception()
+        if isinstance(error, RemoteError | PeerUnavailable):
+            raise error
+        if error is not None:
+            _log.error("in-process node 0x%s failed serving %s", peer.hex(), method, exc_info=error)
+            raise _internal_error(error) from error
+        response = task.result()
+        if not isinstance(response, bytes):
+            raise _internal_error(TypeError(f"the handler returned {type(response).__name__}, not bytes"))
+        self.traffic[method] += len(response)
+        if len(response) > self.max_body:
+            raise BodyTooLarge("response", len(response), self.max_body)
+        return bytes(response)
+
+    def _late_done(self, task: asyncio.Task[bytes]) -> None:
+        self._late.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Nobody awaits a late request's outcome; retrieving it keeps asyncio from warning.
+            _log.debug("late request failed: %r", task.exception())
+
+
+class _InProcessTransport:
+    def __init__(self, network: InProcessNetwork, own: bytes) -> None:
+        self._network = network
+        self._own = own
+
+    async def call(self, peer: bytes, method: str, body: bytes, *, timeout: float) -> bytes:
+        return await self._network._call(self._own, peer, method, body, timeout)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------
+
+Directory = Mapping[bytes, str] | Callable[[bytes], str | None]
+"""Where a node is reached: its base URL (`http://host:port`), or None/absent if unknown."""
+
+
+class HttpTransport:
+    """Calls over HTTP: `POST {url}/dle/{method}` with the raw body, through one pooled aiohttp session
+    (created on first use inside the running loop; `aclose()` or `async with` to release it)."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        *,
+        own_address: bytes | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        connection_limit: int = 256,
+    ) -> None:
+        self._directory = directory
+        self._own = own_address
+        self.max_body = max_body
+        self._limit = connection_limit
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpTransport:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, peer: bytes) -> str | None:
+        if callable(self._directory):
+            return self._directory(peer)
+        return self._directory.get(peer)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {FROM_HEADER: f"0x{self._own.hex()}"} if self._own is not None else {}
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit),
+                headers=headers,
+                # Timeouts are per call (below); the session must not add its own 5-minute default.
+                timeout=aiohttp.ClientTimeout(total=None),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def call(self, peer: bytes, method: str, body: bytes, *, timeout: float) -> bytes:
+        _check_call(peer, method, body, timeout)
+        if len(body) > self.max_body:
+            raise BodyTooLarge("request", len(body), self.max_body)
+        base = self._url(peer)
+        if not base:
+            raise PeerUnavailable(peer, "not in the directory")
+        url = f"{base.rstrip('/')}/dle/{method}"
+        try:
+            # One bound on everything: connecting, sending, waiting, reading.
+            async with asyncio.timeout(timeout):
+                return await self._post(peer, url, body)
+        except TimeoutError:
+            raise PeerTimeout(peer, method, timeout) from None
+        except aiohttp.ClientError as error:
+            # Connection refused or reset, the server went away mid-response, a malformed response.
+            raise PeerUnavailable(peer, f"{type(error).__name__}: {error}") from error
+
+    async def _post(self, peer: bytes, url: str, body: bytes) -> bytes:
+        async with self._client().post(
+            url, data=body, headers={"Content-Type": "application/octet-stream"}, allow_redirects=False
+        ) as response:
+            if response.content_length is not None and response.content_length > self.max_body:
+                raise BodyTooLarge("response", response.content_length, self.max_body)
+            data = await response.content.read(self.max_body + 1)
+            # read(n) may return less than is there; keep reading until the end or past the limit.
+            while len(data) <= self.max_body:
+                more = await response.content.read(self.max_body + 1 - len(data))
+                if not more:
+                    break
+                data += more
+            if len(data) > self.max_body:
+                raise BodyTooLarge("response", None, self.max_body)
+            if 200 <= response.status < 300:
+                return data
+            raise _error_from_response(peer, response.status, data)
+
+
+def _error_from_response(peer: bytes, status: int, data: bytes) -> TransportError:
+    try:
+        parsed = json.loads(data)
+        if isinstance(parsed, dict) and isinstance(parsed.get("code"), str) and isinstance(parsed.get("message"), str):
+            return RemoteError(parsed["code"], parsed["message"])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if status in (502, 503, 504):
+        # A proxy or load balancer in front of a node that is down.
+        return PeerUnavailable(peer, f"HTTP {status} from an intermediary")
+    return RemoteError(f"http-{status}", data[:200].decode("utf-8", "replace"))
+
+
+def _json_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"code": code, "message": message}, status=status)
+
+
+def http_app(handler: Handler, *, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
+    """An aiohttp application serving one node's `handler` at `POST /dle/{method}`.
+
+    200 with the response body; 422 with `{"code", "message"}` when the handler raises `RemoteError`;
+    413 (`body-too-large`) for a request over `max_body`; 500 (`internal` for a handler's bug,
+    `response-too-large` for a response over `max_body`); 404 (`unknown-path`) for a bad method name."""
+
+    async def dle(request: web.Request) -> web.StreamResponse:
+        method = request.match_info["method"]
+        if not _METHOD.match(method):
+            return _json_error(404, "unknown-path", f"no such method: {method[:64]!r}")
+        if request.content_length is not None and request.content_length > max_body:
+            return _json_error(413, "body-too-large", f"{request.content_length} bytes; the limit is {max_body}")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(413, "body-too-large", f"over the limit of {max_body} bytes")
+        try:
+            response = await handler(method, body)
+        except RemoteError as error:
+            return _json_error(422, error.code, error.message)
+        except Exception as error:
+            _log.exception("handler failed serving %s for %s", method, request.headers.get(FROM_HEADER, "?"))
+            internal = _internal_error(error)
+            return _json_error(500, internal.code, internal.message)
+        if not isinstance(response, bytes):
+            return _json_error(500, "internal", f"the handler returned {type(response).__name__}, not bytes")
+        if len(response) > max_body:
+            return _json_error(500, "response-too-large", f"{len(response)} bytes; the limit is {max_body}")
+        return web.Response(body=response, content_type="application/octet-stream")
+
+    async def not_found(request: web.Request) -> web.StreamResponse:
+        return _json_error(404, "unknown-path", f"{request.method} {request.path} is not served here")
+
+    # client_max_size makes request.read() itself refuse a chunked body that grows past the limit.
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/dle/{method}", dle)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+async def serve(
+    handler: Handler, host: str = "127.0.0.1", port: int = 0, *, max_body: int = DEFAULT_MAX_BODY
+) -> tuple[web.AppRunner, int]:
+    """Serve `handler` on `host`:`port` (0 picks a free port); return the runner (`await
+    runner.cleanup()` to stop) and the port actually bound."""
+    runner = web.AppRunner(http_app(handler, max_body=max_body), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = port
+    for address in runner.addresses:
+        with contextlib.suppress(TypeError, IndexError):
+            bound = int(address[1])
+            break
+    return runner, bound
