@@ -29,13 +29,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from coincurve import PrivateKey
 
 from dle_vm.block import Block, Header, transactions_root
 from dle_vm.encoding import EncodingError, decode_rlp, encode_rlp, fixed_bytes, raw_bytes, rlp_list, uint, uint_bytes
-from dle_vm.engine import Engine, InvalidTransaction
+from dle_vm.engine import Engine, InvalidTransaction, Receipt
 from dle_vm.hashing import keccak
 from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
@@ -206,7 +206,9 @@ class ArchiveNode:
 
     # -- the quality check ------------------------------------------------------------------------
 
-    def quality(self, block: Block, record: RolesRecord, pre: State, parent: Header | None) -> State:
+    def quality(
+        self, block: Block, record: RolesRecord, pre: State, parent: Header | None
+    ) -> tuple[State, tuple[Receipt, ...]]:
         """The archive node's check of a fully signed block; raises `RemoteError("rejected", …)`."""
         roles = record.roles
         header = block.header
@@ -227,14 +229,14 @@ class ArchiveNode:
         if header.group_id != roles.group:
             return self._reject(block, "names another archive group")
         try:
-            post, _ = execute(self._engine, pre, header, block.transactions)
+            post, receipts = execute(self._engine, pre, header, block.transactions)
         except InvalidTransaction as error:
             return self._reject(block, f"an invalid transaction: {error}")
         if post.root != header.state_root:
             return self._reject(block, "executing it reaches another state root")
-        return post
+        return post, receipts
 
-    def _reject(self, block: Block, reason: str) -> State:
+    def _reject(self, block: Block, reason: str) -> NoReturn:
         rejection = Rejection(block.hash, reason, sign(self._secret, Rejection.digest(block.hash)))
         raise RemoteError("rejected", f"{rejection.encode().hex()} {reason}")
 
@@ -252,10 +254,9 @@ class ArchiveNode:
         key = (chain, block.header.height, record.roles.version)
         if self._accepted.get(key, block.hash) != block.hash:
             self._reject(block, "another block was accepted at this height")
-        post = self.quality(block, record, pre, parent)
+        post, receipts = self.quality(block, record, pre, parent)
         self._accepted[key] = block.hash
         self._pending_state[(chain, block.hash)] = post
-        _, receipts = execute(self._engine, pre, block.header, block.transactions)
         exits = [
             sign(self._secret, self._domains.exit(certificate.encode()))
             for receipt in receipts
@@ -287,8 +288,11 @@ class ArchiveNode:
             record = self.roles(chain)
             if block.header.height <= self.store.height(chain):
                 return
-        check_final(block, final.certificate, record.roles, self._group(), self._domains)
         post = self._pending_state.pop((chain, block.hash), None)
+        # An archive node that accepted the block recovered its member signatures then.
+        check_final(
+            block, final.certificate, record.roles, self._group(), self._domains, members_checked=post is not None
+        )
         if post is None:
             pre = genesis_state() if block.header.height == 0 else self.store.head(chain).state
             post, _ = execute(self._engine, pre, block.header, block.transactions)

@@ -102,9 +102,24 @@ def execute(
     return engine.apply(state, transactions, BlockContext.of(header))
 
 
-def check_final(block: Block, certificate: bytes, roles: ChainRoles, group: ArchiveGroup, domains: Domains) -> None:
-    """Demand that `block` carries exactly its members' signatures and the archive group's certificate."""
+def check_final(
+    block: Block,
+    certificate: bytes,
+    roles: ChainRoles,
+    group: ArchiveGroup,
+    domains: Domains,
+    *,
+    members_checked: bool = False,
+) -> None:
+    """Demand that `block` carries exactly its members' signatures and the archive group's certificate.
+
+    Finality is the archive certificate: every archive node recovered every member signature before it
+    signed. A node that itself checked this header's member signatures, or re-executed and signed it
+    (`members_checked`), needs only the certificate."""
     digest = domains.block(block.header.chain_id, block.header.height, block.hash)
+    if members_checked:
+        group.verify(digest, certificate)
+        return
     try:
         signers = block.signers(digest)
     except BadSignature as error:
@@ -375,12 +390,21 @@ class MemberNode:
                 self._store_genesis(final)
                 return
             record = self.roles(chain)
-            check_final(block, final.certificate, record.roles, self._group_of(record.roles.group), self._domains)
             head = self.store.head(chain)
             if block.header.height <= head.block.header.height:
                 return
             if block.header.height != head.block.header.height + 1:
                 raise RemoteError("not-head", "a final block beyond the next height: sync first")
+            pending = self._pending.get((chain, block.header.height))
+            signed_it = pending is not None and pending.header == block.header
+            check_final(
+                block,
+                final.certificate,
+                record.roles,
+                self._group_of(record.roles.group),
+                self._domains,
+                members_checked=signed_it,
+            )
             pending = self._pending.pop((chain, block.header.height), None)
             if pending is not None and pending.header == block.header:
                 post = pending.post
@@ -478,20 +502,21 @@ class MemberNode:
         header: Header,
         prefix: tuple[Transaction, ...],
         txs: tuple[Transaction, ...],
-        jobs: list[_Job] | None,
-    ) -> tuple[Transaction, ...]:
-        """Answer the submitters of reverting transactions now; keep the rest (whole jobs only)."""
-        if not jobs:
-            return txs
+        jobs: list[_Job],
+    ) -> tuple[tuple[Transaction, ...], tuple[State, tuple[Receipt, ...]] | None]:
+        """Answer the submitters of reverting transactions now; keep the rest (whole jobs only).
+        Returns the kept transactions, and the execution itself when nothing was dropped (the
+        common case: the block is then executed once, not twice)."""
         try:
-            _, receipts = execute(self._engine, pre, header, prefix + txs)
+            executed = execute(self._engine, pre, header, prefix + txs)
         except InvalidTransaction as error:
             for job in jobs:
                 job.done.set_exception(RemoteError("invalid-transaction", str(error)))
             jobs.clear()
-            return ()
+            return (), None
         from offchain.dle.note import note_program
 
+        receipts = executed[1]
         start, kept = len(prefix), list[Transaction]()
         for job in list(jobs):
             count = len(job.transactions)
@@ -503,7 +528,7 @@ class MemberNode:
                 jobs.remove(job)
             else:
                 kept.extend(job.transactions)
-        return tuple(kept)
+        return tuple(kept), (executed if len(kept) == len(txs) else None)
 
     async def _round(
         self,
@@ -541,11 +566,15 @@ class MemberNode:
                 max(self._poh.get(chain, 0), parent_tick),
                 roles.group,
             )
-            user_txs = self._drop_failing(pre, draft, prefix, txs, jobs) if jobs is not None else txs
-            if jobs is not None and not jobs:
-                raise RemoteError("reverted", "every transaction of the batch reverted")
-            all_txs = prefix + tuple(user_txs)
-            post, receipts = execute(self._engine, pre, draft, all_txs)
+            executed = None
+            if jobs is not None:
+                txs = tuple(tx for job in jobs for tx in job.transactions)
+                txs, executed = self._drop_failing(pre, draft, prefix, txs, jobs)
+                if not jobs:
+                    raise RemoteError("reverted", "every transaction of the batch reverted")
+            all_txs = prefix + txs
+            # The execution does not depend on the header's roots, only on its context (height, time).
+            post, receipts = executed or execute(self._engine, pre, draft, all_txs)
             header = Header(
                 chain,
                 height,
