@@ -5,13 +5,13 @@ same load (every note sends `--transfers` transfers one after another, all notes
 
 - in-process: every node on one `InProcessNetwork` (no sockets) — the protocol's own cost;
 - 1 worker process: every node in one process, talking HTTP over loopback;
-- 2 worker processes: the nodes split over two processes (archive 1, CBDC, witnesses 1–2 | archive 2,
-  witnesses 3–5, validator), HTTP between and within them.
+- 2 worker processes: the nodes split over two processes (archive 1, CBDC, witnesses 1-2 | archive 2,
+  witnesses 3-5, validator), HTTP between and within them.
 
 The load generator (signing transfers, checking each outcome's signatures) runs in this process.
 
 The bound: signatures made and recovered per final transfer (counted in the in-process run, the EVM's
-ecrecover of the user's signature included, once per execution) × the cost of one of each measured in
+ecrecover of the user's signature included, once per execution) times the cost of one of each measured in
 this run — what the machine could do if signatures were all there was. The ratio is throughput/bound.
 Also the engines: one note transfer executed by pyrevm against py-evm.
 
@@ -337,10 +337,12 @@ def main() -> None:
     one, two = one_finals / one_seconds, two_finals / two_seconds
     inproc = finals / seconds
     print(
-        f"notes in flight: {args.notes}; transfers each: {args.transfers}; group 1 CBDC + 5 witnesses + 1 validator, archive 2"
+        f"notes in flight: {args.notes}; transfers each: {args.transfers}; "
+        "group 1 CBDC + 5 witnesses + 1 validator, archive 2"
     )
     print(
-        f"engines: py-evm {pyevm * 1e3:.2f} ms, pyrevm {revm * 1e3:.2f} ms per transfer: pyrevm {pyevm / revm:.1f}x (goal >= 5x)"
+        f"engines: py-evm {pyevm * 1e3:.2f} ms, pyrevm {revm * 1e3:.2f} ms per transfer: "
+        f"pyrevm {pyevm / revm:.1f}x (goal >= 5x)"
     )
     print(f"signature costs: sign {signing * 1e6:.0f} us, recover {recovering * 1e6:.0f} us")
     print(
