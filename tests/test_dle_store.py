@@ -73,7 +73,9 @@ def make_block(
         poh_tick=tick or height * 10,
         group_id=1,
     )
-    return Block(header=header, transactions=transactions, signatures=tuple(bytes([s + 1]) * 65 for s in range(signatures)))
+    return Block(
+        header=header, transactions=transactions, signatures=tuple(bytes([s + 1]) * 65 for s in range(signatures))
+    )
 
 
 def genesis(chain: bytes = CHAIN) -> tuple[Block, State]:
@@ -367,7 +369,7 @@ ROUNDS = 25
 
 def _racer(path: str, marker: int, barrier: Any, results: Any) -> None:
     store = ChainStore(path)
-    outcome = []
+    outcome: list[tuple[int, bytes | None]] = []
     for _ in range(ROUNDS):
         barrier.wait(timeout=30)
         block, state = next_block(store, marker=marker)

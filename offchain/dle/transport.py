@@ -8,8 +8,9 @@ in a devnet (`HttpTransport` + `http_app` / `serve`).
     Transport = async call(peer, method, body, *, timeout) -> response body
 
 A call ends in exactly one of: the response body; `PeerUnavailable` (the peer is unknown, down or
-refuses the connection: the message did not reach it); `PeerTimeout` (no answer within `timeout`:
-the peer may or may not have processed it); `RemoteError(code, message)` (the peer answered with a
+refuses the connection — the request did not reach it — or the connection broke before the answer
+came, when it may have); `PeerTimeout` (no answer within `timeout`: the peer may or may not have
+processed it); `RemoteError(code, message)` (the peer answered with a
 refusal — a handler raises `RemoteError` and the caller sees the same code and message); or
 `BodyTooLarge` (a request or response over the size limit, refused on the caller's side before
 sending or while reading).
@@ -70,7 +71,8 @@ class TransportError(Exception):
 
 
 class PeerUnavailable(TransportError):
-    """The peer is unknown, down, or refused the connection: the request did not reach it."""
+    """The peer is unknown, down, or refused the connection (the request did not reach it), or the
+    connection broke before the answer came (it may have). Either way: no answer, try another time."""
 
     def __init__(self, peer: bytes, reason: str) -> None:
         super().__init__(f"peer 0x{peer.hex()} is unavailable: {reason}")
@@ -278,7 +280,9 @@ Directory = Mapping[bytes, str] | Callable[[bytes], str | None]
 
 class HttpTransport:
     """Calls over HTTP: `POST {url}/dle/{method}` with the raw body, through one pooled aiohttp session
-    (created on first use inside the running loop; `aclose()` or `async with` to release it)."""
+    (created on first use inside the running loop, and bound to that loop; `aclose()` or `async with`
+    to release it). `directory` maps a peer's address to its base URL, as a mapping or a function
+    (re-read on every call, so a node that moves is found at its new URL)."""
 
     def __init__(
         self,
