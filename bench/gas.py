@@ -226,7 +226,8 @@ def _measure_economy(
     registry: Contract,
 ) -> None:
     """CoNETCash, the DLE registry and governance: buy, fill (and its baseline), exits signed by 10, 5
-    and 2 archive nodes, claim, cancel, pool and re-fund, equivocation, propose, vote, queue, execute."""
+    and 2 archive nodes, claim, cancel, pool and re-fund, equivocation, a certified fault, propose, vote,
+    queue, execute."""
     admin, treasury, holder = accounts[ADMIN], accounts[TREASURY], accounts[HOLDER]
     cbdc, reporter = accounts[SPENDER], accounts[REPORTER]
     params = run.deploy("ParameterStore", admin, admin, ORDER_TIMEOUT)
@@ -317,6 +318,12 @@ def _measure_economy(
     ]
     report = dle.functions.reportEquivocation(chain_id, 30, first, signatures[0], second, signatures[1], archive)
     run.send("DleRegistry.reportEquivocation", report, reporter)
+
+    # A certified fault: the group (its two remaining signers) finds the witness signed an invalid block.
+    offender = accounts[WITNESS_NODE]
+    fault = (chain_id, 31, offender, int(Role.WITNESS), 2, keccak(text="evidence bundle"), reporter)
+    signed = _sign(dle.functions.faultDigest(fault).call(), members)
+    run.send("DleRegistry.reportFault(2 signers)", dle.functions.reportFault(fault, epoch, signed), reporter)
 
     _measure_governance(run, accounts, token, params)
 

@@ -12,8 +12,10 @@ import {Role} from "./types/Role.sol";
 /// @title DLE chain registry
 /// @notice What the mainchain knows of the DLE (DESIGN §5): the archive groups, each as a sequence of
 /// epochs of fixed membership; the record of every DLE chain (genesis hash, asset, group); the check of
-/// a group certificate — signed by every member of the epoch, no more, no fewer; and equivocation
-/// reports, which slash the signer of two different blocks at one height of one chain.
+/// a group certificate — signed by every member of the epoch, no more, no fewer; equivocation
+/// reports, which slash the signer of two different blocks at one height of one chain; and fault
+/// reports, which slash a member the chain's archive group certifies refused a valid block or signed an
+/// invalid one — faults the mainchain cannot re-execute, so the group that keeps the chain vouches.
 ///
 /// An epoch is a snapshot of one archive group: the owners of its archive-node NFTs in NodeRegistry
 /// that still meet the archive minimum stake, sorted by address. `refreshGroup` opens a new epoch when
@@ -27,10 +29,18 @@ import {Role} from "./types/Role.sol";
 contract DleRegistry is EIP712 {
     /// @notice The most archive nodes an epoch may hold; bounds every loop over a group.
     uint256 public constant MAX_GROUP_SIZE = 64;
+    /// @notice FaultReport.kind: the offender refused to sign a block the group found valid.
+    uint8 public constant FAULT_REFUSED_VALID_BLOCK = 1;
+    /// @notice FaultReport.kind: the offender signed a block the group found invalid (e.g. a wrong state root).
+    uint8 public constant FAULT_SIGNED_INVALID_BLOCK = 2;
 
     bytes32 private constant _GENESIS_TYPEHASH =
         keccak256("ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)");
     bytes32 private constant _BLOCK_TYPEHASH = keccak256("BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)");
+    // EIP-712 has no enum type: `role` is signed as the uint8 the ABI encodes a Role as.
+    bytes32 private constant _FAULT_TYPEHASH = keccak256(
+        "FaultReport(bytes32 chain,uint256 height,address offender,uint8 role,uint8 kind,bytes32 evidenceHash,address reporter)"
+    );
     uint256 private constant _SIGNATURE_LENGTH = 65;
 
     /// @notice One epoch of an archive group, in one slot: a certificate check reads it once.
@@ -50,6 +60,19 @@ contract DleRegistry is EIP712 {
         uint48 group;
         uint48 registeredAt;
         uint256 assetId;
+    }
+
+    /// @notice An archive group's finding that `offender`, serving `chain` in `role`, committed fault
+    /// `kind` at `height`. `evidenceHash` is keccak256 of the off-chain evidence bundle the group
+    /// judged (the block, the signatures, the re-execution); `reporter` receives the reporter's reward.
+    struct FaultReport {
+        bytes32 chain;
+        uint256 height;
+        address offender;
+        Role role;
+        uint8 kind;
+        bytes32 evidenceHash;
+        address reporter;
     }
 
     NodeRegistry private immutable _nodes;
@@ -87,6 +110,8 @@ contract DleRegistry is EIP712 {
     error SameBlock(bytes32 headerHash);
     /// @notice The two headers were signed by different keys.
     error DifferentSigners(address first, address second);
+    /// @notice `kind` is neither FAULT_REFUSED_VALID_BLOCK nor FAULT_SIGNED_INVALID_BLOCK.
+    error UnknownFaultKind(uint8 kind);
 
     /// @notice Epoch `epoch` of archive group `group` began with `members` (sorted).
     event EpochStarted(uint256 indexed group, uint256 indexed epoch, bytes20 membersHash, address[] members);
@@ -97,6 +122,18 @@ contract DleRegistry is EIP712 {
     /// @notice `signer` signed two blocks at `height` of `chain`; `reporter` proved it.
     event EquivocationReported(
         bytes32 indexed chain, uint256 height, address indexed signer, address indexed reporter, uint256 slashed
+    );
+    /// @notice The archive group of `chain` certified fault `kind` of `offender` (in `role`) at `height`;
+    /// `slashed` of its stake was slashed and `reporter` rewarded. `evidenceHash` names the evidence bundle.
+    event FaultReported(
+        bytes32 indexed chain,
+        uint256 height,
+        address indexed offender,
+        Role role,
+        uint8 kind,
+        bytes32 evidenceHash,
+        address indexed reporter,
+        uint256 slashed
     );
 
     /// @param nodes_ The node registry whose archive NFTs form the groups.
@@ -212,11 +249,56 @@ contract DleRegistry is EIP712 {
         emit EquivocationReported(chain, height, signer, msg.sender, slashed);
     }
 
+    // ---------------------------------------------------------------- certified faults
+
+    /// @notice Slashes `report.offender`'s whole `report.role` stake on the certificate of the archive
+    /// group that keeps `report.chain`: refusing to sign a valid block or signing an invalid one cannot
+    /// be re-executed here, so the group's all-members signature is the proof. One report per chain,
+    /// height, offender and kind; anyone may submit it, the reward goes to `report.reporter`.
+    /// @param report The group's finding; its EIP-712 digest is `faultDigest(report)`.
+    /// @param epoch The epoch of the chain's group that signed.
+    /// @param signatures The epoch's signatures of the digest, sorted by signer.
+    /// @return slashed What was slashed.
+    function reportFault(FaultReport calldata report, uint256 epoch, bytes calldata signatures)
+        external
+        returns (uint256 slashed)
+    {
+        uint8 kind = report.kind;
+        if (kind != FAULT_REFUSED_VALID_BLOCK && kind != FAULT_SIGNED_INVALID_BLOCK) revert UnknownFaultKind(kind);
+        ChainRecord storage record = _chains[report.chain];
+        uint256 group = record.group;
+        if (record.registeredAt == 0) revert ChainNotRegistered(report.chain);
+        _verifyGroup(group, epoch, faultDigest(report), signatures);
+        // Four words, where an equivocation's evidence hashes three: the two never share a preimage, and
+        // another bundle for the same fault (a second certificate, another epoch) is the same evidence.
+        bytes32 evidence = keccak256(abi.encode(report.chain, report.height, report.offender, kind));
+        // Staking is the protocol's own contract and the slashed amount is known only after the call.
+        // slither-disable-next-line reentrancy-events
+        slashed = ISlashing(address(_staking)).slash(
+            report.offender, report.role, type(uint256).max, evidence, report.reporter
+        );
+        emit FaultReported(
+            report.chain,
+            report.height,
+            report.offender,
+            report.role,
+            kind,
+            report.evidenceHash,
+            report.reporter,
+            slashed
+        );
+    }
+
     // ---------------------------------------------------------------- views
 
     /// @notice The EIP-712 digest a DLE member signs for block `headerHash` at `height` of `chain`.
     function blockDigest(bytes32 chain, uint256 height, bytes32 headerHash) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(_BLOCK_TYPEHASH, chain, height, headerHash)));
+    }
+
+    /// @notice The EIP-712 digest an archive group signs to certify `report`.
+    function faultDigest(FaultReport calldata report) public view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_FAULT_TYPEHASH, report)));
     }
 
     /// @notice The EIP-712 digest an archive group signs to register a chain.

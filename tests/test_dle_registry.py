@@ -494,3 +494,38 @@ def test_an_equivocator_without_stake_in_the_role_is_not_slashable(
     second = signed_block(chain, dle, witness, HEADER_B)
     with reverts_with(staking.NothingToSlash, node=witness, role=int(Role.VALIDATOR)):
         dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.VALIDATOR), sender=bob)
+
+
+def test_an_equivocation_and_a_certified_fault_at_one_height_are_separate_evidence(
+    chain: Any,
+    dle: Any,
+    staking: Any,
+    token: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    treasury: Any,
+    bob: Any,
+    witness: Any,
+    epochs: None,
+) -> None:
+    """Two blocks at one height (proven on chain) and signing an invalid block there (certified by the
+    group) are two faults: neither report uses up the other's evidence."""
+    members = group_of(registry, archive_nodes, 1)
+    dle.registerChain(
+        ASSET, 7, GENESIS, 1, 1, group_signatures(members, dle.genesisDigest(ASSET, 7, GENESIS, 1)), sender=admin
+    )
+    on = dle_chain_id(chain.chain_id, ASSET, 7)
+    first = signed_block(chain, dle, witness, HEADER_A, on=on)
+    second = signed_block(chain, dle, witness, HEADER_B, on=on)
+    dle.reportEquivocation(on, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+    equivocation = keccak(encode(["bytes32", "uint256", "address"], [on, HEIGHT, witness.address]))
+    assert staking.isEvidenceUsed(equivocation)
+
+    token.transfer(witness, 1_500 * CONET, sender=treasury)
+    stake(staking, token, witness, Role.WITNESS, 1_500 * CONET)
+    report = (on, HEIGHT, witness.address, int(Role.WITNESS), 2, keccak(b"bundle"), bob.address)
+    receipt = dle.reportFault(report, 1, group_signatures(members, dle.faultDigest(report)), sender=admin)
+    assert receipt.events.filter(dle.FaultReported)[0].slashed == 1_500 * CONET
+    fault = keccak(encode(["bytes32", "uint256", "address", "uint8"], [on, HEIGHT, witness.address, 2]))
+    assert fault != equivocation and staking.isEvidenceUsed(fault)

@@ -1,0 +1,480 @@
+"""The DLE's mainchain client: what archive nodes and holders do on DleRegistry and CoNETCash.
+
+`DleChainClient` registers chains on their genesis certificate, submits exit certificates, reports
+equivocations and certified faults, refreshes archive-group epochs and reads epochs and chain records.
+It uses plain web3.py and signs with a local key (the DLE services are separate light processes).
+
+Every transaction is checked first in Python against what the contract would refuse — the same checks
+in the same order, raising `ContractRevert` with the contract's own error name and arguments — because
+a node need not return the revert data of a failed call; a refusal that still reaches the node is
+decoded into the same exception. The EIP-712 digests the DLE signs are computed in pure Python
+(`Digests`); the client's `*_digest` methods ask the contracts for the same values, so a test can hold
+the two equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cached_property
+from typing import Any
+
+from eth_abi.abi import encode
+from eth_keys.datatypes import Signature
+from eth_keys.exceptions import BadSignature
+from eth_utils.crypto import keccak
+from web3 import Web3
+from web3.contract import Contract
+from web3.contract.contract import ContractFunction
+from web3.types import TxReceipt
+
+from offchain.chain.addressbook import AddressBook
+from offchain.chain.deployer import Role
+from offchain.chain.web3_contracts import (
+    DEFAULT_RECEIPT_TIMEOUT,
+    ChainError,
+    ContractRevert,
+    Sender,
+    addresses_of,
+    events_of,
+    load_contract,
+)
+
+SIGNATURE_LENGTH = 65
+MAX_GROUP_SIZE = 64
+"""DleRegistry.MAX_GROUP_SIZE: more signatures than this are never an epoch's."""
+_SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+_LIVE = 2  # CoNETCash.Status.Live
+
+_DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
+_GENESIS_TYPE = b"ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)"
+_BLOCK_TYPE = b"BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)"
+_EXIT_TYPE = (
+    b"ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,"
+    b"uint256 amount,uint256 nonce)"
+)
+_FAULT_TYPE = (
+    b"FaultReport(bytes32 chain,uint256 height,address offender,uint8 role,uint8 kind,bytes32 evidenceHash,"
+    b"address reporter)"
+)
+
+
+class FaultKind(IntEnum):
+    """DleRegistry's FaultReport.kind."""
+
+    REFUSED_VALID_BLOCK = 1
+    SIGNED_INVALID_BLOCK = 2
+
+
+@dataclass(frozen=True)
+class ExitCertificate:
+    """CoNETCash.ExitCertificate: an exit finalized on note chain `chain`, certified by its group."""
+
+    note: int
+    chain: bytes
+    height: int
+    holder: str
+    receiver: str
+    amount: int
+    nonce: int
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (self.note, self.chain, self.height, self.holder, self.receiver, self.amount, self.nonce)
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """DleRegistry.FaultReport: the archive group's finding that `offender` committed fault `kind`."""
+
+    chain: bytes
+    height: int
+    offender: str
+    role: Role
+    kind: int
+    evidence_hash: bytes
+    """keccak256 of the off-chain evidence bundle the group judged."""
+    reporter: str
+    """Receives the reporter's reward."""
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (
+            self.chain,
+            self.height,
+            self.offender,
+            int(self.role),
+            int(self.kind),
+            self.evidence_hash,
+            self.reporter,
+        )
+
+    @property
+    def evidence_key(self) -> bytes:
+        """The evidence hash Staking records: one report per chain, height, offender and kind."""
+        return keccak(
+            encode(["bytes32", "uint256", "address", "uint8"], [self.chain, self.height, self.offender, self.kind])
+        )
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    """DleRegistry.ChainRecord."""
+
+    chain: bytes
+    genesis_hash: bytes
+    asset: str
+    group: int
+    registered_at: int
+    asset_id: int
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """DleRegistry.Epoch, with its members."""
+
+    group: int
+    epoch: int
+    members_hash: bytes
+    started_at: int
+    ended_at: int
+
+
+def _address(value: str) -> bytes:
+    return bytes.fromhex(Web3.to_checksum_address(value)[2:])
+
+
+@dataclass(frozen=True)
+class Digests:
+    """The EIP-712 digests of DleRegistry ("CoNET DLE" v1) and CoNETCash ("CoNETCash" v1), computed off
+    chain: what the DLE's members and archive groups sign. No I/O."""
+
+    mainchain_id: int
+    registry: str
+    cash: str
+
+    @cached_property
+    def _registry_separator(self) -> bytes:
+        return _separator(b"CoNET DLE", self.mainchain_id, self.registry)
+
+    @cached_property
+    def _cash_separator(self) -> bytes:
+        return _separator(b"CoNETCash", self.mainchain_id, self.cash)
+
+    def chain_id_of(self, asset: str, asset_id: int) -> bytes:
+        """DleChainId.compute(asset, assetId) on this mainchain."""
+        return keccak(encode(["uint256", "address", "uint256"], [self.mainchain_id, asset, asset_id]))
+
+    def genesis(self, asset: str, asset_id: int, genesis_hash: bytes, group: int) -> bytes:
+        """DleRegistry.genesisDigest."""
+        chain = self.chain_id_of(asset, asset_id)
+        struct = encode(
+            ["bytes32", "bytes32", "bytes32", "address", "uint256", "uint256"],
+            [keccak(_GENESIS_TYPE), chain, genesis_hash, asset, asset_id, group],
+        )
+        return _typed(self._registry_separator, keccak(struct))
+
+    def block(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
+        """DleRegistry.blockDigest."""
+        struct = encode(["bytes32", "bytes32", "uint256", "bytes32"], [keccak(_BLOCK_TYPE), chain, height, header_hash])
+        return _typed(self._registry_separator, keccak(struct))
+
+    def exit(self, certificate: ExitCertificate) -> bytes:
+        """CoNETCash.exitDigest."""
+        struct = encode(
+            ["bytes32", "uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256"],
+            [keccak(_EXIT_TYPE), *certificate.as_tuple()],
+        )
+        return _typed(self._cash_separator, keccak(struct))
+
+    def fault(self, report: FaultReport) -> bytes:
+        """DleRegistry.faultDigest."""
+        struct = encode(
+            ["bytes32", "bytes32", "uint256", "address", "uint8", "uint8", "bytes32", "address"],
+            [keccak(_FAULT_TYPE), *report.as_tuple()],
+        )
+        return _typed(self._registry_separator, keccak(struct))
+
+
+def _separator(name: bytes, chain_id: int, contract: str) -> bytes:
+    return keccak(
+        encode(
+            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
+            [keccak(_DOMAIN_TYPE), keccak(name), keccak(b"1"), chain_id, contract],
+        )
+    )
+
+
+def _typed(separator: bytes, struct_hash: bytes) -> bytes:
+    return keccak(b"\x19\x01" + separator + struct_hash)
+
+
+def recover_signer(digest: bytes, signature: bytes) -> str:
+    """The address OpenZeppelin's ECDSA.recover finds for a 65-byte r ‖ s ‖ v signature, refusing what it
+    refuses (v other than 27/28, high s, no recoverable key) with its error names."""
+    if len(signature) != SIGNATURE_LENGTH:
+        raise ContractRevert("ECDSAInvalidSignatureLength", {"length": len(signature)})
+    r, s, v = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big"), signature[64]
+    if s > _SECP256K1_N // 2:
+        raise ContractRevert("ECDSAInvalidSignatureS", {"s": signature[32:64]})
+    if v not in (27, 28):
+        raise ContractRevert("ECDSAInvalidSignature")
+    try:
+        key = Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(digest)
+    except (BadSignature, ValueError) as exc:
+        raise ContractRevert("ECDSAInvalidSignature") from exc
+    address: str = key.to_checksum_address()
+    return address
+
+
+def members_hash(members: Sequence[str]) -> bytes:
+    """bytes20(keccak256(abi.encodePacked(address[]))) of the sorted members, as DleRegistry stores it."""
+    return keccak(b"".join(_address(m).rjust(32, b"\0") for m in members))[:20]
+
+
+class DleChainClient:
+    """DleRegistry and CoNETCash for the DLE. `private_key` signs transactions; without one, only the
+    views and digests work."""
+
+    def __init__(
+        self,
+        w3: Web3,
+        addresses: Mapping[str, str],
+        private_key: bytes | str | None = None,
+        *,
+        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
+    ) -> None:
+        self.w3 = w3
+        self.registry: Contract = load_contract(w3, "DleRegistry", addresses["DleRegistry"])
+        self.cash: Contract = load_contract(w3, "CoNETCash", addresses["CoNETCash"])
+        self.staking: Contract = load_contract(w3, "Staking", addresses["Staking"])
+        self.digests = Digests(int(w3.eth.chain_id), self.registry.address, self.cash.address)
+        self._sender = None if private_key is None else Sender(w3, private_key, receipt_timeout)
+
+    @classmethod
+    def from_address_book(
+        cls,
+        w3: Web3,
+        book: AddressBook,
+        private_key: bytes | str | None = None,
+        *,
+        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
+    ) -> DleChainClient:
+        if book.chain_id != int(w3.eth.chain_id):
+            raise ChainError(f"the address book is for chain {book.chain_id}, the node is chain {w3.eth.chain_id}")
+        return cls(w3, addresses_of(book), private_key, receipt_timeout=receipt_timeout)
+
+    @property
+    def address(self) -> str:
+        """The sending account."""
+        return self._require_sender().address
+
+    # ---------------------------------------------------------------- views
+
+    def current_epoch(self, group: int) -> int:
+        return int(self.registry.functions.currentEpoch(group).call())
+
+    def epoch(self, group: int, epoch: int) -> EpochRecord:
+        members_hash_, started, ended = self.registry.functions.epochOf(group, epoch).call()
+        return EpochRecord(group, epoch, bytes(members_hash_), int(started), int(ended))
+
+    def epoch_members(self, group: int, epoch: int) -> list[str]:
+        return [Web3.to_checksum_address(a) for a in self.registry.functions.epochMembers(group, epoch).call()]
+
+    def is_registered(self, chain: bytes) -> bool:
+        return bool(self.registry.functions.isRegistered(chain).call())
+
+    def chain_record(self, chain: bytes) -> ChainRecord:
+        """The record of `chain`; ContractRevert ChainNotRegistered if there is none."""
+        if not self.is_registered(chain):
+            raise ContractRevert("ChainNotRegistered", {"chain": chain})
+        genesis, asset, group, registered_at, asset_id = self.registry.functions.chainOf(chain).call()
+        return ChainRecord(chain, bytes(genesis), asset, int(group), int(registered_at), int(asset_id))
+
+    def chain_id_of(self, asset: str, asset_id: int) -> bytes:
+        return self.digests.chain_id_of(asset, asset_id)
+
+    def genesis_digest(self, asset: str, asset_id: int, genesis_hash: bytes, group: int) -> bytes:
+        """DleRegistry.genesisDigest, read from the contract (`digests.genesis` computes it off chain)."""
+        return bytes(self.registry.functions.genesisDigest(asset, asset_id, genesis_hash, group).call())
+
+    def block_digest(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
+        """DleRegistry.blockDigest, read from the contract (`digests.block` computes it off chain)."""
+        return bytes(self.registry.functions.blockDigest(chain, height, header_hash).call())
+
+    def exit_digest(self, certificate: ExitCertificate) -> bytes:
+        """CoNETCash.exitDigest, read from the contract (`digests.exit` computes it off chain)."""
+        return bytes(self.cash.functions.exitDigest(certificate.as_tuple()).call())
+
+    def fault_digest(self, report: FaultReport) -> bytes:
+        """DleRegistry.faultDigest, read from the contract (`digests.fault` computes it off chain)."""
+        return bytes(self.registry.functions.faultDigest(report.as_tuple()).call())
+
+    def check_certificate(self, group: int, epoch: int, digest: bytes, signatures: bytes) -> list[str]:
+        """DleRegistry's group check in Python: every member of epoch `epoch` of `group`, sorted, no
+        one else, the epoch current or within its grace. Returns the signers; ContractRevert otherwise."""
+        record = self.epoch(group, epoch)
+        if record.started_at == 0:
+            raise ContractRevert("UnknownEpoch", {"group": group, "epoch": epoch})
+        # The transaction lands in a later block than the latest: at the grace's last second the
+        # contract may still refuse, and the estimate then reports it.
+        now = int(self.w3.eth.get_block("latest")["timestamp"])
+        grace = int(self.registry.functions.epochGrace().call())
+        if record.ended_at != 0 and now > record.ended_at + grace:
+            raise ContractRevert("EpochExpired", {"group": group, "epoch": epoch, "endedAt": record.ended_at})
+        if not signatures or len(signatures) % SIGNATURE_LENGTH:
+            raise ContractRevert("MalformedSignatures", {"length": len(signatures)})
+        count = len(signatures) // SIGNATURE_LENGTH
+        if count > MAX_GROUP_SIZE:
+            raise ContractRevert("SignersNotGroup", {"group": group, "epoch": epoch})
+        signers: list[str] = []
+        for index in range(count):
+            signer = recover_signer(digest, signatures[index * SIGNATURE_LENGTH : (index + 1) * SIGNATURE_LENGTH])
+            if signers and int(signer, 16) <= int(signers[-1], 16):
+                raise ContractRevert("UnsortedSigners", {"index": index})
+            signers.append(signer)
+        if members_hash(signers) != record.members_hash:
+            members = self.epoch_members(group, epoch)
+            missing = sorted(set(members) - set(signers))
+            strangers = sorted(set(signers) - set(members))
+            raise ContractRevert(
+                "SignersNotGroup",
+                {"group": group, "epoch": epoch},
+                f"missing {missing or 'none'}, not members {strangers or 'none'}",
+            )
+        return signers
+
+    # ---------------------------------------------------------------- transactions
+
+    def refresh_group(self, group: int) -> tuple[int, bool]:
+        """Opens a new epoch of `group` if its staked archive nodes changed; sends nothing otherwise.
+        Returns (current epoch, whether one was opened)."""
+        sender = self._require_sender()
+        epoch, changed = sender.call(self.registry.functions.refreshGroup(group))
+        if not changed:
+            return int(epoch), False
+        receipt = sender.transact(self.registry.functions.refreshGroup(group))
+        started = events_of(self.registry, "EpochStarted", receipt)
+        if not started:
+            return self.current_epoch(group), False
+        return int(started[0]["epoch"]), True
+
+    def register_chain(
+        self,
+        asset: str,
+        asset_id: int,
+        genesis_hash: bytes,
+        group: int,
+        epoch: int,
+        signatures: bytes,
+        *,
+        precheck: bool = True,
+    ) -> bytes:
+        """Records the DLE chain of `asset` #`asset_id` on its group's genesis certificate; returns its id."""
+        chain = self.chain_id_of(asset, asset_id)
+        if precheck:
+            if self.is_registered(chain):
+                raise ContractRevert("ChainAlreadyRegistered", {"chain": chain})
+            self.check_certificate(group, epoch, self.digests.genesis(asset, asset_id, genesis_hash, group), signatures)
+        function = self.registry.functions.registerChain(asset, asset_id, genesis_hash, group, epoch, signatures)
+        receipt = self._transact(function)
+        (event,) = events_of(self.registry, "ChainRegistered", receipt)
+        return bytes(event["chain"])
+
+    def submit_exit(self, certificate: ExitCertificate, epoch: int, signatures: bytes, *, precheck: bool = True) -> int:
+        """Submits an exit certificate to CoNETCash; returns the payout the receiver got (amount minus fee)."""
+        if precheck:
+            self._check_exit(certificate, epoch, signatures)
+        receipt = self._transact(self.cash.functions.exit(certificate.as_tuple(), epoch, signatures))
+        (event,) = events_of(self.cash, "NoteExited", receipt)
+        return int(event["amount"]) - int(event["fee"])
+
+    def report_equivocation(
+        self,
+        chain: bytes,
+        height: int,
+        header_a: bytes,
+        signature_a: bytes,
+        header_b: bytes,
+        signature_b: bytes,
+        role: Role,
+        *,
+        precheck: bool = True,
+    ) -> int:
+        """Proves one key signed two blocks at `height` of `chain`; returns what was slashed."""
+        if precheck:
+            if header_a == header_b:
+                raise ContractRevert("SameBlock", {"headerHash": header_a})
+            signer = recover_signer(self.digests.block(chain, height, header_a), signature_a)
+            other = recover_signer(self.digests.block(chain, height, header_b), signature_b)
+            if signer != other:
+                raise ContractRevert("DifferentSigners", {"first": signer, "second": other})
+            evidence = keccak(encode(["bytes32", "uint256", "address"], [chain, height, signer]))
+            self._check_slash(signer, role, evidence, self.address)
+        function = self.registry.functions.reportEquivocation(
+            chain, height, header_a, signature_a, header_b, signature_b, int(role)
+        )
+        receipt = self._transact(function)
+        (event,) = events_of(self.registry, "EquivocationReported", receipt)
+        return int(event["slashed"])
+
+    def report_fault(self, report: FaultReport, epoch: int, signatures: bytes, *, precheck: bool = True) -> int:
+        """Submits the archive group's certificate of a fault; returns what was slashed."""
+        if precheck:
+            if report.kind not in tuple(FaultKind):
+                raise ContractRevert("UnknownFaultKind", {"kind": report.kind})
+            record = self.chain_record(report.chain)
+            self.check_certificate(record.group, epoch, self.digests.fault(report), signatures)
+            self._check_slash(report.offender, report.role, report.evidence_key, report.reporter)
+        receipt = self._transact(self.registry.functions.reportFault(report.as_tuple(), epoch, signatures))
+        (event,) = events_of(self.registry, "FaultReported", receipt)
+        return int(event["slashed"])
+
+    # ---------------------------------------------------------------- internals
+
+    def _require_sender(self) -> Sender:
+        if self._sender is None:
+            raise ChainError("this client has no private key: it can read but not send")
+        return self._sender
+
+    def _transact(self, function: ContractFunction) -> TxReceipt:
+        return self._require_sender().transact(function)
+
+    def _check_exit(self, certificate: ExitCertificate, epoch: int, signatures: bytes) -> None:
+        """CoNETCash.exit's refusals, in its order."""
+        note = self.cash.functions.noteOf(certificate.note).call()
+        status, outstanding = int(note[0]), int(note[3])
+        if status != _LIVE:
+            raise ContractRevert("NoteNotLive", {"id": certificate.note})
+        chain = bytes(self.cash.functions.chainOf(certificate.note).call())
+        if certificate.chain != chain:
+            raise ContractRevert("WrongChain", {"expected": chain, "given": certificate.chain})
+        if certificate.amount == 0 or certificate.amount > outstanding:
+            raise ContractRevert("InvalidExitAmount", {"amount": certificate.amount, "outstanding": outstanding})
+        if self.cash.functions.isExitNonceUsed(certificate.note, certificate.nonce).call():
+            raise ContractRevert("CertificateUsed", {"note": certificate.note, "nonce": certificate.nonce})
+        record = self.chain_record(chain)
+        self.check_certificate(record.group, epoch, self.digests.exit(certificate), signatures)
+
+    def _check_slash(self, node: str, role: Role, evidence: bytes, reporter: str) -> None:
+        """Staking.slash's refusals, in its order."""
+        staking = self.staking.functions
+        if staking.isEvidenceUsed(evidence).call():
+            raise ContractRevert("EvidenceAlreadyUsed", {"evidenceHash": evidence})
+        if Web3.to_checksum_address(reporter) == Web3.to_checksum_address(node):
+            raise ContractRevert("SelfReport", {"node": node})
+        unbonding, _release = staking.unbondingOf(node, int(role)).call()
+        if int(staking.stakeOf(node, int(role)).call()) + int(unbonding) == 0:
+            raise ContractRevert("NothingToSlash", {"node": node, "role": Role(role)})
+
+
+__all__ = [
+    "ChainRecord",
+    "Digests",
+    "DleChainClient",
+    "EpochRecord",
+    "ExitCertificate",
+    "FaultKind",
+    "FaultReport",
+    "members_hash",
+    "recover_signer",
+]

@@ -1,0 +1,343 @@
+"""DleRegistry.reportFault: a fault the mainchain cannot re-execute (refusing a valid block, signing an
+invalid one) slashes the offender's whole stake in one role on the certificate of the archive group that
+keeps the chain — every member of one epoch, within its grace — once per chain, height, offender and
+kind, with the reward to the reporter the group named."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import (
+    EPOCH_GRACE,
+    MIN_STAKE,
+    REPORTER_BPS,
+    eip712_digest,
+    group_of,
+    group_signatures,
+    reverts_with,
+    reverts_with_wrong_signers,
+    stake,
+)
+from eth_abi import encode
+from eth_utils import to_checksum_address
+from eth_utils.crypto import keccak
+
+from offchain.chain.deployer import CONET, Role
+
+ASSET = to_checksum_address("0x00000000000000000000000000000000000c0de5")
+ASSET_ID = 7
+GROUP = 1
+GENESIS = b"\x6e" * 32
+HEIGHT = 42
+BUNDLE = keccak(b"the evidence bundle: block, signatures, re-execution trace")
+REFUSED, SIGNED_INVALID = 1, 2
+WITNESS_STAKE = 1_500 * CONET
+VALIDATOR_STAKE = 2_000 * CONET
+FAULT_FIELDS = [
+    ("chain", "bytes32"),
+    ("height", "uint256"),
+    ("offender", "address"),
+    ("role", "uint8"),
+    ("kind", "uint8"),
+    ("evidenceHash", "bytes32"),
+    ("reporter", "address"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _deployed(
+    dle: Any,
+    archive_nodes: list[Any],
+    funded: list[Any],
+    admin: Any,
+    treasury: Any,
+    bob: Any,
+    carol: Any,
+    token: Any,
+    staking: Any,
+    registry: Any,
+) -> None:
+    """The module's fixtures, then both groups' first epoch and the chain of ASSET #7 kept by group 1,
+    all before ape's per-test snapshots start."""
+    for group in (0, 1):
+        dle.refreshGroup(group, sender=admin)
+    digest = dle.genesisDigest(ASSET, ASSET_ID, GENESIS, GROUP)
+    signatures = group_signatures(group_of(registry, archive_nodes, GROUP), digest)
+    dle.registerChain(ASSET, ASSET_ID, GENESIS, GROUP, 1, signatures, sender=admin)
+
+
+@pytest.fixture
+def chain_id(dle: Any) -> bytes:
+    return bytes(dle.chainIdOf(ASSET, ASSET_ID))
+
+
+@pytest.fixture
+def offender(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any) -> Any:
+    """A fresh node staked as a witness and, separately, as a validator, with CoNET to stake again."""
+    account = accounts.generate_test_account()
+    admin.transfer(account, "1 ether")
+    token.transfer(account, 3 * WITNESS_STAKE + VALIDATOR_STAKE, sender=treasury)
+    stake(staking, token, account, Role.WITNESS, WITNESS_STAKE)
+    stake(staking, token, account, Role.VALIDATOR, VALIDATOR_STAKE)
+    return account
+
+
+def fault(on: bytes, culprit: Any, named: Any, fault_kind: int = SIGNED_INVALID, **changes: Any) -> tuple[Any, ...]:
+    """A FaultReport tuple (chain, height, offender, role, kind, evidenceHash, reporter): `culprit` as a
+    witness of chain `on`, `named` as the reporter; `changes` replace fields by name."""
+    report = {
+        "chain": on,
+        "height": HEIGHT,
+        "offender": culprit.address,
+        "role": int(Role.WITNESS),
+        "kind": fault_kind,
+        "evidenceHash": BUNDLE,
+        "reporter": named.address,
+    }
+    report.update(changes)
+    return tuple(report[name] for name, _ in FAULT_FIELDS)
+
+
+def certified(dle: Any, members: list[Any], report: tuple[Any, ...]) -> bytes:
+    return group_signatures(members, bytes(dle.faultDigest(report)))
+
+
+def evidence_key(chain: bytes, offender: Any, kind: int, height: int = HEIGHT) -> bytes:
+    return keccak(encode(["bytes32", "uint256", "address", "uint8"], [chain, height, offender.address, kind]))
+
+
+def test_the_fault_digest_is_the_eip712_digest_of_the_report(
+    chain: Any, dle: Any, chain_id: bytes, offender: Any, carol: Any
+) -> None:
+    report = fault(chain_id, offender, carol)
+    message = dict(zip((name for name, _ in FAULT_FIELDS), report, strict=True))
+    expected = eip712_digest("CoNET DLE", chain.chain_id, dle.address, "FaultReport", FAULT_FIELDS, message)
+    assert bytes(dle.faultDigest(report)) == expected
+    # Every field is signed: changing any one changes the digest.
+    changed = {
+        "chain": keccak(b"another chain"),
+        "height": HEIGHT + 1,
+        "offender": carol.address,
+        "role": int(Role.VALIDATOR),
+        "kind": REFUSED,
+        "evidenceHash": keccak(b"another bundle"),
+        "reporter": offender.address,
+    }
+    digests = {
+        bytes(dle.faultDigest(fault(chain_id, offender, carol, **{name: value}))) for name, value in changed.items()
+    }
+    assert len(digests) == len(changed) and expected not in digests
+
+
+@pytest.mark.parametrize("kind", [REFUSED, SIGNED_INVALID])
+def test_a_certified_fault_slashes_exactly_the_role_stake_and_rewards_the_named_reporter(
+    dle: Any,
+    staking: Any,
+    token: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    treasury: Any,
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+    kind: int,
+) -> None:
+    # Part of the witness stake is unbonding: it is slashed too.
+    staking.requestUnstake(int(Role.WITNESS), 500 * CONET, sender=offender)
+    report = fault(chain_id, offender, carol, kind)
+    signatures = certified(dle, group_of(registry, archive_nodes, GROUP), report)
+    pool, rewarded, submitter = token.balanceOf(treasury), token.balanceOf(carol), token.balanceOf(bob)
+    reward = WITNESS_STAKE * REPORTER_BPS // 10_000
+
+    assert dle.reportFault.call(report, 1, signatures, sender=bob) == WITNESS_STAKE
+    receipt = dle.reportFault(report, 1, signatures, sender=bob)
+
+    (slashed,) = receipt.events.filter(staking.Slashed)
+    assert (slashed.node, slashed.role, slashed.amount, slashed.reporter, slashed.reward) == (
+        offender.address,
+        int(Role.WITNESS),
+        WITNESS_STAKE,
+        carol.address,
+        reward,
+    )
+    assert bytes(slashed.evidenceHash) == evidence_key(chain_id, offender, kind)
+    (reported,) = receipt.events.filter(dle.FaultReported)
+    assert (
+        bytes(reported.chain),
+        reported.height,
+        reported.offender,
+        reported.role,
+        reported.kind,
+        bytes(reported.evidenceHash),
+        reported.reporter,
+        reported.slashed,
+    ) == (chain_id, HEIGHT, offender.address, int(Role.WITNESS), kind, BUNDLE, carol.address, WITNESS_STAKE)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == 0
+    assert staking.unbondingOf(offender, int(Role.WITNESS)) == (0, 0)
+    # Only the certified role: the validator stake is untouched.
+    assert staking.stakeOf(offender, int(Role.VALIDATOR)) == VALIDATOR_STAKE
+    # The reward goes to the reporter the group named, not to whoever submitted the certificate.
+    assert token.balanceOf(carol) == rewarded + reward
+    assert token.balanceOf(bob) == submitter
+    assert token.balanceOf(treasury) == pool + WITNESS_STAKE - reward
+
+
+def test_a_fault_is_reported_once_per_chain_height_offender_and_kind(
+    dle: Any,
+    staking: Any,
+    token: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    treasury: Any,
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+) -> None:
+    members = group_of(registry, archive_nodes, GROUP)
+    report = fault(chain_id, offender, carol)
+    dle.reportFault(report, 1, certified(dle, members, report), sender=bob)
+    # The node stakes again; the same fault still cannot be used twice, whatever the bundle, the
+    # reporter or the role named.
+    stake(staking, token, offender, Role.WITNESS, WITNESS_STAKE)
+    key = evidence_key(chain_id, offender, SIGNED_INVALID)
+    for replay in (
+        report,
+        fault(chain_id, offender, carol, evidenceHash=keccak(b"another bundle")),
+        fault(chain_id, offender, bob),
+        fault(chain_id, offender, carol, role=int(Role.VALIDATOR)),
+    ):
+        with reverts_with(staking.EvidenceAlreadyUsed, evidenceHash=key):
+            dle.reportFault(replay, 1, certified(dle, members, replay), sender=bob)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
+    # Another kind, or another height, is another fault.
+    for other in (fault(chain_id, offender, carol, REFUSED), fault(chain_id, offender, carol, height=HEIGHT + 1)):
+        if staking.stakeOf(offender, int(Role.WITNESS)) == 0:
+            stake(staking, token, offender, Role.WITNESS, WITNESS_STAKE)
+        receipt = dle.reportFault(other, 1, certified(dle, members, other), sender=bob)
+        assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
+
+
+@pytest.mark.parametrize("flaw", ["other group", "missing signer", "stranger added", "altered after signing"])
+def test_only_the_chains_whole_group_certifies_a_fault(
+    dle: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+    flaw: str,
+) -> None:
+    members = sorted(group_of(registry, archive_nodes, GROUP), key=lambda a: int(a.address, 16))
+    report = fault(chain_id, offender, carol)
+    digest = bytes(dle.faultDigest(report))
+    if flaw == "altered after signing":
+        # The reporter swapped for the submitter: the signatures recover to strangers.
+        signatures = group_signatures(members, digest)
+        altered = fault(chain_id, offender, bob)
+        with reverts_with_wrong_signers(dle, bytes(dle.faultDigest(altered)), signatures, GROUP, 1):
+            dle.reportFault(altered, 1, signatures, sender=bob)
+    else:
+        signers = {
+            "other group": group_of(registry, archive_nodes, 1 - GROUP),
+            "missing signer": members[:1],
+            "stranger added": [*members, carol],
+        }[flaw]
+        with reverts_with(dle.SignersNotGroup, group=GROUP, epoch=1):
+            dle.reportFault(report, 1, group_signatures(signers, digest), sender=bob)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
+
+
+def test_an_expired_epoch_cannot_certify_a_fault(
+    chain: Any,
+    dle: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+) -> None:
+    old = group_of(registry, archive_nodes, GROUP)
+    staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
+    dle.refreshGroup(GROUP, sender=admin)
+    ended = dle.epochOf(GROUP, 1).endedAt
+    report = fault(chain_id, offender, carol)
+    signatures = certified(dle, old, report)
+    chain.mine(1, timestamp=ended + EPOCH_GRACE + 1)
+    with reverts_with(dle.EpochExpired, group=GROUP, epoch=1, endedAt=ended):
+        dle.reportFault(report, 1, signatures, sender=bob)
+    with reverts_with(dle.UnknownEpoch, group=GROUP, epoch=3):
+        dle.reportFault(report, 3, signatures, sender=bob)
+    # The current epoch (the member that stayed) certifies it.
+    receipt = dle.reportFault(report, 2, certified(dle, old[1:], report), sender=bob)
+    assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
+
+
+def test_an_ended_epoch_certifies_a_fault_within_its_grace(
+    chain: Any,
+    dle: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+) -> None:
+    old = group_of(registry, archive_nodes, GROUP)
+    staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
+    dle.refreshGroup(GROUP, sender=admin)
+    report = fault(chain_id, offender, carol)
+    signatures = certified(dle, old, report)
+    # The report's own block is the last second of the grace.
+    ended = dle.epochOf(GROUP, 1).endedAt
+    chain.pending_timestamp = ended + EPOCH_GRACE
+    receipt = dle.reportFault(report, 1, signatures, sender=bob)
+    assert chain.blocks[receipt.block_number].timestamp == ended + EPOCH_GRACE
+    assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
+
+
+@pytest.mark.parametrize("kind", [0, 3, 255])
+def test_an_unknown_kind_is_refused(
+    dle: Any, registry: Any, archive_nodes: list[Any], bob: Any, carol: Any, chain_id: bytes, offender: Any, kind: int
+) -> None:
+    report = fault(chain_id, offender, carol, kind)
+    with reverts_with(dle.UnknownFaultKind, kind=kind):
+        dle.reportFault(report, 1, certified(dle, group_of(registry, archive_nodes, GROUP), report), sender=bob)
+
+
+def test_a_fault_on_an_unregistered_chain_is_refused(
+    dle: Any, registry: Any, archive_nodes: list[Any], bob: Any, carol: Any, offender: Any
+) -> None:
+    unknown = keccak(b"no such chain")
+    report = fault(unknown, offender, carol)
+    with reverts_with(dle.ChainNotRegistered, chain=unknown):
+        dle.reportFault(report, 1, certified(dle, group_of(registry, archive_nodes, GROUP), report), sender=bob)
+
+
+def test_an_offender_cannot_be_its_own_reporter_nor_be_slashed_in_a_role_it_holds_no_stake_in(
+    dle: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+) -> None:
+    members = group_of(registry, archive_nodes, GROUP)
+    selfish = fault(chain_id, offender, offender)
+    with reverts_with(staking.SelfReport, node=offender):
+        dle.reportFault(selfish, 1, certified(dle, members, selfish), sender=bob)
+    unstaked = fault(chain_id, offender, carol, role=int(Role.CBDC))
+    with reverts_with(staking.NothingToSlash, node=offender, role=int(Role.CBDC)):
+        dle.reportFault(unstaked, 1, certified(dle, members, unstaked), sender=bob)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
