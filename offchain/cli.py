@@ -11,12 +11,16 @@ from offchain import __version__
 from offchain.chain import addressbook
 from offchain.chain.summary import describe_book
 from offchain.devnet import anvil
+from offchain.si import cli as si_cli
 
 
 @click.group()
 @click.version_option(__version__, prog_name="conet")
 def main() -> None:
     """CoNET: wallet-addressed networking paid for with stablecoin-backed e-cash."""
+
+
+main.add_command(si_cli.si)
 
 
 @main.group()
