@@ -125,11 +125,11 @@ class _Chain:
         artifact = contract_artifact(name)
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         receipt = self.send(factory.constructor(*args), self.admin)
-        return self.w3.eth.contract(address=receipt.contractAddress, abi=artifact.abi)
+        return self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
 
     def send(self, call: Any, sender: str) -> Any:
         receipt = self.w3.eth.wait_for_transaction_receipt(call.transact({"from": sender}), timeout=10)
-        assert receipt.status == 1
+        assert receipt["status"] == 1
         return receipt
 
     def register(self, key: KeyPair, role: int, endpoints: list[str], prices: tuple[int, int, int, int]) -> str:

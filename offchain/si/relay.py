@@ -85,13 +85,15 @@ DEFAULT_MAX_BODY_SIZE = (1024 + 1) * KIB
 client_max_body_size would be set; beyond it the relay answers 413 without reading the body."""
 
 _FORWARDED_REQUEST_HEADERS = ("Accept",)
-_FORWARDED_RESPONSE_HEADERS = ("Content-Type", "Cache-Control", "Retry-After", "Content-Encoding")
+_FORWARDED_RESPONSE_HEADERS = ("Cache-Control", "Retry-After", "Content-Encoding")
+"""Passed down besides Content-Type; the node's other headers (Server included) are dropped."""
 _EVENT_STREAM = "text/event-stream"
 
 
 @dataclass(frozen=True)
 class RelayConfig:
-    """Limits and timeouts (seconds). The defaults are nginx's where nginx has one."""
+    """Limits and timeouts (seconds). client_body_timeout is nginx's default; the upstream ones are
+    shorter than nginx's 60 s, since a node that is slow to take an envelope is better retried."""
 
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     """A larger declared body is answered 413 at once (connection kept, the body discarded)."""
@@ -102,7 +104,7 @@ class RelayConfig:
     client_body_timeout: float = 60.0
     """Longest pause while reading the client's body and handing it to the node (nginx: 60 s)."""
     response_timeout: float = 30.0
-    """From the end of the upload to the node's response headers (nginx's proxy_read_timeout)."""
+    """From the end of the upload to the node's response headers (nginx: proxy_read_timeout)."""
     read_timeout: float = 30.0
     """Longest pause between chunks of an ordinary response."""
     stream_idle_timeout: float = 3600.0
@@ -421,14 +423,14 @@ class Relay:
         # nginx's order: Server, Date, Content-Type, …, Connection; then what the node adds.
         connection = headers.pop("Connection")
         length = upstream.content_length
-        if not streaming and length is not None and length <= config.buffer_size:
+        whole = not streaming and length is not None and length <= config.buffer_size
+        if whole:
             headers["Content-Length"] = str(length)
         headers["Connection"] = connection
-        for name in _FORWARDED_RESPONSE_HEADERS[1:]:
+        for name in _FORWARDED_RESPONSE_HEADERS:
             value = upstream.headers.get(name)
             if value is not None:
                 headers[name] = value
-        whole = not streaming and length is not None and length <= config.buffer_size
         # aiohttp's read timer (sock_read) is still at response_timeout. A streamed answer gets none:
         # the loop below keeps its own idle limit and polls for a client that left meanwhile.
         protocol = upstream.connection.protocol if upstream.connection is not None else None
@@ -590,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_run(args))
-    except (KeyFileError, DirectoryError, OSError) as error:
+    except (KeyFileError, DirectoryError, OSError, ValueError) as error:
         print(f"relay: {error}", file=sys.stderr)
         return 1
     return 0
