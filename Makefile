@@ -50,6 +50,7 @@ $(SOLC): toolchain/solcjs-wrapper.js
 	@touch $@
 
 test: setup
+	bash scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
 demo: setup
@@ -67,6 +68,8 @@ bench: setup
 	$(BIN)/python bench/gas.py
 	$(BIN)/python bench/dle_engines.py
 	$(BIN)/python bench/si_envelope.py
+	$(BIN)/python bench/si.py
+	$(BIN)/python bench/dle.py
 
 gas-snapshot: setup
 	$(BIN)/python bench/gas.py --write
