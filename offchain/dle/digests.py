@@ -1,10 +1,10 @@
-"""The EIP-712 digests DLE members sign, computed exactly as the mainchain contracts compute them.
+"""The EIP-712 digests DLE members sign, in the byte-address terms the DLE works in.
 
 Members sign blocks with `DleRegistry.blockDigest` (so two signed blocks at one height are evidence the
 registry accepts as is), the archive group signs genesis records (`registerChain`), exit certificates
-(`CoNETCash.exit`) and fault reports (`DleRegistry.reportFault`). Pure computation: the mainchain's
-chain id and the two contract addresses come in a `Domains`; no I/O. A test checks every digest here
-against the contract's own view function.
+(`CoNETCash.exit`) and fault reports (`DleRegistry.reportFault`). The computation itself is
+`offchain.chain.dle.Digests` — one implementation, checked against the contracts' own views in
+tests/test_chain_dle.py; this adapter only converts addresses and decodes the program's exit log.
 """
 
 from __future__ import annotations
@@ -12,36 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from eth_abi.abi import encode
+from eth_utils.address import to_checksum_address
 
 from dle_vm.hashing import keccak
+from offchain.chain.deployer import Role
+from offchain.chain.dle import Digests, ExitCertificate, FaultReport
 
 __all__ = ["Domains", "archive_roles_digest"]
-
-_DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
-_BLOCK_TYPE = b"BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)"
-_GENESIS_TYPE = b"ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)"
-_EXIT_TYPE = (
-    b"ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,"
-    b"uint256 amount,uint256 nonce)"
-)
-_FAULT_TYPE = (
-    b"FaultReport(bytes32 chain,uint256 height,address offender,uint8 role,uint8 kind,bytes32 evidenceHash,"
-    b"address reporter)"
-)
-
-
-def _separator(name: bytes, chain_id: int, contract: bytes) -> bytes:
-    return keccak(
-        encode(
-            ["bytes32", "bytes32", "bytes32", "uint256", "address"],
-            [keccak(_DOMAIN_TYPE), keccak(name), keccak(b"1"), chain_id, contract],
-        )
-    )
-
-
-def _typed(separator: bytes, struct_hash: bytes) -> bytes:
-    return keccak(b"\x19\x01" + separator + struct_hash)
 
 
 @dataclass(frozen=True)
@@ -55,40 +32,46 @@ class Domains:
     """The CoNETCash contract (EIP-712 domain "CoNETCash" v1)."""
 
     @cached_property
-    def _registry_separator(self) -> bytes:
-        return _separator(b"CoNET DLE", self.mainchain_id, self.registry)
-
-    @cached_property
-    def _cash_separator(self) -> bytes:
-        return _separator(b"CoNETCash", self.mainchain_id, self.cash)
+    def _digests(self) -> Digests:
+        return Digests(self.mainchain_id, to_checksum_address(self.registry), to_checksum_address(self.cash))
 
     def block(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
         """`DleRegistry.blockDigest`: what every member and archive node signs for a block."""
-        struct = encode(["bytes32", "bytes32", "uint256", "bytes32"], [keccak(_BLOCK_TYPE), chain, height, header_hash])
-        return _typed(self._registry_separator, keccak(struct))
+        return self._digests.block(chain, height, header_hash)
 
     def genesis(self, chain: bytes, genesis_hash: bytes, asset: bytes, asset_id: int, group: int) -> bytes:
         """`DleRegistry.genesisDigest`: the archive group's consent to register a chain."""
-        struct = encode(
-            ["bytes32", "bytes32", "bytes32", "address", "uint256", "uint256"],
-            [keccak(_GENESIS_TYPE), chain, genesis_hash, asset, asset_id, group],
-        )
-        return _typed(self._registry_separator, keccak(struct))
+        digest = self._digests.genesis(to_checksum_address(asset), asset_id, genesis_hash, group)
+        if self._digests.chain_id_of(to_checksum_address(asset), asset_id) != chain:
+            raise ValueError("the chain id is not the one the mainchain derives for the asset")
+        return digest
 
     def exit(self, certificate_data: bytes) -> bytes:
         """`CoNETCash.exitDigest` of the certificate whose `abi.encode` is `certificate_data` (the
         program's `Exited` log data)."""
-        return _typed(self._cash_separator, keccak(keccak(_EXIT_TYPE) + certificate_data))
+        from offchain.dle.note import ExitCertificate as NoteExit
+
+        exit_ = NoteExit.decode(certificate_data)
+        return self._digests.exit(
+            ExitCertificate(
+                exit_.note,
+                exit_.chain,
+                exit_.height,
+                to_checksum_address(exit_.holder),
+                to_checksum_address(exit_.receiver),
+                exit_.amount,
+                exit_.nonce,
+            )
+        )
 
     def fault(
         self, chain: bytes, height: int, offender: bytes, role: int, kind: int, evidence_hash: bytes, reporter: bytes
     ) -> bytes:
         """`DleRegistry.faultDigest`: the archive group's certificate that a member must be slashed."""
-        struct = encode(
-            ["bytes32", "bytes32", "uint256", "address", "uint8", "uint8", "bytes32", "address"],
-            [keccak(_FAULT_TYPE), chain, height, offender, role, kind, evidence_hash, reporter],
+        report = FaultReport(
+            chain, height, to_checksum_address(offender), Role(role), kind, evidence_hash, to_checksum_address(reporter)
         )
-        return _typed(self._registry_separator, keccak(struct))
+        return self._digests.fault(report)
 
 
 def archive_roles_digest(encoded_roles: bytes) -> bytes:
