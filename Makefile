@@ -20,7 +20,7 @@ CONTRACTS := $(shell find contracts -name '*.sol')
 
 help:
 	@echo "make setup    create .venv, install pinned Python and npm packages, the solc wrapper, compile"
-	@echo "make demo     deploy everything to the embedded local chain and print the address book"
+	@echo "make demo     the DLE devnet (anvil + every node as a process): buy, pay, exit, conservation check"
 	@echo "make test     run the test suite (contracts, deploy on the embedded chain and on anvil, gas)"
 	@echo "make lint     ruff, mypy (offchain, dle_vm), slither (contracts)"
 	@echo "make bench    benchmarks; writes nothing but prints figures"
@@ -53,8 +53,12 @@ test: setup
 	bash scripts/ensure_postgres.sh
 	$(BIN)/python -m pytest -q
 
+# The DLE devnet in .devnet/ (anvil, the contracts, every node its own process on 127.0.0.1), the
+# scenario of offchain/devnet/demo.py, then everything stopped again (also when the scenario fails).
 demo: setup
-	$(BIN)/ape run deploy --network avalanche:local:test
+	$(BIN)/conet devnet up
+	$(BIN)/python -m offchain.devnet.demo || { $(BIN)/conet devnet down; exit 1; }
+	$(BIN)/conet devnet down
 
 lint: setup
 	$(BIN)/ruff check offchain dle_vm scripts tests bench toolchain

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import click
 
 from offchain import __version__
+from offchain.cash_cli import cash
 from offchain.chain import addressbook
 from offchain.chain.summary import describe_book
 from offchain.devnet import anvil
@@ -21,6 +23,7 @@ def main() -> None:
 
 
 main.add_command(si_cli.si)
+main.add_command(cash)
 
 
 @main.group()
@@ -65,3 +68,66 @@ def devnet_anvil(port: int, chain_id: int) -> None:
         pass
     finally:
         node.stop()
+
+
+_devnet_dir = click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The devnet directory (default: $CONET_DEVNET_DIR or .devnet in the project).",
+)
+
+
+@devnet.command("up")
+@_devnet_dir
+@click.option("--archives", default=4, show_default=True, help="Archive nodes (NodeRegistry splits them in groups).")
+@click.option("--witnesses", default=6, show_default=True, help="Witnesses (a note chain draws 5).")
+@click.option("--validators", default=2, show_default=True, help="Validators.")
+def devnet_up(directory: Path | None, archives: int, witnesses: int, validators: int) -> None:
+    """Start the DLE devnet: anvil, the contracts, and every node as its own process."""
+    from offchain.devnet import dle
+
+    try:
+        dle.up(directory, dle.DevnetSpec(archives=archives, witnesses=witnesses, validators=validators), click.echo)
+    except (dle.DevnetError, anvil.AnvilError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@devnet.command("status")
+@_devnet_dir
+def devnet_status(directory: Path | None) -> None:
+    """Show the devnet's nodes, note chains and waiting pools."""
+    from offchain.devnet import dle
+
+    try:
+        click.echo("\n".join(dle.describe_status(dle.status(directory))))
+    except dle.DevnetError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@devnet.command("down")
+@_devnet_dir
+def devnet_down(directory: Path | None) -> None:
+    """Stop every process of the devnet (its directory stays, with the logs)."""
+    from offchain.devnet import dle
+
+    try:
+        dle.down(directory, click.echo)
+    except dle.DevnetError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@devnet.command("check")
+@_devnet_dir
+def devnet_check(directory: Path | None) -> None:
+    """The conservation check: every note's outstanding value against its chain, every coin's backing."""
+    from offchain.devnet import dle
+    from offchain.dle.conservation import ConservationError
+
+    try:
+        report, names = dle.check(directory)
+    except (dle.DevnetError, ConservationError) as exc:
+        raise click.ClickException(f"conservation check failed: {exc}") from exc
+    click.echo("\n".join(report.lines(names)))
+    click.echo(f"conservation holds: {len(report.notes)} notes, {len(report.coins)} stablecoins")

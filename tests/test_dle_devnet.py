@@ -1,0 +1,396 @@
+"""The DLE devnet end to end, on a real anvil with real processes over real HTTP.
+
+1. `conet devnet up` (anvil, the contracts, 4 archive nodes in two groups, a CBDC, 6 witnesses and 2
+   validators, each its own process): a note bought with `conet cash buy` is filled by the CBDC, opened
+   by the archive node that hosts it (mirror → draw → genesis → registered on DleRegistry), then paid
+   on with a transfer, an authorization drawn on by a deduction, and an exit paid by CoNETCash; the
+   conservation check holds at every step (an exit final on the DLE but not yet paid is counted), and
+   fails, naming the note, on a chain that lost its last block. Everything the devnet started is
+   stopped, also when a test fails.
+2. Faults slashed on the real chain: an in-process DLE (`LocalDle`) whose archive nodes are the staked
+   members of group 0, with the real mainchain adapter (`offchain/dle/mainchain.py`) on anvil: a
+   validator refusing a valid block loses its whole VALIDATOR stake through `DleRegistry.reportFault`
+   (the group's certificate), and a creator signing two blocks at one height loses its CBDC stake
+   through `DleRegistry.reportEquivocation`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from eth_account import Account
+from web3 import Web3
+
+from dle_vm.hashing import keccak
+from offchain.chain.deployer import Role
+from offchain.chain.dle import DleChainClient, ExitCertificate
+from offchain.chain.web3_contracts import connect, load_contract
+from offchain.cli import main
+from offchain.devnet import dle as devnet
+from offchain.devnet.anvil import AnvilNode, start_anvil
+from offchain.dle.archive import ROLE_CBDC, ROLE_VALIDATOR, ROLE_WITNESS
+from offchain.dle.conservation import ChainSource, ConservationError, check_conservation, http_source
+from offchain.dle.digests import Domains
+from offchain.dle.local import LocalDle, address_of_secret
+from offchain.dle.mainchain import ArchiveGroups, ChainMainchain
+from offchain.dle.member import MemberNode, Timeouts
+from offchain.dle.messages import ChainDump, Proposal
+from offchain.dle.note import NoteSigner, NoteTerms, note_program
+from offchain.dle.transport import RemoteError
+
+pytestmark = pytest.mark.anvil
+
+USD = 10**6  # the mock stablecoin's units
+
+
+# -- 1. the devnet as processes ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.DevnetState]:
+    directory = tmp_path_factory.mktemp("devnet")
+    lines: list[str] = []
+    state = devnet.up(directory, log=lines.append)
+    try:
+        yield state
+    finally:
+        devnet.down(directory, log=lines.append)
+        left = [n.name for n in state.nodes if n.running()]
+        assert not left and not state.anvil_running(), left
+
+
+def conet(state: devnet.DevnetState, *args: str) -> str:
+    """`conet cash --devnet DIR ARGS` or `conet devnet CMD --dir DIR`, through the real CLI."""
+    if args[0] == "cash":
+        argv = ["cash", "--devnet", state.directory, *args[1:]]
+    else:
+        argv = [*args[:2], "--dir", state.directory, *args[2:]]
+    result = CliRunner().invoke(main, argv, catch_exceptions=False)
+    assert result.exit_code == 0, f"conet {' '.join(args)}:\n{result.output}"
+    return result.output
+
+
+def test_every_node_is_its_own_process_on_loopback_and_answers(running: devnet.DevnetState) -> None:
+    kinds = [n.kind for n in running.nodes]
+    assert kinds.count("archive") == 4 and kinds.count("cbdc") == 1 and kinds.count("member") == 8
+    assert len({n.pid for n in running.nodes}) == len(running.nodes)
+    report = devnet.status(Path(running.directory))
+    assert report.anvil and all(n.answering for n in report.nodes)
+    for node in running.nodes:
+        config = json.loads(Path(node.config_file).read_text())
+        assert config["host"] == "127.0.0.1" and all(
+            u.startswith("http://127.0.0.1:") for u in config["directory"].values()
+        )
+    # Two archive groups of two, each with its first epoch: the members' staked archive nodes.
+    groups = {int(g): v for g, v in running.groups.items()}
+    assert sorted(groups) == [0, 1] and all(len(g["members"]) == 2 and g["epoch"] == 1 for g in groups.values())
+    archives = {n.address for n in running.of_kind("archive")}
+    assert {m for g in groups.values() for m in g["members"]} == archives
+
+
+def test_buy_transfer_authorize_deduct_exit_and_conservation(running: devnet.DevnetState) -> None:
+    client = devnet.DevnetClient.open(Path(running.directory))
+    out = conet(running, "cash", "--wallet", "alice", "buy", "20")
+    assert "note 1: minted by CBDC cbdc-1" in out and "open (archive group 1)" in out
+    conet(running, "cash", "--wallet", "bob", "buy", "10")
+    for wallet in ("bob", "carol"):
+        conet(running, "cash", "--wallet", wallet, "address")
+    alice, bob, carol = (
+        address_of_secret(bytes.fromhex((Path(running.directory) / "wallets" / f"{w}.key").read_text().strip()))
+        for w in ("alice", "bob", "carol")
+    )
+
+    # The chains were opened by the archive nodes: registered on DleRegistry by the group that keeps them.
+    for note, group in ((1, 1), (2, 0)):
+        chain, kept_by = client.chain_of(note)
+        assert kept_by == group and client.chain.chain_record(chain).asset_id == note
+
+    conet(running, "cash", "--wallet", "alice", "transfer", "1", "bob", "4.5")
+    out = conet(running, "cash", "--wallet", "alice", "authorize", "1", "carol", "5")
+    assert "authorization 1 " in out  # alice's second message on note 1: nonce 1
+    conet(running, "cash", "--wallet", "carol", "deduct", "1", "alice", "1", "3.25")
+    fee_transfer, fee_deduct = 2250, 1625  # 0.05% of 4.5 and of 3.25, rounded up
+    balances = asyncio.run(_balances(client, 1, [alice, bob, carol]))
+    assert balances == [20 * USD - 4_500_000 - fee_transfer - 3_250_000 - fee_deduct, 4_500_000, 3_250_000]
+
+    # An exit final on the DLE but not yet paid: conservation counts it; then it is paid on chain.
+    coin = client.contract("MockStablecoin")
+    bob_key = bytes.fromhex((Path(running.directory) / "wallets" / "bob.key").read_text().strip())
+    result = asyncio.run(_exit_on_dle(client, 1, bob_key, 4 * USD))
+    report, _ = devnet.check(Path(running.directory))
+    assert [n.unpaid_exits for n in report.notes] == [((0, 4 * USD),), ()]
+    before = coin.functions.balanceOf(Web3.to_checksum_address("0x" + bob.hex())).call()
+    cert = result.certificate
+    payout = client.sender(bob_key).submit_exit(
+        ExitCertificate(
+            cert.note, cert.chain, cert.height, Web3.to_checksum_address("0x" + cert.holder.hex()),
+            Web3.to_checksum_address("0x" + cert.receiver.hex()), cert.amount, cert.nonce,
+        ),
+        result.epoch,
+        result.signatures,
+    )  # fmt: skip
+    assert payout == 4 * USD - 8_000  # the 0.2% exit fee stays with the CBDC
+    assert coin.functions.balanceOf(Web3.to_checksum_address("0x" + bob.hex())).call() == before + payout
+    assert client.chain.cash.functions.isExitNonceUsed(1, 0).call()
+
+    # The CLI's exit: final on the DLE and paid on the mainchain in one command.
+    out = conet(running, "cash", "--wallet", "bob", "exit", "2", "1", "--receiver", "carol")
+    assert "CoNETCash paid 0.998 mUSDC to carol" in out
+
+    out = conet(running, "devnet", "check")
+    assert "conservation holds: 2 notes, 1 stablecoins" in out
+    report, _ = devnet.check(Path(running.directory))
+    outstanding = {n.note: n.outstanding for n in report.notes}
+    assert outstanding == {1: 16 * USD, 2: 9 * USD}
+    assert report.coins[0].backing == 25 * USD and report.coins[0].unclaimed_fees == 8_000 + 2_000
+
+    status = conet(running, "devnet", "status")
+    assert "note 1   live" in status and "height 4" in status and "DOWN" not in status
+
+
+def test_conservation_fails_naming_the_note_whose_chain_lost_its_exit(running: devnet.DevnetState) -> None:
+    """An archive node serving a chain without its last block (an exit CoNETCash paid) is caught."""
+    client = devnet.DevnetClient.open(Path(running.directory))
+    out = conet(running, "cash", "--wallet", "dave", "buy", "3")
+    note = int(out.split("order ", 1)[1].split(":", 1)[0])
+    conet(running, "cash", "--wallet", "dave", "exit", str(note), "1")
+    lost = bytes(client.chain.cash.functions.chainOf(note).call())
+
+    async def check() -> None:
+        async with client.transport() as transport:
+            honest = http_source(
+                transport, client.groups.group_of, client.domains, lambda c: client.chain.chain_record(c).group
+            )
+
+            async def without_last_block(chain: bytes) -> ChainDump:
+                dump = await honest(chain)
+                return ChainDump(dump.blocks[:-1], dump.roles) if chain == lost else dump
+
+            source: ChainSource = without_last_block
+            await check_conservation(client.chain.cash, source)
+
+    with pytest.raises(ConservationError) as caught:
+        asyncio.run(check())
+    # CoNETCash paid the exit (outstanding 2); the truncated chain still holds 3.
+    assert caught.value.subject == f"note {note}" and caught.value.difference == -1 * USD
+    devnet.check(Path(running.directory))  # the honest chains still conserve
+
+
+async def _balances(client: devnet.DevnetClient, note: int, accounts: list[bytes]) -> list[int]:
+    async with client.transport() as transport:
+        chain = client.note_chain(transport, note)
+        found = await chain.balances(accounts)
+        return [found[a] for a in accounts]
+
+
+async def _exit_on_dle(client: devnet.DevnetClient, note: int, secret: bytes, amount: int) -> Any:
+    async with client.transport() as transport:
+        return await client.note_chain(transport, note).exit(secret, amount, address_of_secret(secret))
+
+
+# -- 2. faults slashed on the real chain --------------------------------------------------------------------
+
+
+def key(name: str) -> bytes:
+    return keccak(b"devnet fault test " + name.encode())
+
+
+WITNESSES, VALIDATORS = 11, 6
+"""A dissolution draws 5 new witnesses (6 when the creator is the offender) and excludes the old ones."""
+VALUE = 100 * USD
+
+
+@dataclass
+class SlashingChain:
+    node: AnvilNode
+    w3: Web3
+    addresses: dict[str, str]
+    domains: Domains
+    reporter: bytes
+    """The key the archive group's mainchain adapter sends reports with."""
+    archives: list[bytes]
+    """Keys of group 0's two archive nodes."""
+
+    def contract(self, name: str) -> Any:
+        return load_contract(self.w3, name, self.addresses[name])
+
+    def mainchain(self) -> ChainMainchain:
+        return ChainMainchain(DleChainClient(self.w3, self.addresses, self.reporter))
+
+    def stake_of(self, secret: bytes, role: Role) -> int:
+        owner = Web3.to_checksum_address("0x" + address_of_secret(secret).hex())
+        return int(self.contract("Staking").functions.stakeOf(owner, int(role)).call())
+
+
+@pytest.fixture(scope="module")
+def slashing_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlashingChain]:
+    """anvil with the contracts; 4 staked archive nodes in two groups (both groups' first epoch), two
+    CBDCs, 11 witnesses and 6 validators staked."""
+    node = start_anvil()
+    try:
+        directory = tmp_path_factory.mktemp("faults")
+        book = devnet.deploy_contracts(directory, node.uri, log=lambda line: None)
+        w3 = connect(node.uri)
+        addresses = {name: d.address for name, d in book.contracts.items()}
+        staking = load_contract(w3, "Staking", addresses["Staking"])
+        funder = devnet.dev_account_key(0)
+
+        def staked(secret: bytes, role: Role, *, register: bool = False) -> None:
+            amount = int(staking.functions.minimumStake(int(role)).call())
+            owner = Account.from_key(secret).address
+            devnet.fund(w3, addresses, funder, owner, eth=devnet.ETH, conet=amount)
+            devnet.stake(w3, addresses, secret, role, amount)
+            if register:
+                devnet.register_node(w3, addresses, secret, role, "http://127.0.0.1:1")
+
+        archives = [key(f"archive {i}") for i in range(4)]
+        for secret in archives:
+            staked(secret, Role.ARCHIVE, register=True)
+        for secret in (key("cbdc a"), key("cbdc b")):
+            staked(secret, Role.CBDC)
+        for i in range(WITNESSES):
+            staked(key(f"witness {i}"), Role.WITNESS)
+        for i in range(VALIDATORS):
+            staked(key(f"validator {i}"), Role.VALIDATOR)
+        reporter = key("reporter")
+        devnet.send_eth(w3, funder, Account.from_key(reporter).address, devnet.ETH)
+        client = DleChainClient(w3, addresses, funder)
+        for group in (0, 1):
+            assert client.refresh_group(group) == (1, True)
+        group0 = ArchiveGroups(client).group_of(0)
+        members = [s for s in archives if address_of_secret(s) in group0.members]
+        assert len(members) == 2
+        domains = Domains(
+            int(w3.eth.chain_id), bytes.fromhex(addresses["DleRegistry"][2:]), bytes.fromhex(addresses["CoNETCash"][2:])
+        )
+        yield SlashingChain(node, w3, addresses, domains, reporter, members)
+    finally:
+        node.stop()
+
+
+class Refuses(MemberNode):
+    refuse = False
+
+    async def _validate(self, body: bytes) -> bytes:
+        if self.refuse:
+            raise RemoteError("refused", "this validator signs nothing")
+        return await super()._validate(body)
+
+
+class Equivocates(MemberNode):
+    """A creator that shows one witness another block at the same height first."""
+
+    armed = False
+
+    async def _attempt(self, record: Any, block: Any, post: Any, parent: Any, genesis_pre: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            header = replace(block.header, timestamp=block.header.timestamp + 1)
+            other = type(block)(header, block.transactions, (self._sign_header(header),))
+            roles = record.roles
+            await self._call(roles.witnesses[0], "propose", Proposal(roles.version, other).encode(), 1.0)
+        return await super()._attempt(record, block, post, parent, genesis_pre)
+
+
+async def _open(
+    chain: SlashingChain,
+    directory: Path,
+    note: int,
+    cbdc: bytes,
+    *,
+    cbdc_cls: Any = MemberNode,
+    validator_cls: Any = MemberNode,
+) -> tuple[LocalDle, NoteTerms]:
+    """Group 0's archive nodes with the real mainchain adapter, the staked members, one note opened
+    (drawn from the pool with real stake checks, registered on DleRegistry)."""
+    dle = LocalDle(
+        directory, chain.domains, chain.mainchain(), timeouts=Timeouts(vote=1.0, accept=1.0, final=1.0, archive=20.0)
+    )
+    dle.add_archives(chain.archives)
+    dle.add_member(cbdc, cls=cbdc_cls)
+    for i in range(WITNESSES):
+        dle.add_member(key(f"witness {i}"), role=ROLE_WITNESS)
+    for i in range(VALIDATORS):
+        dle.add_member(key(f"validator {i}"), role=ROLE_VALIDATOR, cls=validator_cls)
+    terms = NoteTerms(
+        note, chain.domains.mainchain_id, chain.domains.cash, VALUE, address_of_secret(key("buyer")),
+        address_of_secret(cbdc), (), bytes(20), 5,
+    )  # fmt: skip
+    await dle.open_note(terms)
+    client = DleChainClient(chain.w3, chain.addresses)
+    assert client.is_registered(terms.chain) and client.chain_record(terms.chain).group == 0
+    return dle, terms
+
+
+async def _pay(dle: LocalDle, terms: NoteTerms, nonce: int) -> None:
+    roles = (await dle.client().roles(terms.chain)).roles
+    full = replace(terms, witnesses=roles.witnesses, validators_pool=roles.validators[0])
+    buyer = key("buyer")
+    tx = NoteSigner(full, note_program()).transfer(
+        buyer, address_of_secret(buyer), address_of_secret(key("alice")), 1_000, nonce, int(time.time()) + 3600
+    )
+    outcome = await dle.client(submit_timeout=5.0).submit(terms.chain, [tx])
+    assert all(r.success for r in outcome.receipts)
+
+
+def test_a_refusing_validator_loses_its_validator_stake_on_chain(slashing_chain: SlashingChain, tmp_path: Path) -> None:
+    staking = slashing_chain.contract("Staking")
+    token = slashing_chain.contract("CoNETToken")
+
+    async def scenario() -> tuple[bytes, bytes]:
+        dle, terms = await _open(slashing_chain, tmp_path, 1001, key("cbdc a"), validator_cls=Refuses)
+        host = dle.host(terms.chain)
+        refuser = host.roles(terms.chain).roles.validator_for(host.store.head(terms.chain).block.hash)
+        node = dle.members[refuser]
+        assert isinstance(node, Refuses)
+        node.refuse = True
+        await _pay(dle, terms, 0)
+        assert host.slashed and host.slashed[0][:2] == (refuser, ROLE_VALIDATOR)
+        return refuser, host.address
+
+    secret_of = {address_of_secret(key(f"validator {i}")): key(f"validator {i}") for i in range(VALIDATORS)}
+    stake = int(staking.functions.minimumStake(int(Role.VALIDATOR)).call())
+    refuser, host = asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert slashing_chain.stake_of(secret_of[refuser], Role.VALIDATOR) == 0
+    # The registry's event and Staking's: the whole stake, 10% to the reporter the group named (its host).
+    registry = slashing_chain.contract("DleRegistry")
+    (fault,) = registry.events.FaultReported().get_logs(from_block=0)
+    assert fault["args"]["offender"] == Web3.to_checksum_address("0x" + refuser.hex())
+    assert fault["args"]["kind"] == 1 and fault["args"]["slashed"] == stake
+    assert fault["args"]["reporter"] == Web3.to_checksum_address("0x" + host.hex())
+    assert token.functions.balanceOf(fault["args"]["reporter"]).call() == stake // 10
+
+
+def test_an_equivocating_creator_loses_its_cbdc_stake_on_chain(slashing_chain: SlashingChain, tmp_path: Path) -> None:
+    cbdc = key("cbdc b")
+    stake = slashing_chain.stake_of(cbdc, Role.CBDC)
+    assert stake > 0
+
+    async def scenario() -> None:
+        dle, terms = await _open(slashing_chain, tmp_path, 1002, cbdc, cbdc_cls=Equivocates)
+        node = dle.members[address_of_secret(cbdc)]
+        assert isinstance(node, Equivocates)
+        node.armed = True
+        await _pay(dle, terms, 0)
+        host = dle.host(terms.chain)
+        assert host.slashed == [(address_of_secret(cbdc), ROLE_CBDC, stake)]
+        assert host.roles(terms.chain).roles.creator != address_of_secret(cbdc)
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+    assert slashing_chain.stake_of(cbdc, Role.CBDC) == 0
+    registry = slashing_chain.contract("DleRegistry")
+    (reported,) = registry.events.EquivocationReported().get_logs(from_block=0)
+    assert reported["args"]["signer"] == Web3.to_checksum_address("0x" + address_of_secret(cbdc).hex())
+    assert reported["args"]["slashed"] == stake
+    # reportEquivocation rewards whoever submitted the proof: the archive group's reporting key.
+    reporter = Account.from_key(slashing_chain.reporter).address
+    assert reported["args"]["reporter"] == reporter
+    assert slashing_chain.contract("CoNETToken").functions.balanceOf(reporter).call() == stake // 10
