@@ -54,11 +54,13 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # The DLE devnet in .devnet/ (anvil, the contracts, every node its own process on 127.0.0.1), the
-# scenario of offchain/devnet/demo.py, then everything stopped again (also when the scenario fails).
+# scenario of offchain/devnet/demo.py, then everything stopped again (also when the scenario fails);
+# then SI (offchain/devnet/si_demo.py): a message to an offline person, received on reconnection, the bill.
 demo: setup
 	$(BIN)/conet devnet up
 	$(BIN)/python -m offchain.devnet.demo || { $(BIN)/conet devnet down; exit 1; }
 	$(BIN)/conet devnet down
+	$(BIN)/python -m offchain.devnet.si_demo
 
 lint: setup
 	$(BIN)/ruff check offchain dle_vm scripts tests bench toolchain
