@@ -1,13 +1,15 @@
 """The SI relay under load, against what it cannot do without, measured in one run on loopback.
 
-    python bench/si.py                   # everything, about a minute
+    python bench/si.py                   # everything, about a minute and a half
+    python bench/si.py --only-stream     # (d) alone
     python bench/si.py --seconds 3       # shorter load phases
 
-Three separate processes serve: an upstream (a minimal aiohttp "node" that reads the body and answers
-"ok"), the relay (`python -m offchain.si.relay`, its directory pointing at the upstream), and a plain
-forwarder written here (aiohttp, `await request.read()` then one POST upstream, the answer read whole
-and returned) — the least any HTTP relay must do. This process is the load generator: aiohttp
-clients with a fixed number of requests in flight.
+Separate processes serve: an upstream (a minimal aiohttp "node" that reads the body and answers
+"ok"), a real recipient node for (d) (`python -m offchain.si.node`), the relay (`python -m
+offchain.si.relay`, its directory pointing at both), and a plain forwarder written here (aiohttp,
+`await request.read()` then one POST upstream, the answer read whole and returned) — the least any
+HTTP relay must do. This process is the load generator: aiohttp clients with a fixed number of
+requests in flight.
 
 (a) Added latency per hop: sequential POSTs of a 1 KiB-bucket envelope (1,114 bytes) straight to the
     upstream and through the relay, interleaved in rounds; the difference of the percentiles is what
@@ -17,9 +19,14 @@ clients with a fixed number of requests in flight.
 (c) 1 KiB envelopes per second through one relay process at 64 in flight; also the plain forwarder
     and the upstream alone, and the relay's own CPU time per message (from /proc), which gives the
     rate one fully used core would carry. Goal: ≥ 2,000 msg/s per relay process.
-
-Not measured here: relay → recipient node → the client's event stream. That needs the recipient
-node (offchain/si/node.py); it is a fourth phase to add next to these, with the node as upstream.
+(d) 1 KiB messages per second end to end: relay → recipient node → event stream. The recipient node
+    is a real process (`python -m offchain.si.node`, SQLite mailbox with synchronous=FULL); a client
+    in this process registers through the relay and keeps its stream open (`SIClient.listen`, each
+    event decrypted and each message opened and its signature checked), acknowledging in batches
+    (one ack request per 50 ms, up to 1,000 ids: what the protocol allows; acking every message one
+    by one, as `listen(auto_ack=True)` does, is reported too). The senders post pre-sealed, distinct
+    envelopes through the relay with 64 in flight; the figure is messages the client received per
+    second, from the first post to the last message received, and the node's CPU per message.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +46,10 @@ from pathlib import Path
 import aiohttp
 import click
 from aiohttp import web
+from eth_utils.crypto import keccak
 
 from offchain.si import KeyPair, seal
+from offchain.si.client import ClientProfile, PaymentTerms, SIClient
 from offchain.si.directory import NodeInfo, StaticDirectory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,11 +245,109 @@ async def message_rate(
     )
 
 
+async def _stream_round(
+    relayed: str,
+    node: NodeInfo,
+    server: Server,
+    envelopes_for: Callable[[KeyPair, int], list[bytes]],
+    count: int,
+    concurrency: int,
+    batched: bool,
+) -> tuple[float, float, int]:
+    """(msg/s received by the listening client, node CPU µs per message, stream reconnections)."""
+    recipient = KeyPair.generate()
+    terms = PaymentTerms(43112, bytes(20), keccak(b"bench note chain"), 10**12, 0, int(time.time()) + 86400)
+    async with SIClient(recipient, ClientProfile(relayed, node, terms), stream_timeout=60) as client:
+        await client.register()
+        envelopes = envelopes_for(recipient, count)
+        seen: set[bytes] = set()
+        everything = asyncio.Event()
+        to_ack: list[bytes] = []
+
+        def note(item_id: bytes) -> None:
+            seen.add(item_id)
+            if len(seen) == count:
+                everything.set()
+
+        async def listen() -> None:
+            async for item in client.listen(auto_ack=not batched, min_backoff=0.1, max_backoff=1.0):
+                note(item.id)
+                if batched:
+                    to_ack.append(item.id)
+
+        async def acknowledge() -> None:
+            # listen(auto_ack=False) fetches only the first page of the mailbox after a reconnection (a
+            # stream that fell push_queue_size behind is ended by the node): page the rest here.
+            drained = client.connections
+            while True:
+                await asyncio.sleep(0.05)
+                while to_ack:
+                    batch = to_ack[:1000]
+                    del to_ack[: len(batch)]
+                    await client.ack(batch)
+                if client.connections != drained:
+                    drained = client.connections
+                    while True:
+                        items, remaining = await client.fetch(100)
+                        for item in items:
+                            note(item.id)
+                        if items:
+                            await client.ack([item.id for item in items])
+                        if not remaining:
+                            break
+
+        tasks = [asyncio.create_task(listen())] + ([asyncio.create_task(acknowledge())] if batched else [])
+        try:
+            while client.connections == 0:  # the node subscribes the stream before its first byte
+                await asyncio.sleep(0.01)
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                queue = list(reversed(envelopes))
+                cpu_before = server.cpu_seconds()
+                started = time.perf_counter()
+
+                async def sender() -> None:
+                    while queue:
+                        await post(session, f"{relayed}/post", queue.pop())
+
+                await asyncio.gather(*(sender() for _ in range(concurrency)))
+                await asyncio.wait_for(everything.wait(), 120)
+                elapsed = time.perf_counter() - started
+                cpu = server.cpu_seconds() - cpu_before
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            reconnections = client.connections - 1
+    return count / elapsed, cpu / count * 1e6, reconnections
+
+
+async def stream_rate(relayed: str, node: NodeInfo, server: Server, count: int, concurrency: int) -> None:
+    sender = KeyPair.generate()
+
+    def envelopes_for(recipient: KeyPair, number: int) -> list[bytes]:
+        # Distinct messages: the node stores by keccak256(N1), so a repeated envelope would be one message.
+        return [seal(sender, recipient.public_key, node.public_key, os.urandom(SMALL_CONTENT)) for _ in range(number)]
+
+    batched = await _stream_round(relayed, node, server, envelopes_for, count, concurrency, True)
+    single = await _stream_round(relayed, node, server, envelopes_for, count, concurrency, False)
+    print(
+        f"(d) relay → recipient node (a real process) → event stream: {SMALL_CONTENT}-byte content "
+        f"({len(envelopes_for(sender, 1)[0]):,}-byte envelopes), {concurrency} in flight"
+    )
+    print(f"    {count:,} messages per round; a stream more than 64 behind is ended and the client fetches")
+    print(f"    {'':<36}{'msg/s':>8}{'node CPU µs/msg':>17}{'reconnections':>15}")
+    print(f"    {'client acks in batches (50 ms)':<36}{batched[0]:>8,.0f}{batched[1]:>17,.0f}{batched[2]:>15,}")
+    print(f"    {'client acks every message':<36}{single[0]:>8,.0f}{single[1]:>17,.0f}{single[2]:>15,}")
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-async def _run(seconds: float, concurrency: int, latency_requests: int) -> None:
+async def _run(
+    seconds: float, concurrency: int, latency_requests: int, stream_messages: int, only_stream: bool
+) -> None:
     node = KeyPair.generate()
     sender, recipient = KeyPair.generate(), KeyPair.generate()
     small = seal(sender, recipient.public_key, node.public_key, os.urandom(SMALL_CONTENT))
@@ -254,20 +361,32 @@ async def _run(seconds: float, concurrency: int, latency_requests: int) -> None:
             servers.append(plain)
             key_file = Path(scratch) / "relay.key"
             key_file.write_text(KeyPair.generate().secret.hex())
+            # The recipient node for (d): a real one, with its files in the scratch directory.
+            recipient_node = KeyPair.generate()
+            node_key_file = Path(scratch) / "node.key"
+            node_key_file.write_text(recipient_node.secret.hex())
+            si_node = start(
+                "-m", "offchain.si.node", "--port", "0", "--key-file", str(node_key_file), "--data-dir",
+                str(Path(scratch) / "node-data"), "--log-level", "WARNING",
+            )  # fmt: skip
+            servers.append(si_node)
+            si_node_info = NodeInfo(recipient_node.address, si_node.url, recipient_node.public_key_64)
             directory = Path(scratch) / "nodes.json"
-            StaticDirectory([NodeInfo(node.address, upstream.url, node.public_key_64)]).save(directory)
+            StaticDirectory([NodeInfo(node.address, upstream.url, node.public_key_64), si_node_info]).save(directory)
             relay = start(
                 "-m", "offchain.si.relay", "--port", "0", "--key-file", str(key_file),
                 "--directory", str(directory), "--log-level", "WARNING",
             )  # fmt: skip
             servers.append(relay)
-            print(f"SI relay benchmark: loopback, {os.cpu_count()} cores shared by the load generator and 3 servers")
-            await hop_latency(f"{upstream.url}/post", f"{relay.url}/post", small, latency_requests)
-            await large_throughput(f"{relay.url}/post", f"{plain.url}/post", large, 4, seconds)
-            await message_rate(
-                relay, plain, f"{relay.url}/post", f"{plain.url}/post", f"{upstream.url}/post", small, concurrency,
-                seconds,
-            )  # fmt: skip
+            print(f"SI relay benchmark: loopback, {os.cpu_count()} cores shared by the load generator and 4 servers")
+            if not only_stream:
+                await hop_latency(f"{upstream.url}/post", f"{relay.url}/post", small, latency_requests)
+                await large_throughput(f"{relay.url}/post", f"{plain.url}/post", large, 4, seconds)
+                await message_rate(
+                    relay, plain, f"{relay.url}/post", f"{plain.url}/post", f"{upstream.url}/post", small,
+                    concurrency, seconds,
+                )  # fmt: skip
+            await stream_rate(relay.url, si_node_info, si_node, stream_messages, concurrency)
         finally:
             for server in servers:
                 server.stop()
@@ -277,11 +396,16 @@ async def _run(seconds: float, concurrency: int, latency_requests: int) -> None:
 @click.option("--seconds", default=5.0, show_default=True, help="length of each load phase")
 @click.option("--concurrency", default=64, show_default=True, help="requests in flight for msg/s")
 @click.option("--latency-requests", default=4000, show_default=True, help="sequential POSTs per path in (a)")
+@click.option("--stream-messages", default=4000, show_default=True, help="messages through the node in (d)")
+@click.option("--only-stream", is_flag=True, help="run (d) only")
 @click.pass_context
-def main(context: click.Context, seconds: float, concurrency: int, latency_requests: int) -> None:
+def main(
+    context: click.Context, seconds: float, concurrency: int, latency_requests: int, stream_messages: int,
+    only_stream: bool,
+) -> None:  # fmt: skip
     """Measure the SI relay (see the module docstring)."""
     if context.invoked_subcommand is None:
-        asyncio.run(_run(seconds, concurrency, latency_requests))
+        asyncio.run(_run(seconds, concurrency, latency_requests, stream_messages, only_stream))
 
 
 @main.command(hidden=True)

@@ -311,6 +311,54 @@ def inbox(key_file: Path, keep: bool, as_json: bool) -> None:
         click.echo(f"{len(items)} messages" + ("" if keep else f", {removed} deleted at the node"), err=True)
 
 
+@si.command()
+@_key_file
+@_directory
+def serve(key_file: Path, directory: Path | None) -> None:
+    """Serve the example service (echo, time, put/get per requester) anonymously at my wallet address.
+
+    Requests come through my node, answers go back through my relay to each requester's node
+    (offchain/si/anonymous.py); neither side learns the other's IP. Needs `register` first and
+    --directory to find requesters' nodes. Ctrl-C stops."""
+    from offchain.si.anonymous import AnonymousServer
+    from offchain.si.anonymous_example import KeyValueService
+
+    async def go() -> None:
+        async with _client(key_file, directory) as client:
+            server = AnonymousServer(client, KeyValueService())
+            click.echo(f"serving at {server.address}")
+            sys.stdout.flush()
+            await server.run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go())
+
+
+@si.command()
+@_key_file
+@click.argument("server")
+@click.argument("body")
+@_directory
+@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait for the answer.")
+def request(key_file: Path, server: str, body: str, directory: Path | None, timeout: float) -> None:
+    """Send BODY (or @FILE's bytes) to the anonymous server SERVER (a communication address) and print
+    its answer. The answer comes back through my node: `register` first."""
+    from offchain.si.anonymous import AnonymousError
+    from offchain.si.anonymous import request as ask
+
+    content = _content(body)
+
+    async def go() -> bytes:
+        async with _client(key_file, directory) as client:
+            return await ask(client, server, content, timeout=timeout)
+
+    try:
+        answer = _run(go())
+    except AnonymousError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(answer.decode("utf-8", "backslashreplace"))
+
+
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
@@ -343,6 +391,7 @@ def earnings(data_dir: Path, as_json: bool) -> None:
         for c in clients
     ]
     relay_rows = [{"relay": r.relay, "bytes": r.bytes, "owed": r.owed, "settled": r.settled} for r in relays]
+    deductions = _deduction_rows(data_dir)
     if as_json:
         click.echo(
             json.dumps(
@@ -353,6 +402,7 @@ def earnings(data_dir: Path, as_json: bool) -> None:
                         for row, c in zip(client_rows, clients, strict=True)
                     ],
                     "relays": relay_rows,
+                    "deductions": deductions,
                     "owed_to_node": sum(c.owed for c in clients),
                     "owed_by_node": sum(r.owed for r in relays),
                 },
@@ -367,3 +417,27 @@ def earnings(data_dir: Path, as_json: bool) -> None:
     click.echo(f"owed by the node to relays: {sum(r.owed for r in relays)}")
     if relay_rows:
         click.echo("\n".join(_table(relay_rows, list(relay_rows[0]))))
+    if deductions:
+        total = sum(d["amount"] for d in deductions)
+        click.echo(f"settled on the note chains: {total} in {len(deductions)} deductions")
+        click.echo("\n".join(_table(deductions, ["client", "amount", "fee", "authorization", "block"])))
+
+
+def _deduction_rows(data_dir: Path) -> list[dict[str, Any]]:
+    """The deductions final on the note chains (settlement.py's journal), if the node settles there."""
+    from offchain.si.settlement import settlement_history
+
+    history = settlement_history(data_dir)
+    if history is None:
+        return []
+    return [
+        {
+            "client": d.holder,
+            "note chain": "0x" + d.note_chain.hex(),
+            "amount": d.amount,
+            "fee": "?" if d.fee is None else d.fee,
+            "authorization": d.authorization,
+            "block": "?" if d.height is None else d.height,
+        }
+        for d in history.settled
+    ]

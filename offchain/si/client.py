@@ -27,7 +27,7 @@ import os
 import random
 import stat
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,6 +300,9 @@ class SIClient:
         """(id, reason) of messages that came but did not open (forged signatures, tampering); acked away."""
         self.connections = 0
         """How many times `listen` opened a stream (reconnections included)."""
+        self.on_close: list[Callable[[], Awaitable[None]]] = []
+        """Run by `close()` before the session closes: what runs on this client (e.g. the listener of
+        anonymous.py's `request`) stops first."""
 
     async def __aenter__(self) -> SIClient:
         return self
@@ -308,6 +311,9 @@ class SIClient:
         await self.close()
 
     async def close(self) -> None:
+        hooks, self.on_close = self.on_close, []
+        for hook in hooks:
+            await hook()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None

@@ -14,6 +14,12 @@ Static JSON file (`StaticDirectory.load` / `save`):
                 "prices": {"per_mb_outbound": 0, "per_mb_hour_storage": 0}, "region": ""}]}
 
 `prices` and `region` may be left out; the address must be the public key's.
+
+A load-balanced recipient provider (several entry servers for one node wallet, provider.py) lists
+every entry server: `"urls": ["http://a:9001", "http://b:9001"]`, its first element equal to `url`
+(kept, so a reader that knows only `url` still finds the first one). A relay tries them in order and
+fails over to the next when one cannot be connected to (relay.py). The registry's form is the
+node's list of endpoints: every usable http(s) one, in the registered order.
 """
 
 from __future__ import annotations
@@ -98,6 +104,9 @@ class NodeInfo:
     """64 bytes x ‖ y, as the registry stores it."""
     prices: Prices = field(default_factory=lambda: Prices(0, 0))
     region: str = ""
+    urls: tuple[str, ...] = ()
+    """Every entry server of the node, in the order a relay tries them; the first is `url`. Empty
+    (the default) for a node with one entry server: `url` alone."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, bytes) or len(self.address) != ADDRESS_SIZE:
@@ -111,6 +120,19 @@ class NodeInfo:
         if derived != self.address:
             raise InvalidNodeInfo(f"the public key is {_show(derived)}'s, not {_show(self.address)}'s")
         _check_url(self.url)
+        if not isinstance(self.urls, tuple):
+            object.__setattr__(self, "urls", tuple(self.urls))
+        if self.urls:
+            for url in self.urls:
+                if not isinstance(url, str):
+                    raise InvalidNodeInfo(f"a URL is a string, got {url!r}")
+                _check_url(url)
+            if self.urls[0] != self.url:
+                raise InvalidNodeInfo(f"urls must start with url {self.url!r}, got {self.urls[0]!r}")
+            if len(set(self.urls)) != len(self.urls):
+                raise InvalidNodeInfo(f"{_show(self.address)}: an entry server is listed twice in urls")
+            if len(self.urls) == 1:
+                object.__setattr__(self, "urls", ())  # one URL is the plain form: equal NodeInfos compare equal
 
     @property
     def checksum_address(self) -> ChecksumAddress:
@@ -120,8 +142,18 @@ class NodeInfo:
     def post_url(self) -> str:
         return self.url.rstrip("/") + "/post"
 
+    @property
+    def entry_urls(self) -> tuple[str, ...]:
+        """Every entry server's base URL, in the order to try them (`url` first)."""
+        return self.urls or (self.url,)
+
+    @property
+    def post_urls(self) -> tuple[str, ...]:
+        """`post_url` of every entry server, in the order to try them."""
+        return tuple(url.rstrip("/") + "/post" for url in self.entry_urls)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "address": self.checksum_address,
             "url": self.url,
             "public_key": "0x" + self.public_key.hex(),
@@ -131,11 +163,14 @@ class NodeInfo:
             },
             "region": self.region,
         }
+        if self.urls:
+            data["urls"] = list(self.urls)  # only when several: single-server entries keep the old form
+        return data
 
     @classmethod
     def from_json(cls, entry: Mapping[str, Any]) -> NodeInfo:
         """An entry of the static directory file; `InvalidNodeInfo` names what is wrong."""
-        unknown = set(entry) - {"address", "url", "public_key", "prices", "region"}
+        unknown = set(entry) - {"address", "url", "public_key", "prices", "region", "urls"}
         if unknown:
             raise InvalidNodeInfo(f"unknown fields {sorted(unknown)} in a directory entry")
         try:
@@ -160,7 +195,10 @@ class NodeInfo:
             price = Prices(int(prices.get("per_mb_outbound", 0)), int(prices.get("per_mb_hour_storage", 0)))
         except (TypeError, ValueError) as error:
             raise InvalidNodeInfo(f"bad prices {prices!r}: {error}") from error
-        return cls(to_canonical_address(address), url, key, price, region)
+        urls = entry.get("urls", [])
+        if not isinstance(urls, list):
+            raise InvalidNodeInfo("urls is a list of URLs")
+        return cls(to_canonical_address(address), url, key, price, region, tuple(urls))
 
 
 class Directory(Protocol):
@@ -350,17 +388,18 @@ class RegistryDirectory:
         # Node(role, registeredAt, prices(outboundPerMB, storagePerMBHour, perVCPU, perMBMemory),
         #      publicKey, region, endpoints), in the order of the Solidity struct.
         _role, _registered_at, prices, public_key, region, endpoints = record
-        url = next((endpoint for endpoint in endpoints if _usable(endpoint)), None)
-        if url is None:
+        usable = list(dict.fromkeys(endpoint for endpoint in endpoints if _usable(endpoint)))
+        if not usable:
             # Registered, but nowhere a relay can reach (e.g. only onion or other schemes).
             return None
         try:
             return NodeInfo(
                 address=address,
-                url=url,
+                url=usable[0],
                 public_key=bytes(public_key),
                 prices=Prices(int(prices[0]), int(prices[1])),
                 region=str(region),
+                urls=tuple(usable),  # several entry servers of one provider: the relay fails over
             )
         except InvalidNodeInfo:
             # The contract checks the key against the address; a mismatch means the RPC lies.

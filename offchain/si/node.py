@@ -19,8 +19,9 @@ Billing: acknowledged bytes (carried) and mailbox byte·seconds (stored) at the 
 enough is unbilled the node adds a bill event to its answer and the client pays with a voucher in a
 `pay` request. A client owing more than the credit limit gets 402 on listen and fetch until it pays.
 Relays are owed per MB for what their signed receipts (receipt.py) show they forwarded, plus what the
-node sent back through them. `settle_batch` turns accepted vouchers into note-chain deductions: the
-seam where the DLE will take them (not yet wired).
+node sent back through them. Accepted vouchers become note-chain deductions: `settlement.Settler`
+submits them to the DLE (`settlement_due`, then `record_settlement` once final); `settle_batch` is the
+same batch marked at once, for callers that settle by other means.
 
 What the node learns: its client's address and the size of each message. It never sees a sender's
 IP (only a relay's), does not log it, and never logs content; its mailbox rows hold nothing about
@@ -68,6 +69,7 @@ from offchain.si.errors import EnvelopeError
 from offchain.si.mailbox import (
     DEFAULT_LIMITS,
     Mailbox,
+    MailboxError,
     MailboxFull,
     MailboxLimits,
     Removed,
@@ -79,6 +81,7 @@ from offchain.si.registration import (
     AckPayload,
     Authorization,
     AuthorizationRejected,
+    AuthorizationUnverifiable,
     AuthorizationVerifier,
     FetchPayload,
     NodeRequest,
@@ -110,8 +113,12 @@ __all__ = [
     "NodeConfig",
     "NodeError",
     "NodeState",
+    "NodeStateStore",
     "PushBus",
+    "ReplayGuard",
     "Subscription",
+    "build_parser",
+    "config_from_args",
     "create_node_app",
     "earnings",
     "main",
@@ -276,6 +283,58 @@ class PushBus(Protocol):
     async def is_online(self, client: bytes) -> bool: ...
 
 
+class NodeStateStore(Protocol):
+    """What the node needs of its own state (registrations, billing, vouchers, relay credit):
+    `NodeState` (SQLite, one node process) or `pgstate.PgNodeState` (PostgreSQL, shared by every entry
+    server of one node wallet). Methods are synchronous; the node calls them through `run`."""
+
+    async def run(self, function: Callable[..., _T], *args: Any) -> _T: ...
+
+    def account(self, client: bytes) -> Account | None: ...
+
+    def register(
+        self, request: NodeRequest, authorization: Authorization, *, storage_reading: int, now: int
+    ) -> Account: ...
+
+    def add_carried(self, client: bytes, size: int) -> None: ...
+
+    def bill(self, client: bytes, *, storage_reading: int, now: int, force: bool) -> Bill | None: ...
+
+    def vouched(self, account: Account) -> int: ...
+
+    def paid(self, account: Account) -> tuple[int, int]: ...
+
+    def outstanding(self, account: Account) -> Bill: ...
+
+    def pay(self, client: bytes, payment: PayPayload, *, now: int) -> tuple[int, int]: ...
+
+    def settle_batch(self, *, now: int) -> list[Deduction]: ...
+
+    def credit_relay(self, relay: bytes, size: int, *, tag: bytes | None = None, now: int = 0) -> bool: ...
+
+    def forget_receipts(self, before: int) -> None: ...
+
+    def owed_by_clients(self) -> list[ClientOwed]: ...
+
+    def owed_to_relays(self) -> list[RelayOwed]: ...
+
+    def close(self) -> None: ...
+
+
+class ReplayGuard(Protocol):
+    """Remembers the signed requests served within the clock-skew window, so a captured request is
+    served once. In memory for one node process; shared (pgstate.PgReplayGuard) when several entry
+    servers answer for one node wallet, since a replay may be posted to any of them."""
+
+    async def check_and_add(self, request: NodeRequest, now_ms: int) -> None:
+        """Raise `ReplayedRequest` if the request was served already; else remember it."""
+        ...
+
+    async def prune(self, now_ms: int) -> None:
+        """Forget requests older than the window (their timestamps are refused anyway)."""
+        ...
+
+
 class _LocalSubscription:
     def __init__(self, size: int) -> None:
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(size)
@@ -437,8 +496,9 @@ class ClientOwed:
     """Billed and not yet covered by a voucher."""
 
 
-def _int(text: str) -> int:
-    return int(text)
+def _int(value: Any) -> int:
+    """A stored amount: decimal text in SQLite, numeric (Decimal) in PostgreSQL."""
+    return int(value)
 
 
 class NodeState:
@@ -723,6 +783,52 @@ class NodeState:
                     )
         return deductions
 
+    def settlement_due(self, *, now: int) -> list[Deduction]:
+        """The deductions a settlement batch would carry now, marking nothing: settlement.Settler
+        submits each to the DLE and records it (`record_settlement`) only once it is final. A payer
+        whose account has no authorization on the voucher's note chain is left out (nothing to deduct
+        under); an expired voucher too, as in `settle_batch`."""
+        due: list[Deduction] = []
+        with self._lock:
+            for note_chain, ledger in sorted(self._ledgers.items()):
+                for payer, amount in sorted(ledger.owed().items()):
+                    voucher = ledger.latest[payer]
+                    account = self.account(to_canonical_address(payer))
+                    if voucher.expiry <= now or account is None or account.authorization.note_chain != note_chain:
+                        continue
+                    nonce = account.authorization.nonce
+                    due.append(Deduction(note_chain, payer, nonce, amount, voucher.cumulative_amount, voucher))
+        return due
+
+    def record_settlement(self, note_chain: bytes, holder: bytes, authorization_nonce: int, settled_total: int) -> int:
+        """Record that `holder` has settled everything up to `settled_total` on `note_chain` (a deduction
+        final there under `authorization_nonce`); returns the units this adds. Idempotent: recording
+        the same total again, or a lower one, adds nothing."""
+        payer = to_checksum_address(holder)
+        with self._lock:
+            ledger = self._ledger(note_chain)
+            if settled_total > ledger.accepted_total(payer):
+                raise ValueError(f"settling {settled_total} for {payer}: {ledger.accepted_total(payer)} is vouched")
+            added = settled_total - ledger.settled.get(payer, 0)
+            if added <= 0:
+                return 0
+            with self._write() as db:
+                db.execute(
+                    "UPDATE vouchers SET settled = ? WHERE payer = ? AND note_chain = ?",
+                    (str(settled_total), holder, note_chain),
+                )
+                account = self.account(holder)
+                if account is not None and (account.authorization.note_chain, account.authorization.nonce) == (
+                    note_chain,
+                    authorization_nonce,
+                ):
+                    db.execute(
+                        "UPDATE clients SET settled_under_auth = ? WHERE address = ?",
+                        (str(account.settled_under_auth + added), holder),
+                    )
+            ledger.settled[payer] = settled_total  # after the commit: memory never runs ahead of the file
+            return added
+
     # -- relays --------------------------------------------------------------------------------------
 
     def credit_relay(self, relay: bytes, size: int, *, tag: bytes | None = None, now: int = 0) -> bool:
@@ -757,13 +863,17 @@ class NodeState:
 
 
 def _owed_by_clients(db: sqlite3.Connection) -> list[ClientOwed]:
-    billed = {
-        (bytes(a), bytes(c)): _int(b) for a, c, b in db.execute("SELECT address, note_chain, billed_total FROM clients")
-    }
-    vouchers = {
-        (bytes(p), bytes(c)): (_int(cumulative), _int(settled))
-        for p, c, cumulative, settled in db.execute("SELECT payer, note_chain, cumulative, settled FROM vouchers")
-    }
+    return owed_by_clients_from(
+        db.execute("SELECT address, note_chain, billed_total FROM clients"),
+        db.execute("SELECT payer, note_chain, cumulative, settled FROM vouchers"),
+    )
+
+
+def owed_by_clients_from(clients: Iterable[Sequence[Any]], vouchers_rows: Iterable[Sequence[Any]]) -> list[ClientOwed]:
+    """The clients' report from rows (address, note chain, billed) and (payer, note chain, cumulative,
+    settled), whichever store they come from (SQLite here, PostgreSQL in pgstate.py)."""
+    billed = {(bytes(a), bytes(c)): _int(b) for a, c, b in clients}
+    vouchers = {(bytes(p), bytes(c)): (_int(cumulative), _int(settled)) for p, c, cumulative, settled in vouchers_rows}
     owed = []
     for key in sorted(set(billed) | set(vouchers)):
         client, chain = key
@@ -776,12 +886,20 @@ def _owed_by_clients(db: sqlite3.Connection) -> list[ClientOwed]:
 
 
 def _owed_to_relays(db: sqlite3.Connection) -> list[RelayOwed]:
+    return owed_to_relays_from(
+        db.execute("SELECT relay, per_mb, bytes FROM relay_usage"),
+        db.execute("SELECT relay, settled FROM relay_settled"),
+    )
+
+
+def owed_to_relays_from(usage_rows: Iterable[Sequence[Any]], settled_rows: Iterable[Sequence[Any]]) -> list[RelayOwed]:
+    """The relays' report from rows (relay, price per MB, bytes) and (relay, settled)."""
     usage: dict[bytes, tuple[int, int]] = {}
-    for relay, per_mb, size in db.execute("SELECT relay, per_mb, bytes FROM relay_usage"):
+    for relay, per_mb, size in usage_rows:
         # One rounding per relay and price, over the running total: exact to the unit, never per message.
         size_before, amount_before = usage.get(bytes(relay), (0, 0))
         usage[bytes(relay)] = (size_before + size, amount_before + ceil_div(size * _int(per_mb), BYTES_PER_MB))
-    settled = {bytes(r): _int(s) for r, s in db.execute("SELECT relay, settled FROM relay_settled")}
+    settled = {bytes(r): _int(s) for r, s in settled_rows}
     return [
         RelayOwed(to_checksum_address(relay), size, amount - settled.get(relay, 0), settled.get(relay, 0))
         for relay, (size, amount) in sorted(usage.items())
@@ -799,15 +917,15 @@ class _ReplayCache:
         self.max_entries = max_entries
         self._seen: dict[tuple[bytes, bytes], int] = {}
 
-    def check_and_add(self, request: NodeRequest, now_ms: int) -> None:
+    async def check_and_add(self, request: NodeRequest, now_ms: int) -> None:
         key = (request.client, request.request_id)
         if key in self._seen:
             raise ReplayedRequest(f"request {request.request_id.hex()} was already served")
         if len(self._seen) >= self.max_entries:
-            self.prune(now_ms)
+            await self.prune(now_ms)
         self._seen[key] = request.timestamp_ms
 
-    def prune(self, now_ms: int) -> None:
+    async def prune(self, now_ms: int) -> None:
         horizon = now_ms - self.window_ms
         self._seen = {key: at for key, at in self._seen.items() if at >= horizon}
 
@@ -820,10 +938,11 @@ class _Node:
         key: KeyPair,
         config: NodeConfig,
         mailbox: MailboxStore,
-        state: NodeState,
+        state: NodeStateStore,
         bus: PushBus,
         verifier: AuthorizationVerifier,
         clock: Callable[[], float],
+        replays: ReplayGuard | None = None,
     ) -> None:
         self.key = key
         self.config = config
@@ -832,7 +951,7 @@ class _Node:
         self.bus = bus
         self.verifier = verifier
         self.clock = clock
-        self.replays = _ReplayCache(config.clock_skew_seconds * 1000)
+        self.replays: ReplayGuard = replays if replays is not None else _ReplayCache(config.clock_skew_seconds * 1000)
 
     def now(self) -> int:
         return int(self.clock())
@@ -856,10 +975,16 @@ class _Node:
             return self._error(400, _snake(type(error).__name__), str(error))
         except AuthorizationRejected as error:
             return self._error(403, "authorization_rejected", str(error))
+        except AuthorizationUnverifiable as error:
+            # The note chain could not be read: nothing is registered, the client retries later.
+            return self._error(503, "authorization_unverifiable", str(error))
         except VoucherError as error:
             return self._error(400, "voucher_rejected", f"{type(error).__name__}: {error}")
         except MailboxFull as error:
             return self._error(507, "mailbox_full", str(error))
+        except MailboxError as error:
+            # A shared mailbox (PostgreSQL) that cannot be reached: nothing was promised, the sender retries.
+            return self._error(503, "mailbox_unavailable", type(error).__name__)
 
     async def _read_body(self, request: web.Request) -> bytes:
         limit = self.config.max_envelope
@@ -901,7 +1026,12 @@ class _Node:
             raise UnknownRecipient("the recipient is not a client of this node")
         blob = opened.delivery.inner
         await self._mailbox(self.mailbox.store, recipient, message_id_of(blob), blob, now=self.now())
-        pushed = await self.bus.publish(recipient, blob)
+        try:
+            pushed = await self.bus.publish(recipient, blob)
+        except Exception as error:  # a shared bus's database hiccup: the push is only the fast path
+            # The message is durable already; the client gets it from the mailbox on its next fetch.
+            log.warning("deliver: push failed (%s), the message waits in the mailbox", type(error).__name__)
+            pushed = False
         log.info(
             "deliver: %d bytes for %s stored%s", len(blob), opened.delivery.recipient, ", pushed" if pushed else ""
         )
@@ -919,7 +1049,7 @@ class _Node:
                 f"(at most ±{self.config.clock_skew_seconds} s)"
             )
         req.verify(self.key.address)
-        self.replays.check_and_add(req, now_ms)
+        await self.replays.check_and_add(req, now_ms)
         try:
             return await self._serve_verified(req, request, relay)
         except PaymentRequired as error:
@@ -1128,7 +1258,7 @@ class _Node:
                 removed = await self._mailbox(self.mailbox.expire, self.now())
                 if removed:
                     log.info("expire: %d messages past the maximum age deleted", len(removed))
-                self.replays.prune(int(self.clock() * 1000))
+                await self.replays.prune(int(self.clock() * 1000))
                 horizon = self.now() - 2 * self.config.clock_skew_seconds
                 await self.state.run(self.state.forget_receipts, horizon)
             except Exception:  # housekeeping must not die with one failed round
@@ -1143,14 +1273,18 @@ def create_node_app(
     key: KeyPair,
     config: NodeConfig,
     mailbox: MailboxStore,
-    state: NodeState,
+    state: NodeStateStore,
     *,
     bus: PushBus | None = None,
     verifier: AuthorizationVerifier | None = None,
     clock: Callable[[], float] = time.time,
+    replays: ReplayGuard | None = None,
 ) -> web.Application:
     """The recipient node as an aiohttp application; serve it with `disguise.NginxAppRunner` (as
-    `relay.serve` does). Handler cancellation is on, so a client's departure ends its stream at once."""
+    `relay.serve` does). Handler cancellation is on, so a client's departure ends its stream at once.
+
+    One process: the defaults (`LocalPushBus`, the in-memory replay cache). Several entry servers of
+    one node wallet (provider.py): a shared mailbox, `bus`, `state` and `replays` (PostgreSQL)."""
     node = _Node(
         key,
         config,
@@ -1159,6 +1293,7 @@ def create_node_app(
         bus if bus is not None else LocalPushBus(config.push_queue_size),
         verifier if verifier is not None else OfflineAuthorizationVerifier(),
         clock,
+        replays,
     )
     app = web.Application(
         middlewares=[disguise.disguise_middleware],
@@ -1227,11 +1362,9 @@ NODE_KEY = web.AppKey("si_node", _Node)
 # -- running one -------------------------------------------------------------------------------------
 
 
-async def _run(args: argparse.Namespace) -> None:
-    from offchain.si.relay import load_key_file, serve
-
-    key = load_key_file(args.key_file)
-    config = NodeConfig(
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    """The `NodeConfig` of the options `build_parser` defines (shared with provider.py)."""
+    return NodeConfig(
         chain_id=args.chain_id,
         cash=to_canonical_address(args.cash),
         prices=Prices(args.price_outbound, args.price_storage),
@@ -1242,8 +1375,19 @@ async def _run(args: argparse.Namespace) -> None:
         keepalive_seconds=args.keepalive,
         require_relay_receipt=args.require_receipt,
     )
-    app, mailbox, state = open_node_app(args.data_dir, key, config)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    from offchain.si.relay import load_key_file, serve
+    from offchain.si.settlement import open_settlement
+
+    key = load_key_file(args.key_file)
+    # Without --devnet: the offline verifier and no settlement, as before.
+    settlement = await open_settlement(args, key, config_from_args(args))
+    config = settlement.config
+    app, mailbox, state = open_node_app(args.data_dir, key, config, verifier=settlement.verifier)
     runner, port = await serve(app, args.host, args.port)
+    settlement.start(state, args.data_dir, key)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -1254,18 +1398,22 @@ async def _run(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()
+        await settlement.close()
         state.close()
         mailbox.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m offchain.si.node --port P --key-file F --data-dir D [terms]`."""
+def build_parser(
+    prog: str = "python -m offchain.si.node", description: str = "Run an SI recipient node.", *, data_dir: bool = True
+) -> argparse.ArgumentParser:
+    """The node's options: address, key, terms and limits (provider.py adds its own to these)."""
     defaults = NodeConfig()
-    parser = argparse.ArgumentParser(prog="python -m offchain.si.node", description="Run an SI recipient node.")
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True, help="0 picks a free port (printed on start)")
     parser.add_argument("--key-file", required=True, help="the node's private key, 64 hex digits")
-    parser.add_argument("--data-dir", required=True, help="where mailbox.db and node.db live")
+    if data_dir:
+        parser.add_argument("--data-dir", required=True, help="where mailbox.db and node.db live")
     parser.add_argument("--chain-id", type=int, default=defaults.chain_id, help="main chain of accepted authorizations")
     parser.add_argument("--cash", default="0x" + "00" * 20, help="CoNETCash address of accepted authorizations")
     parser.add_argument("--price-outbound", type=int, default=0, help="units per MB carried to a client")
@@ -1279,6 +1427,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keepalive", type=float, default=defaults.keepalive_seconds, help="seconds")
     parser.add_argument("--require-receipt", action="store_true", help="take envelopes only through relays")
     parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m offchain.si.node --port P --key-file F --data-dir D [terms]`."""
+    from offchain.si.settlement import add_arguments
+
+    parser = build_parser()
+    add_arguments(parser)  # --devnet, --settle-every: the note chains (settlement.py)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -58,6 +58,7 @@ __all__ = [
     "AckPayload",
     "Authorization",
     "AuthorizationRejected",
+    "AuthorizationUnverifiable",
     "AuthorizationVerifier",
     "FetchPayload",
     "MalformedRequest",
@@ -103,6 +104,11 @@ class MalformedRequest(MalformedEnvelope):
 
 class AuthorizationRejected(ValueError):
     """A registration's payment authorization was refused (signature, payee, domain, limit or expiry)."""
+
+
+class AuthorizationUnverifiable(RuntimeError):
+    """The authorization could not be checked now (the note chain is unreachable): not the client's
+    fault, so the node answers 503 and registers nothing; the client may retry."""
 
 
 # -- the payment authorization ------------------------------------------------------------------
@@ -254,8 +260,8 @@ def sign_authorization(
 class AuthorizationVerifier(Protocol):
     """Decides whether a registration's authorization is good enough to serve the client on.
 
-    The node has already checked the terms (payee, domain, limit, expiry). A note-chain verifier
-    (later, through the DLE) will also require the `authorize` transaction to be final on the note
+    The node has already checked the terms (payee, domain, limit, expiry). The note-chain verifier
+    (`settlement.NoteChainVerifier`) also requires the `authorize` transaction to be final on the note
     chain, so the node can deduct without the holder online; the default checks the signature only."""
 
     @property
@@ -264,7 +270,8 @@ class AuthorizationVerifier(Protocol):
         ...
 
     async def verify(self, authorization: Authorization, *, now: int) -> None:
-        """Raise `AuthorizationRejected` saying why, or return."""
+        """Raise `AuthorizationRejected` saying why (or `AuthorizationUnverifiable` when it cannot be
+        checked now), or return."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ the node binds (`offchain.si.receipt`). It checks the header as strictly as `par
 arrives. It forwards no header of the client's except `Accept` and `Content-Type`, so the node learns
 neither the sender's IP nor anything about its software.
 
+A node with several entry servers (a load-balanced provider, provider.py: `NodeInfo.urls`) is tried
+in its listed order; the relay moves to the next entry server only when a connection could not be
+made (nothing was sent, so any envelope may go elsewhere unchanged), and tries one that failed last
+for `failover_hold` seconds.
+
 Everything else the relay answers — other paths, other methods, refusals, upstream failures — is a
 stock nginx page (`offchain.si.disguise`).
 
@@ -118,6 +123,9 @@ class RelayConfig:
     """How often an idle stream checks whether the client is still there."""
     log_client_ip: bool = False
     """Whether log lines carry the sender's IP (DESIGN §7 allows the relay to know it, not to keep it)."""
+    failover_hold: float = 10.0
+    """A node with several entry servers (`NodeInfo.urls`): one that could not be connected to is
+    tried after the others for this long, so every envelope does not wait for a dead server first."""
 
     def __post_init__(self) -> None:
         largest = LAYER_OVERHEAD + self.policy.max_bucket
@@ -128,8 +136,8 @@ class RelayConfig:
         for name in ("connect_timeout", "client_body_timeout", "response_timeout", "read_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.stream_idle_timeout <= 0 or self.disconnect_poll <= 0:
-            raise ValueError("stream_idle_timeout and disconnect_poll must be positive")
+        if self.stream_idle_timeout <= 0 or self.disconnect_poll <= 0 or self.failover_hold < 0:
+            raise ValueError("stream_idle_timeout and disconnect_poll must be positive, failover_hold >= 0")
         if self.max_upstream_connections < 1 or self.buffer_size < 0:
             raise ValueError("max_upstream_connections must be >= 1 and buffer_size >= 0")
 
@@ -189,6 +197,8 @@ class RelayStats:
     refused: Counter[str] = field(default_factory=Counter)
     """Per reason: an `EnvelopeError` class name, "too-large", "unknown-node", "directory",
     "upstream-down", "upstream-timeout", "client-timeout", "client-body", "loop"."""
+    failovers: int = 0
+    """Envelopes that went to another entry server of their node because one could not be connected to."""
 
 
 class _Refusal(Exception):
@@ -215,9 +225,12 @@ class _Upload:
         self._deadline = deadline
         self._loop = asyncio.get_running_loop()
         self.reading_client = False
+        self.started = False
+        """The client's body began to move: the upload can no longer be tried on another entry server."""
         self.error: _Refusal | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
         content = self._request.content
         chunked = self._request.content_length is None
         remaining = self._size - len(self._prefix)
@@ -260,6 +273,7 @@ class Relay:
         self.config = config
         self.stats = RelayStats()
         self._session: aiohttp.ClientSession | None = None
+        self._down_until: dict[str, float] = {}  # entry server post URL → loop time it is tried last until
 
     async def session_context(self, app: web.Application) -> AsyncIterator[None]:
         """cleanup_ctx: one pooled client session for the application's lifetime."""
@@ -378,28 +392,36 @@ class Relay:
             raise RuntimeError("the relay's client session is not running (the app was not started)")
         config = self.config
         headers = self._upstream_headers(request, node, header, data)
-        upload: _Upload | None = None
         upstream: aiohttp.ClientResponse | None = None
         try:
-            try:
-                if whole:
-                    upstream = await session.post(node.post_url, data=data, headers=headers, allow_redirects=False)
-                else:
-                    async with asyncio.timeout(config.connect_timeout + config.client_body_timeout) as deadline:
-                        upload = _Upload(request, data, header.size, config, deadline)
-                        upstream = await session.post(
-                            node.post_url, data=upload.chunks(), headers=headers, allow_redirects=False
-                        )
-            except aiohttp.ServerTimeoutError:  # before TimeoutError: it is one too
-                raise _Refusal(504, "upstream-timeout") from None
-            except TimeoutError:
-                if upload is not None and upload.reading_client:
-                    raise _Refusal(408, "client-timeout") from None
-                raise _Refusal(504, "upstream-timeout") from None
-            except (aiohttp.ClientError, OSError):
-                if upload is not None and upload.error is not None:
-                    raise upload.error from None
-                raise _Refusal(502, "upstream-down") from None
+            urls = self._entry_order(node)
+            for attempt, url in enumerate(urls, 1):
+                upload: _Upload | None = None
+                try:
+                    if whole:
+                        upstream = await session.post(url, data=data, headers=headers, allow_redirects=False)
+                    else:
+                        async with asyncio.timeout(config.connect_timeout + config.client_body_timeout) as deadline:
+                            upload = _Upload(request, data, header.size, config, deadline)
+                            upstream = await session.post(
+                                url, data=upload.chunks(), headers=headers, allow_redirects=False
+                            )
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+                    # The connection was never made, so nothing was sent: another entry server of the same
+                    # node (a load-balanced provider) can take the very same envelope, whatever its kind.
+                    if len(urls) > 1:
+                        self._mark_down(url)
+                    if attempt < len(urls) and (upload is None or not upload.started):
+                        self.stats.failovers += 1
+                        _log.info("entry server %d of %s unreachable, trying the next", attempt, node.checksum_address)
+                        continue
+                    raise _upstream_refusal(error, upload) from None
+                except (aiohttp.ClientError, OSError, TimeoutError) as error:
+                    raise _upstream_refusal(error, upload) from None
+                if self._down_until:
+                    self._down_until.pop(url, None)
+                break
+            assert upstream is not None
             self.stats.forwarded += 1
             self.stats.bytes_forwarded += header.size
             if _log.isEnabledFor(logging.DEBUG):
@@ -413,6 +435,22 @@ class Relay:
                 # Anything but a clean end (the client left, a timeout, an error): drop the connection,
                 # so the node sees its stream end too, and never return it to the pool half-read.
                 upstream.close()
+
+    def _entry_order(self, node: NodeInfo) -> tuple[str, ...]:
+        """The node's entry servers to try, in its listed order, those that lately could not be
+        connected to (within `failover_hold`) moved to the end: still tried, as a last resort."""
+        urls = node.post_urls
+        if len(urls) == 1 or not self._down_until:
+            return urls
+        now = asyncio.get_running_loop().time()
+        held = [url for url in urls if self._down_until.get(url, 0.0) > now]
+        return tuple(url for url in urls if url not in held) + tuple(held)
+
+    def _mark_down(self, url: str) -> None:
+        now = asyncio.get_running_loop().time()
+        if len(self._down_until) >= 10_000:  # bounded: forget the holds that have run out
+            self._down_until = {u: t for u, t in self._down_until.items() if t > now}
+        self._down_until[url] = now + self.config.failover_hold
 
     async def _answer(self, request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
         config = self.config
@@ -488,6 +526,19 @@ class Relay:
     def _log_refusal(self, request: web.Request, refusal: _Refusal, destination: bytes | None) -> None:
         node = f" for {to_checksum_address(destination)}" if destination is not None else ""
         _log.info("%srefused%s: %d %s", self._peer(request), node, refusal.status, refusal.reason)
+
+
+def _upstream_refusal(error: BaseException, upload: _Upload | None) -> _Refusal:
+    """What the client is told when the node could not be posted to."""
+    if isinstance(error, aiohttp.ServerTimeoutError):  # before TimeoutError: it is one too
+        return _Refusal(504, "upstream-timeout")
+    if isinstance(error, TimeoutError):
+        if upload is not None and upload.reading_client:
+            return _Refusal(408, "client-timeout")
+        return _Refusal(504, "upstream-timeout")
+    if upload is not None and upload.error is not None:
+        return upload.error
+    return _Refusal(502, "upstream-down")
 
 
 RELAY_KEY = web.AppKey("relay", Relay)
