@@ -69,7 +69,8 @@ class FaultKind(IntEnum):
 
 @dataclass(frozen=True)
 class ExitCertificate:
-    """CoNETCash.ExitCertificate: an exit finalized on note chain `chain`, certified by its group."""
+    """CertifiedExits.ExitCertificate: an exit finalized on DLE chain `chain` (a CoNETCash note chain, or
+    an OdexVault receipt chain with `note` = the receipt id), certified by its archive group."""
 
     note: int
     chain: bytes
@@ -145,12 +146,18 @@ def _address(value: str) -> bytes:
 
 @dataclass(frozen=True)
 class Digests:
-    """The EIP-712 digests of DleRegistry ("CoNET DLE" v1) and CoNETCash ("CoNETCash" v1), computed off
-    chain: what the DLE's members and archive groups sign. No I/O."""
+    """The EIP-712 digests of DleRegistry ("CoNET DLE" v1), CoNETCash ("CoNETCash" v1) and, when `vault`
+    is given, OdexVault ("CoNET oDEX" v1), computed off chain: what the DLE's members and archive groups
+    sign. No I/O.
+
+    Both CoNETCash and OdexVault pay the same `ExitCertificate`; only the domain differs, so a
+    certificate signed for one contract is worthless at the other."""
 
     mainchain_id: int
     registry: str
     cash: str
+    vault: str | None = None
+    """OdexVault's address: the verifying contract of receipt-chain exits (`vault_exit`)."""
 
     @cached_property
     def _registry_separator(self) -> bytes:
@@ -159,6 +166,12 @@ class Digests:
     @cached_property
     def _cash_separator(self) -> bytes:
         return _separator(b"CoNETCash", self.mainchain_id, self.cash)
+
+    @cached_property
+    def _vault_separator(self) -> bytes:
+        if self.vault is None:
+            raise ValueError("these digests have no OdexVault address: pass vault= to compute receipt exits")
+        return _separator(b"CoNET oDEX", self.mainchain_id, self.vault)
 
     def chain_id_of(self, asset: str, asset_id: int) -> bytes:
         """DleChainId.compute(asset, assetId) on this mainchain."""
@@ -179,12 +192,23 @@ class Digests:
         return _typed(self._registry_separator, keccak(struct))
 
     def exit(self, certificate: ExitCertificate) -> bytes:
-        """CoNETCash.exitDigest."""
-        struct = encode(
-            ["bytes32", "uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256"],
-            [keccak(_EXIT_TYPE), *certificate.as_tuple()],
-        )
-        return _typed(self._cash_separator, keccak(struct))
+        """CoNETCash.exitDigest: an exit of a note chain."""
+        return _typed(self._cash_separator, _exit_struct_hash(certificate))
+
+    def vault_exit(self, certificate: ExitCertificate) -> bytes:
+        """OdexVault.exitDigest: an exit of a receipt chain (`certificate.note` is the receipt id).
+        ValueError if these digests were made without `vault`."""
+        return _typed(self._vault_separator, _exit_struct_hash(certificate))
+
+    def exit_for(self, contract: str, certificate: ExitCertificate) -> bytes:
+        """The exit digest in the domain of `contract` — CoNETCash or OdexVault — for code that serves
+        both (a DLE chain whose `Genesis.cash` names the paying contract). ValueError for any other."""
+        target = Web3.to_checksum_address(contract)
+        if target == Web3.to_checksum_address(self.cash):
+            return self.exit(certificate)
+        if self.vault is not None and target == Web3.to_checksum_address(self.vault):
+            return self.vault_exit(certificate)
+        raise ValueError(f"{target} is neither CoNETCash {self.cash} nor OdexVault {self.vault}")
 
     def fault(self, report: FaultReport) -> bytes:
         """DleRegistry.faultDigest."""
@@ -193,6 +217,14 @@ class Digests:
             [keccak(_FAULT_TYPE), *report.as_tuple()],
         )
         return _typed(self._registry_separator, keccak(struct))
+
+
+def _exit_struct_hash(certificate: ExitCertificate) -> bytes:
+    struct = encode(
+        ["bytes32", "uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256"],
+        [keccak(_EXIT_TYPE), *certificate.as_tuple()],
+    )
+    return keccak(struct)
 
 
 def _separator(name: bytes, chain_id: int, contract: str) -> bytes:
