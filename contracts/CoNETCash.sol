@@ -4,9 +4,9 @@ pragma solidity ^0.8.28;
 import {ERC721} from "@openzeppelin/contracts/token/ERC721/ERC721.sol";
 import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
 import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {CertifiedExits} from "./CertifiedExits.sol";
 import {DleRegistry} from "./DleRegistry.sol";
 import {ParameterKeys, ParameterStore} from "./governance/ParameterStore.sol";
 import {ICoNETToken} from "./interfaces/ICoNETToken.sol";
@@ -28,7 +28,10 @@ import {Role} from "./types/Role.sol";
 /// The note's CBDC is paid by pull, not push: an exit credits its fee and the value it may claim
 /// CoNET re-issue for, and `claim` pays both. An exit therefore never depends on the CBDC's address
 /// accepting a transfer, nor on a fresh oracle price; the re-issue is valued when it is claimed.
-contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
+///
+/// Exit certificates are checked by `CertifiedExits`, shared with the oDEX vault; this contract's
+/// EIP-712 domain is "CoNETCash" version 1.
+contract CoNETCash is ERC721, CertifiedExits, ReentrancyGuardTransient {
     using SafeERC20 for IERC20;
 
     /// @notice Where an id stands.
@@ -37,17 +40,6 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         Ordered,
         Live,
         Pooled
-    }
-
-    /// @notice What a holder exits: the DLE group's certificate of an exit finalized on the note chain.
-    struct ExitCertificate {
-        uint256 note;
-        bytes32 chain;
-        uint256 height;
-        address holder;
-        address receiver;
-        uint256 amount;
-        uint256 nonce;
     }
 
     /// @notice A note or order as the views return it.
@@ -95,25 +87,15 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
 
     uint256 private constant _BPS = 10_000;
     uint256 private constant _CONET_DECIMALS = 18;
-    // Exit nonces are tracked 255 to a word; the top bit marks a word as written so that the first
-    // exit of a note updates a slot instead of creating one. `buy` pre-writes word 0 with the order:
-    // the buyer pays for it once, not the CBDC's fill nor every holder's first exit.
-    uint256 private constant _NONCES_PER_WORD = 255;
-    uint256 private constant _WORD_WRITTEN = 1 << 255;
-    bytes32 private constant _EXIT_TYPEHASH = keccak256(
-        "ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,uint256 amount,uint256 nonce)"
-    );
 
     ICoNETToken private immutable _conet;
     IPriceOracle private immutable _oracle;
     IStaking private immutable _staking;
     ParameterStore private immutable _params;
-    DleRegistry private immutable _registry;
 
     uint256 private _nextId = 1;
     mapping(uint256 id => Note) private _notes;
     mapping(uint256 id => address) private _parties;
-    mapping(uint256 note => mapping(uint256 word => uint256 bits)) private _usedExitNonces;
 
     Coin[] private _coins; // index + 1 is a coin's id; 0 means "not seen yet"
     mapping(address token => uint16 coin) private _coinIds;
@@ -140,12 +122,6 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
     error OrderNotExpired(uint256 id, uint256 deadline);
     /// @notice `id` is not a live note.
     error NoteNotLive(uint256 id);
-    /// @notice The certificate is for chain `given`, the note's chain is `expected`.
-    error WrongChain(bytes32 expected, bytes32 given);
-    /// @notice `amount` is zero or above the note's outstanding value.
-    error InvalidExitAmount(uint256 amount, uint256 outstanding);
-    /// @notice The certificate with `nonce` for `note` was already used.
-    error CertificateUsed(uint256 note, uint256 nonce);
     /// @notice Nothing to claim in `stablecoin`.
     error NothingToClaim(address stablecoin);
     /// @notice The deposits and notes of `stablecoin` would exceed what this contract can account for.
@@ -192,7 +168,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         IStaking staking_,
         ParameterStore params_,
         DleRegistry registry_
-    ) ERC721("CoNETCash", "CASH") EIP712("CoNETCash", "1") {
+    ) ERC721("CoNETCash", "CASH") CertifiedExits("CoNETCash", "1", registry_) {
         if (
             address(conet_) == address(0) || address(oracle_) == address(0) || address(staking_) == address(0)
                 || address(params_) == address(0) || address(registry_) == address(0)
@@ -201,7 +177,6 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         _oracle = oracle_;
         _staking = staking_;
         _params = params_;
-        _registry = registry_;
     }
 
     // ---------------------------------------------------------------- buyers
@@ -236,7 +211,8 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
             id = _nextId++;
             _notes[id] = Note(coin, Status.Ordered, 0, 0, uint80(amount), uint80(amount), uint40(block.timestamp));
             _parties[id] = msg.sender;
-            _usedExitNonces[id][0] = _WORD_WRITTEN;
+            // The buyer pays for the nonce word once, not the CBDC's fill nor the first exit.
+            _reserveExitNonces(id);
             _openOrderValue[coin] += amount;
             emit OrderPlaced(id, msg.sender, stablecoin, amount);
         }
@@ -327,15 +303,10 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         uint256 id = certificate.note;
         Note memory note = _notes[id];
         if (note.status != Status.Live) revert NoteNotLive(id);
-        bytes32 chain = DleChainId.compute(address(this), id);
-        if (certificate.chain != chain) revert WrongChain(chain, certificate.chain);
-        uint256 amount = certificate.amount;
-        if (amount == 0 || amount > note.outstanding) revert InvalidExitAmount(amount, note.outstanding);
-        _useExitNonce(id, certificate.nonce);
-        _registry.verifyChainCertificate(chain, exitDigest(certificate), epoch, signatures);
+        _certifyExit(certificate, note.outstanding, epoch, signatures);
 
         (address stablecoin, uint256 fee) = _debit(certificate, note);
-        payout = amount - fee;
+        payout = certificate.amount - fee;
         if (payout > 0) IERC20(stablecoin).safeTransfer(certificate.receiver, payout);
     }
 
@@ -400,22 +371,6 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         return coin == 0 ? Earnings(0, 0) : _earnings[cbdc][coin];
     }
 
-    /// @notice Whether the exit certificate of `note` with `nonce` was used.
-    function isExitNonceUsed(uint256 note, uint256 nonce) external view returns (bool) {
-        uint256 word = _usedExitNonces[note][nonce / _NONCES_PER_WORD];
-        return word & (1 << (nonce % _NONCES_PER_WORD)) != 0;
-    }
-
-    /// @notice The DLE chain id of note `id`.
-    function chainOf(uint256 id) external view returns (bytes32) {
-        return DleChainId.compute(address(this), id);
-    }
-
-    /// @notice The EIP-712 digest the archive group signs for `certificate`.
-    function exitDigest(ExitCertificate calldata certificate) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(_EXIT_TYPEHASH, certificate)));
-    }
-
     /// @notice The CoNET a CBDC burns to fill an order of `amount` `stablecoin` at today's prices.
     function burnFor(address stablecoin, uint256 amount) external view returns (uint256) {
         return _burnFor(stablecoin, amount, _params.value(ParameterKeys.CBDC_BURN_BPS));
@@ -427,7 +382,7 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
         view
         returns (ICoNETToken conet, IPriceOracle oracle, IStaking staking, ParameterStore params, DleRegistry registry)
     {
-        return (_conet, _oracle, _staking, _params, _registry);
+        return (_conet, _oracle, _staking, _params, _dleRegistry());
     }
 
     // ---------------------------------------------------------------- internals
@@ -473,14 +428,6 @@ contract CoNETCash is ERC721, EIP712, ReentrancyGuardTransient {
             emit NotePooled(id, stablecoin);
         }
         _notes[id] = note;
-    }
-
-    function _useExitNonce(uint256 id, uint256 nonce) private {
-        uint256 index = nonce / _NONCES_PER_WORD;
-        uint256 bit = 1 << (nonce % _NONCES_PER_WORD);
-        uint256 word = _usedExitNonces[id][index];
-        if (word & bit != 0) revert CertificateUsed(id, nonce);
-        _usedExitNonces[id][index] = word | bit | _WORD_WRITTEN;
     }
 
     /// @dev CoNET (18 decimals) worth `value` units of `stablecoin`:
