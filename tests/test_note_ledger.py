@@ -181,6 +181,11 @@ MESSAGE_TYPES = {
         "Deduct(address payee,address holder,uint256 authorization,uint256 amount,uint256 nonce,uint256 expiry)",
         None,
     ),
+    "DeductTo": (
+        "DeductTo(address payee,address holder,uint256 authorization,address to,uint256 amount,uint256 nonce,"
+        "uint256 expiry)",
+        None,
+    ),
     "Exit": ("Exit(address holder,address receiver,uint256 amount,uint256 nonce,uint256 expiry)", "address"),
 }
 
@@ -233,6 +238,21 @@ class Signer:
         values = [payee.address, holder.address, authorization, amount, nonce, expiry]
         signature = self._sign(payee, "Deduct", values)
         return self.program.call("deduct", *values[1:], signature)
+
+    def deduct_to(
+        self,
+        payee: Key,
+        holder: Key,
+        authorization: int,
+        to: Key | bytes,
+        amount: int,
+        nonce: int,
+        expiry: int = T0 + 3600,
+    ) -> bytes:
+        to_address = to.address if isinstance(to, Key) else to
+        values = [payee.address, holder.address, authorization, to_address, amount, nonce, expiry]
+        signature = self._sign(payee, "DeductTo", values)
+        return self.program.call("deductTo", *values[1:], signature)
 
     def exit(self, key: Key, receiver: bytes, amount: int, nonce: int, expiry: int = T0 + 3600) -> bytes:
         values = [key.address, receiver, amount, nonce, expiry]
@@ -645,6 +665,97 @@ def test_only_the_payee_can_draw_on_an_authorization(program: Program) -> None:
     assert chain.total() == VALUE
 
 
+def test_deduct_to_pays_a_third_party_within_the_limit_with_the_fee_split(program: Program) -> None:
+    chain = opened(program)
+    s = chain.signer
+    chain.ok(s.authorize(BUYER, BOB, 1_000_000, 0, expiry=T0 + 100))
+    # The payee (BOB) signs; the amount goes to CAROL, the holder pays the fee on top.
+    receipt = chain.ok(s.deduct_to(BOB, BUYER, 0, CAROL, 400_000, 0))
+    assert program.returns("deductTo", receipt.output) == (200,)
+    assert event(program, receipt.logs[0], "DeductedTo") == (
+        hexaddr(BUYER.address),
+        0,
+        hexaddr(BOB.address),
+        hexaddr(CAROL.address),
+        400_000,
+        200,
+    )
+    cbdc, witness, validators = split(200)
+    assert chain.balance(CAROL) == 400_000 and chain.balance(BOB) == 0
+    assert chain.balance(BUYER) == VALUE - 400_000 - 200
+    assert chain.balance(CBDC) == cbdc and chain.balance(POOL) == validators
+    assert all(chain.balance(w) == witness for w in WITNESSES)
+    # One limit and one payee nonce sequence for `deduct` and `deductTo` together.
+    chain.ok(s.deduct(BOB, BUYER, 0, 500_000, 1))
+    chain.refused(
+        s.deduct_to(BOB, BUYER, 0, ALICE, 100_001, 2), "OverLimit", hexaddr(BUYER.address), 0, 100_000, 100_001
+    )
+    chain.ok(s.deduct_to(BOB, BUYER, 0, ALICE, 100_000, 2))
+    chain.refused(s.deduct_to(BOB, BUYER, 0, ALICE, 1, 3), "OverLimit", hexaddr(BUYER.address), 0, 0, 1)
+    assert chain.view("authorizationOf", BUYER.address, 0)[0][4] == 1_000_000
+    assert chain.view("nonces", BOB.address) == (3,) and chain.view("nonces", BUYER.address) == (1,)
+    assert chain.balance(ALICE) == 100_000 and chain.balance(BOB) == 500_000
+    assert chain.total() == VALUE
+
+
+def test_deduct_to_stops_at_expiry_on_revocation_and_for_anyone_but_the_payee(program: Program) -> None:
+    chain = opened(program)
+    s = chain.signer
+    # Block n runs at T0 + n.
+    chain.ok(s.authorize(BUYER, BOB, 10_000, 0, expiry=T0 + 4))  # authorization 0
+    chain.ok(s.authorize(BUYER, BOB, 10_000, 1, expiry=T0 + 3600))  # authorization 1
+    chain.ok(s.deduct_to(BOB, BUYER, 0, ALICE, 100, 0))
+    assert chain.timestamp == T0 + 4
+    chain.ok(s.deduct_to(BOB, BUYER, 0, ALICE, 100, 1))  # the last second it is valid
+    chain.refused(s.deduct_to(BOB, BUYER, 0, ALICE, 100, 2), "AuthorizationExpired", hexaddr(BUYER.address), 0, T0 + 4)
+    # The recipient, the holder or a stranger cannot sign it; nor can the payee's signature be moved
+    # to another recipient or authorization.
+    chain.refused(s.deduct_to(ALICE, BUYER, 1, ALICE, 100, 0), "InvalidSignature", hexaddr(BOB.address))
+    chain.refused(s.deduct_to(BUYER, BUYER, 1, ALICE, 100, 0), "InvalidSignature", hexaddr(BOB.address))
+    values = [BOB.address, BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600]
+    signed = sign(BOB.secret, digest("DeductTo", values))
+    stolen = program.call("deductTo", BUYER.address, 1, MALLORY.address, 100, 2, T0 + 3600, signed)
+    chain.refused(stolen, "InvalidSignature", hexaddr(BOB.address))
+    # A `Deduct` signature is not a `DeductTo` one.
+    as_deduct = sign(BOB.secret, digest("Deduct", [BOB.address, BUYER.address, 1, 100, 2, T0 + 3600]))
+    chain.refused(
+        program.call("deductTo", BUYER.address, 1, BOB.address, 100, 2, T0 + 3600, as_deduct),
+        "InvalidSignature",
+        hexaddr(BOB.address),
+    )
+    chain.ok(program.call("deductTo", BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600, signed))
+    chain.refused(
+        program.call("deductTo", BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600, signed),
+        "InvalidNonce",
+        hexaddr(BOB.address),
+        3,
+        2,
+    )
+    chain.ok(s.revoke(BUYER, 1, 2))
+    chain.refused(s.deduct_to(BOB, BUYER, 1, ALICE, 100, 3), "AuthorizationRevoked", hexaddr(BUYER.address), 1)
+    chain.refused(s.deduct_to(BOB, BUYER, 9, ALICE, 100, 3), "UnknownAuthorization", hexaddr(BUYER.address), 9)
+    chain.refused(s.deduct_to(BOB, BUYER, 1, ALICE, 0, 3), "AuthorizationRevoked", hexaddr(BUYER.address), 1)
+    assert chain.balance(ALICE) == 300 and chain.total() == VALUE
+
+
+def test_deduct_to_refuses_a_short_balance_zero_and_bad_recipients(program: Program) -> None:
+    chain = opened(program)
+    s = chain.signer
+    chain.ok(s.authorize(BUYER, BOB, VALUE, 0))
+    chain.ok(s.transfer(BUYER, ALICE, spendable(VALUE - 5_000), 1))
+    assert chain.balance(BUYER) == 5_000
+    chain.refused(
+        s.deduct_to(BOB, BUYER, 0, CAROL, 5_000, 0), "InsufficientBalance", hexaddr(BUYER.address), 5_000, 5_000, 3
+    )
+    chain.refused(s.deduct_to(BOB, BUYER, 0, CAROL, 0, 0), "ZeroAmount")
+    chain.refused(s.deduct_to(BOB, BUYER, 0, bytes(20), 10, 0), "InvalidReceiver", hexaddr(bytes(20)))
+    chain.refused(s.deduct_to(BOB, BUYER, 0, PROGRAM, 10, 0), "InvalidReceiver", hexaddr(PROGRAM))
+    # Refused deductions spend nothing of the limit.
+    assert chain.view("authorizationOf", BUYER.address, 0)[0][4] == 0
+    chain.ok(s.deduct_to(BOB, BUYER, 0, CAROL, spendable(5_000), 0))
+    assert chain.balance(CAROL) == spendable(5_000) and chain.total() == VALUE
+
+
 # -- exits --------------------------------------------------------------------------------------------
 
 EXIT_FIELDS = ["uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256"]
@@ -780,6 +891,7 @@ def test_gas_of_the_user_actions(program: Program) -> None:
         "transfer (to a holder)": chain.ok(s.transfer(BUYER, ALICE, 1_000_000, 2)).gas_used,
         "authorize": chain.ok(s.authorize(BUYER, BOB, 5_000_000, 3)).gas_used,
         "deduct": chain.ok(s.deduct(BOB, BUYER, 3, 1_000_000, 0)).gas_used,
+        "deduct to": chain.ok(s.deduct_to(BOB, BUYER, 3, CAROL, 1_000_000, 1)).gas_used,
         "revoke": chain.ok(s.revoke(BUYER, 3, 4)).gas_used,
         "exit": chain.ok(s.exit(ALICE, receiver, 1_000_000, 0)).gas_used,
         "exit (whole balance)": chain.ok(s.exit(ALICE, receiver, chain.balance(ALICE), 1)).gas_used,
@@ -831,7 +943,9 @@ def draw_action(data: st.DataObject, chain: Chain, model: Model) -> tuple[bytes 
     """One transaction and whether the model expects it to succeed (applying it to the model if so)."""
     s = chain.signer
     kind = data.draw(
-        st.sampled_from(["transfer", "transfer", "transfer", "authorize", "deduct", "revoke", "exit", "exit all"])
+        st.sampled_from(
+            ["transfer", "transfer", "transfer", "authorize", "deduct", "deduct to", "revoke", "exit", "exit all"]
+        )
     )
     funded = [k for k in ACTORS if model.balances.get(k.address, 0)]
     key = data.draw(st.sampled_from(funded if funded and data.draw(st.integers(0, 3)) else ACTORS))
@@ -862,7 +976,7 @@ def draw_action(data: st.DataObject, chain: Chain, model: Model) -> tuple[bytes 
         valid = valid and limit > 0
         if valid:
             model.authorizations[(key.address, nonce)] = [payee, limit, 0, expiry, False]
-    elif kind == "deduct" and model.authorizations:
+    elif kind in ("deduct", "deduct to") and model.authorizations:
         (holder, authorization), entry = data.draw(
             st.sampled_from(sorted(model.authorizations.items(), key=lambda i: (i[0][0], i[0][1])))
         )
@@ -870,13 +984,18 @@ def draw_action(data: st.DataObject, chain: Chain, model: Model) -> tuple[bytes 
         nonce = model.nonce(payee) + (1 if fault == "nonce" else 0)
         amount = data.draw(st.one_of(st.integers(1, max(limit - spent, 1)), st.integers(0, limit)))
         holder_key = next(k for k in ACTORS if k.address == holder)
-        call = signer.deduct(payee, holder_key, authorization, amount, nonce, expiry)
+        if kind == "deduct":
+            to = payee
+            call = signer.deduct(payee, holder_key, authorization, amount, nonce, expiry)
+        else:
+            to = data.draw(st.sampled_from(ACTORS))
+            call = signer.deduct_to(payee, holder_key, authorization, to, amount, nonce, expiry)
         valid = valid and not revoked and chain.timestamp <= auth_expiry and 0 < amount <= limit - spent
-        valid = valid and model.pay(holder, payee.address, amount)
+        valid = valid and model.pay(holder, to.address, amount)
         if valid:
             entry[2] += amount
             model.use(payee)
-        note_event(f"deduct {'ok' if valid else 'refused'}")
+        note_event(f"{kind} {'ok' if valid else 'refused'}")
         return call, valid
     elif kind == "revoke" and model.authorizations:
         (holder, authorization), entry = data.draw(

@@ -114,6 +114,9 @@ contract NoteLedger is IERC5267, Initializable {
     bytes32 private constant _DEDUCT_TYPEHASH = keccak256(
         "Deduct(address payee,address holder,uint256 authorization,uint256 amount,uint256 nonce,uint256 expiry)"
     );
+    bytes32 private constant _DEDUCT_TO_TYPEHASH = keccak256(
+        "DeductTo(address payee,address holder,uint256 authorization,address to,uint256 amount,uint256 nonce,uint256 expiry)"
+    );
     bytes32 private constant _EXIT_TYPEHASH =
         keccak256("Exit(address holder,address receiver,uint256 amount,uint256 nonce,uint256 expiry)");
 
@@ -145,6 +148,16 @@ contract NoteLedger is IERC5267, Initializable {
     /// @notice `payee` deducted `amount` from `holder` under `authorization`; `holder` paid `fee` on top.
     event Deducted(
         address indexed holder, uint256 indexed authorization, address indexed payee, uint256 amount, uint256 fee
+    );
+    /// @notice `payee` deducted `amount` from `holder` under `authorization` and paid it to `to`;
+    /// `holder` paid `fee` on top.
+    event DeductedTo(
+        address indexed holder,
+        uint256 indexed authorization,
+        address indexed payee,
+        address to,
+        uint256 amount,
+        uint256 fee
     );
     /// @notice `holder` revoked `authorization`.
     event Revoked(address indexed holder, uint256 indexed authorization);
@@ -349,22 +362,44 @@ contract NoteLedger is IERC5267, Initializable {
         uint256 expiry,
         bytes calldata signature
     ) external returns (uint256 fee) {
-        Authorization memory granted = _authorizations[holder][authorization];
-        if (granted.payee == address(0)) revert UnknownAuthorization(holder, authorization);
+        address payee = _payeeOf(holder, authorization);
         _verify(
-            granted.payee,
-            keccak256(abi.encode(_DEDUCT_TYPEHASH, granted.payee, holder, authorization, amount, nonce, expiry)),
+            payee,
+            keccak256(abi.encode(_DEDUCT_TYPEHASH, payee, holder, authorization, amount, nonce, expiry)),
             signature
         );
-        _useNonce(granted.payee, nonce, expiry);
-        if (granted.revoked) revert AuthorizationRevoked(holder, authorization);
-        if (block.timestamp > granted.expiry) revert AuthorizationExpired(holder, authorization, granted.expiry);
-        uint256 remaining = granted.limit - granted.spent;
-        if (amount > remaining) revert OverLimit(holder, authorization, remaining, amount);
-        // spent + amount <= limit < 2^128.
-        _authorizations[holder][authorization].spent = granted.spent + uint128(amount);
-        fee = _pay(holder, granted.payee, amount);
-        emit Deducted(holder, authorization, granted.payee, amount, fee);
+        _useNonce(payee, nonce, expiry);
+        _draw(holder, authorization, amount);
+        fee = _pay(holder, payee, amount);
+        emit Deducted(holder, authorization, payee, amount, fee);
+    }
+
+    /// @notice Like `deduct`, but pays `amount` to `to` instead of the payee: the payee settles on the
+    /// holder's behalf a payment the holder agreed to elsewhere (an oDEX order book settling a matched
+    /// trade: the seller's base to the buyer, the buyer's quote to the seller). The same limit, expiry
+    /// and revocation checks; `holder` pays the same fee on top, split the same way. `signature` is the
+    /// payee's EIP-712 signature of DeductTo(payee, holder, authorization, to, amount, nonce, expiry),
+    /// `nonce` the payee's (one sequence with its `deduct`s).
+    /// @return fee The fee charged to `holder` on top.
+    function deductTo(
+        address holder,
+        uint256 authorization,
+        address to,
+        uint256 amount,
+        uint256 nonce,
+        uint256 expiry,
+        bytes calldata signature
+    ) external returns (uint256 fee) {
+        address payee = _payeeOf(holder, authorization);
+        _verify(
+            payee,
+            keccak256(abi.encode(_DEDUCT_TO_TYPEHASH, payee, holder, authorization, to, amount, nonce, expiry)),
+            signature
+        );
+        _useNonce(payee, nonce, expiry);
+        _draw(holder, authorization, amount);
+        fee = _pay(holder, to, amount);
+        emit DeductedTo(holder, authorization, payee, to, amount, fee);
     }
 
     /// @notice Burns `amount` of `holder`'s balance for payment to `receiver` on the mainchain. No fee
@@ -510,6 +545,26 @@ contract NoteLedger is IERC5267, Initializable {
         uint256 expected = _nonces[signer];
         if (nonce != expected) revert InvalidNonce(signer, expected, nonce);
         _nonces[signer] = expected + 1;
+    }
+
+    /// @dev The payee of `holder`'s `authorization`; refuses an authorization that was never granted.
+    function _payeeOf(address holder, uint256 authorization) private view returns (address payee) {
+        payee = _authorizations[holder][authorization].payee;
+        if (payee == address(0)) revert UnknownAuthorization(holder, authorization);
+    }
+
+    /// @dev Counts `amount` against `holder`'s `authorization`: refused once revoked, after its expiry,
+    /// or beyond what its limit has left.
+    function _draw(address holder, uint256 authorization, uint256 amount) private {
+        Authorization storage granted = _authorizations[holder][authorization];
+        if (granted.revoked) revert AuthorizationRevoked(holder, authorization);
+        uint64 expiry = granted.expiry;
+        if (block.timestamp > expiry) revert AuthorizationExpired(holder, authorization, expiry);
+        uint128 spent = granted.spent;
+        uint256 remaining = granted.limit - spent;
+        if (amount > remaining) revert OverLimit(holder, authorization, remaining, amount);
+        // spent + amount <= limit < 2^128.
+        granted.spent = spent + uint128(amount);
     }
 
     /// @dev Moves `amount` from `from` to `to` and charges `from` the fee on top, credited to its

@@ -52,6 +52,10 @@ _MESSAGES = {
     "Authorize": "Authorize(address holder,address payee,uint256 limit,uint256 nonce,uint256 expiry)",
     "Revoke": "Revoke(address holder,uint256 authorization,uint256 nonce,uint256 expiry)",
     "Deduct": "Deduct(address payee,address holder,uint256 authorization,uint256 amount,uint256 nonce,uint256 expiry)",
+    "DeductTo": (
+        "DeductTo(address payee,address holder,uint256 authorization,address to,uint256 amount,uint256 nonce,"
+        "uint256 expiry)"
+    ),
     "Exit": "Exit(address holder,address receiver,uint256 amount,uint256 nonce,uint256 expiry)",
 }
 
@@ -282,6 +286,22 @@ class NoteSigner:
         values = [payee, holder, authorization, amount, nonce, expiry]
         signature = self._signed(secret, "Deduct", values)
         return self._tx(self.program.call("deduct", *values[1:], signature))
+
+    def deduct_to(
+        self,
+        secret: bytes,
+        payee: bytes,
+        holder: bytes,
+        authorization: int,
+        to: bytes,
+        amount: int,
+        nonce: int,
+        expiry: int,
+    ) -> Transaction:
+        """The payee's (`secret`'s) deduction of `amount` from `holder` paid to `to` (an oDEX settlement leg)."""
+        values = [payee, holder, authorization, to, amount, nonce, expiry]
+        signature = self._signed(secret, "DeductTo", values)
+        return self._tx(self.program.call("deductTo", *values[1:], signature))
 
     def exit(self, secret: bytes, holder: bytes, receiver: bytes, amount: int, nonce: int, expiry: int) -> Transaction:
         values = [holder, receiver, amount, nonce, expiry]

@@ -6,8 +6,9 @@ that certificate too. The user's signature is the note program's EIP-712 message
 DLE transaction around it is sent in the name of the note's CBDC, the chain's creator of record, as
 every note transaction is (offchain/dle/note.py).
 
-The terms a wallet signs under are the note id, the mainchain id and CoNETCash (the EIP-712 domain)
-and the CBDC (the transaction's sender); the CBDC is read from the chain's own state (the program's
+The terms a wallet signs under are the note id, the mainchain id and the paying contract (the EIP-712
+domain: CoNETCash, or the vault on an oDEX receipt chain — `Domains.payer_of`, the contract the chain id
+derives from) and the CBDC (the transaction's sender); the CBDC is read from the chain's own state (the program's
 `roles()` view), and the domain is checked against the program's `domainSeparator()` before anything
 is signed, so a wallet cannot sign for another note by mistake.
 """
@@ -117,10 +118,15 @@ class NoteChain:
             return self.terms
         _, state = await self.head()
         cbdc, _witnesses, _pool = self.reader.view(state, self.chain, "roles")
+        # A note chain signs under CoNETCash, a receipt chain under the vault: the one its id derives from.
+        try:
+            cash = self.domains.payer_of(self.chain, self.note)
+        except ValueError as error:
+            raise WalletError(f"note {self.note}: {error}") from error
         terms = NoteTerms(
             note=self.note,
             mainchain_id=self.domains.mainchain_id,
-            cash=self.domains.cash,
+            cash=cash,
             value=0,
             holder=bytes(20),
             cbdc=_address(cbdc),
@@ -169,6 +175,12 @@ class NoteChain:
         signer, nonce, expiry = await self._prepare(secret)
         payee = address_of_secret(secret)
         return await self._submit(signer.deduct(secret, payee, holder, authorization, amount, nonce, expiry))
+
+    async def deduct_to(self, secret: bytes, holder: bytes, authorization: int, to: bytes, amount: int) -> Outcome:
+        """As the payee (`secret`), deduct `amount` from `holder` under `authorization`, paid to `to`."""
+        signer, nonce, expiry = await self._prepare(secret)
+        payee = address_of_secret(secret)
+        return await self._submit(signer.deduct_to(secret, payee, holder, authorization, to, amount, nonce, expiry))
 
     async def exit(self, secret: bytes, amount: int, receiver: bytes) -> ExitResult:
         """Burn `amount` of the holder's balance on the chain; the result is ready for CoNETCash.exit."""
