@@ -2,9 +2,10 @@
 
 Members sign blocks with `DleRegistry.blockDigest` (so two signed blocks at one height are evidence the
 registry accepts as is), the archive group signs genesis records (`registerChain`), exit certificates
-(`CoNETCash.exit`) and fault reports (`DleRegistry.reportFault`). The computation itself is
-`offchain.chain.dle.Digests` — one implementation, checked against the contracts' own views in
-tests/test_chain_dle.py; this adapter only converts addresses and decodes the program's exit log.
+(`CoNETCash.exit`, or `OdexVault.withdraw` for a receipt chain) and fault reports
+(`DleRegistry.reportFault`). The computation itself is `offchain.chain.dle.Digests` — one
+implementation, checked against the contracts' own views in tests/test_chain_dle.py; this adapter only
+converts addresses, decodes the program's exit log and picks the exit's domain.
 """
 
 from __future__ import annotations
@@ -30,10 +31,26 @@ class Domains:
     """The DleRegistry contract (EIP-712 domain "CoNET DLE" v1)."""
     cash: bytes
     """The CoNETCash contract (EIP-712 domain "CoNETCash" v1)."""
+    vault: bytes | None = None
+    """The OdexVault contract (EIP-712 domain "CoNET oDEX" v1), when the deployment has one: the payer of
+    receipt chains' exits."""
 
     @cached_property
     def _digests(self) -> Digests:
-        return Digests(self.mainchain_id, to_checksum_address(self.registry), to_checksum_address(self.cash))
+        vault = None if self.vault is None else to_checksum_address(self.vault)
+        return Digests(self.mainchain_id, to_checksum_address(self.registry), to_checksum_address(self.cash), vault)
+
+    def payer_of(self, chain: bytes, asset_id: int) -> bytes:
+        """The contract that pays exits of `chain`, the DLE chain of asset id `asset_id` (a note id or a
+        receipt id): the one whose address the chain id was derived from (`Genesis.cash`). ValueError
+        when it is neither CoNETCash nor the vault."""
+        from offchain.dle.note import chain_id_of
+
+        if self.vault is not None and chain_id_of(self.mainchain_id, self.vault, asset_id) == chain:
+            return self.vault
+        if chain_id_of(self.mainchain_id, self.cash, asset_id) == chain:
+            return self.cash
+        raise ValueError(f"chain 0x{chain.hex()} is no chain of CoNETCash or the vault for asset id {asset_id}")
 
     def block(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
         """`DleRegistry.blockDigest`: what every member and archive node signs for a block."""
@@ -47,12 +64,18 @@ class Domains:
         return digest
 
     def exit(self, certificate_data: bytes) -> bytes:
-        """`CoNETCash.exitDigest` of the certificate whose `abi.encode` is `certificate_data` (the
-        program's `Exited` log data)."""
+        """The exit digest of the certificate whose `abi.encode` is `certificate_data` (the program's
+        `Exited` log data), in the domain of the contract that pays it: `OdexVault.exitDigest` when the
+        certificate's chain is a receipt chain of the vault (its id derives from the vault's address and
+        the receipt id, which the program's genesis checked), `CoNETCash.exitDigest` otherwise."""
         from offchain.dle.note import ExitCertificate as NoteExit
+        from offchain.dle.note import chain_id_of
 
         exit_ = NoteExit.decode(certificate_data)
-        return self._digests.exit(
+        vault = self.vault
+        receipt_chain = vault is not None and chain_id_of(self.mainchain_id, vault, exit_.note) == exit_.chain
+        digest = self._digests.vault_exit if receipt_chain else self._digests.exit
+        return digest(
             ExitCertificate(
                 exit_.note,
                 exit_.chain,
