@@ -24,11 +24,13 @@ PUBLIC = [
     "CoNETToken",
     "DleRegistry",
     "NodeRegistry",
+    "OdexVault",
     "ParameterStore",
     "PriceOracle",
     "Staking",
 ]
-ALL = sorted([*PUBLIC, "MockStablecoin"])
+ALL = sorted([*PUBLIC, "MockStablecoin", "MockToken"])
+NATIVE = "0x" + "00" * 20
 
 
 @pytest.fixture
@@ -63,6 +65,11 @@ def test_first_deploy_writes_every_contract_and_configures_them(book_dir: Path, 
     assert c["PriceOracle"].price(c["CoNETToken"].address)[0] == config.local_conet_price
     assert c["PriceOracle"].price(c["MockStablecoin"].address)[0] == config.local_stablecoin_price
     assert c["ParameterStore"].backingStablecoins() == [c["MockStablecoin"].address]
+    # The oDEX trades AVAX, an 18-decimal ETH-like token and the stablecoin on local chains.
+    assert c["MockToken"].decimals() == 18
+    assert c["ParameterStore"].odexAssets() == [NATIVE, c["MockToken"].address, c["MockStablecoin"].address]
+    assert c["OdexVault"].dependencies() == (c["ParameterStore"].address, c["DleRegistry"].address)
+    assert c["OdexVault"].nextReceipt() == 1
 
     # The wiring: CoNETCash re-issues, the DLE registry slashes, the governor proposes to the timelock,
     # and the timelock owns the parameters and administers every role.
@@ -114,8 +121,10 @@ def test_changed_code_is_redeployed_with_its_dependents(book_dir: Path, accounts
     )
     addressbook.save(book)
     result = deploy(accounts[0], "avalanche:local", log=quiet)
-    # Staking's dependents follow: the node registry, the DLE registry on both, CoNETCash on that.
-    assert sorted(result.deployed) == ["CoNETCash", "DleRegistry", "NodeRegistry", "Staking"]
+    # Staking's dependents follow: the node registry, the DLE registry on both, CoNETCash and the oDEX
+    # vault on that.
+    assert sorted(result.deployed) == ["CoNETCash", "DleRegistry", "NodeRegistry", "OdexVault", "Staking"]
+    assert result.contracts["OdexVault"].dependencies()[1] == result.contracts["DleRegistry"].address
     assert result.contracts["NodeRegistry"].staking() == result.contracts["Staking"].address
     staking = result.contracts["Staking"]
     assert staking.hasRole(staking.SLASHER_ROLE(), result.contracts["DleRegistry"])
@@ -207,7 +216,7 @@ def test_a_public_network_needs_an_account_and_never_gets_the_mock(tmp_path: Pat
         assert done.returncode == 0, done.stderr + done.stdout
         data = json.loads((tmp_path / "avalanche-fuji.json").read_text())
         assert data["chainId"] == 43113
-        assert "MockStablecoin" not in data["contracts"]
+        assert "MockStablecoin" not in data["contracts"] and "MockToken" not in data["contracts"]
         assert sorted(data["contracts"]) == PUBLIC
         # On a public chain the deployer keeps no admin role: only governance changes anything.
         assert "renounced DEFAULT_ADMIN_ROLE" in done.stdout

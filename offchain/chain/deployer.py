@@ -22,6 +22,10 @@ from offchain.toolchain import project_root
 
 # Chain ids where the mock stablecoin is deployed and minting is open (MockStablecoin.isLocalChain).
 LOCAL_CHAIN_IDS = frozenset({1337, 31337, 43112})
+LOCAL_MOCKS = ("MockStablecoin", "MockToken")
+"""Contracts deployed on local chains only: an address book of a public chain never lists them."""
+NATIVE_ASSET = "0x" + "00" * 20
+"""ParameterStore.NATIVE_ASSET: the native coin (AVAX) in the oDEX asset list."""
 
 CONET = 10**18
 USD = 10**8  # oracle prices have 8 decimals
@@ -161,8 +165,12 @@ def deploy(
     nodes = run.ensure("NodeRegistry", ["Staking"], staking.address)
     if local:
         stablecoin = run.ensure("MockStablecoin", [], "Mock USD Coin", "mUSDC")
-    elif "MockStablecoin" in book.contracts:
-        raise DeployError(f"the address book of chain {chain_id} lists a MockStablecoin; it never belongs there")
+        # The ETH-like asset the local oDEX trades against AVAX and the stablecoin.
+        eth_like = run.ensure("MockToken", [], "Mock Ether", "mETH", 18)
+    else:
+        for mock in LOCAL_MOCKS:
+            if mock in book.contracts:
+                raise DeployError(f"the address book of chain {chain_id} lists a {mock}; it never belongs there")
     params = run.ensure("ParameterStore", [], account.address, config.order_timeout)
     dle = run.ensure("DleRegistry", ["NodeRegistry", "Staking"], nodes.address, staking.address, config.epoch_grace)
     cash = run.ensure(
@@ -174,6 +182,7 @@ def deploy(
         params.address,
         dle.address,
     )
+    run.ensure("OdexVault", ["ParameterStore", "DleRegistry"], params.address, dle.address)
     governance = config.governance or (LOCAL_GOVERNANCE if local else PUBLIC_GOVERNANCE)
     timelock = run.ensure("CoNETTimelock", [], governance.timelock_delay, [], [ZERO_ADDRESS], account.address)
     governor = run.ensure(
@@ -199,6 +208,10 @@ def deploy(
         if not params.isBackingStablecoin(stablecoin.address):
             _as_owner(params, account, "the stablecoin list").listStablecoin(stablecoin.address, sender=account)
             log(f"listed   {stablecoin.address} as a backing stablecoin")
+        for asset in (NATIVE_ASSET, eth_like.address, stablecoin.address):
+            if not params.isOdexAsset(asset):
+                _as_owner(params, account, "the oDEX asset list").listOdexAsset(asset, sender=account)
+                log(f"listed   {asset} as an oDEX asset")
 
     # Wiring: who may call whom.
     _grant(token, "REISSUER_ROLE", cash.address, account, log)
