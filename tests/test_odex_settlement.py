@@ -38,7 +38,7 @@ from offchain.dle.local import address_of_secret
 from offchain.dle.roles import split_certificate
 from offchain.odex.book import Fill
 from offchain.odex.order import fee_of, fee_split, market_id, quote_of
-from offchain.odex.settlement import FillStatus
+from offchain.odex.settlement import FillStatus, Leg, Settler
 
 PRICE = 63_799 * UNIT // 1_000  # 63.799 AVAX per ETH
 BASE = UNIT  # 1 ETH
@@ -199,6 +199,40 @@ def test_a_replayed_fill_moves_nothing_twice(tmp_path: Path) -> None:
         assert odex.dle.archives[next(iter(odex.dle.archives))].store.height(eth.chain) == height
         assert odex.balance(eth, BOB) == BASE // 3
         assert odex.balance(avax, ALICE) == quote_of(BASE // 3, PRICE)
+        for receipt in (eth, avax):
+            odex.check_conservation(receipt)
+
+    run(scenario())
+
+
+def test_a_buyer_revoking_after_the_base_leg_leaves_the_fill_half_settled_with_the_reason(tmp_path: Path) -> None:
+    """The residual risk, forced: Bob revokes between the base legs' block and the quote legs' check."""
+
+    async def scenario() -> None:
+        odex = local_odex(tmp_path)
+        eth, avax, sell_auth, buy_auth = await two_receipts(odex)
+
+        class Raced(Settler):
+            async def _submit(self, legs, *, fresh=True, retry=True):  # type: ignore[no-untyped-def]
+                result = await super()._submit(legs, fresh=fresh, retry=retry)
+                if legs and all(g.leg is Leg.BASE for g in legs):
+                    signer, nonce, expiry = await avax.wallet._prepare(BOB)
+                    await avax.wallet._submit(signer.revoke(BOB, B, buy_auth, nonce, expiry))
+                return result
+
+        plain = odex.settler(tmp_path / "journal.db")
+        settler = Raced(plain.client, plain.domains, plain.secret, plain.journal, plain.engine)
+        fill = fill_of(eth, avax, sell_auth, buy_auth)
+        (report,) = await settler.settle([fill])
+        assert report.status is FillStatus.HALF
+        assert report.reason is not None and "quote leg: AuthorizationRevoked" in report.reason
+        assert report.base is not None and report.base.final
+        assert report.quote is not None and not report.quote.final
+        assert odex.balance(eth, BOB) == BASE and odex.balance(avax, ALICE) == 0
+        # Recorded: asking again does not retry the quote leg nor move the base twice.
+        (again,) = await settler.settle([fill])
+        assert again.replayed and again.status is FillStatus.HALF
+        assert odex.balance(eth, BOB) == BASE
         for receipt in (eth, avax):
             odex.check_conservation(receipt)
 
