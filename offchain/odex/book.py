@@ -17,7 +17,7 @@ Rules (docs/protocols.md, "oDEX orders"):
   resting one ("cancel oldest") and goes on matching.
 - Expiry (valid while now <= expiry): an expired incoming order is refused, an expired resting order is
   dropped when matching meets it, and `expire(now)` sweeps them all.
-- Replays: an order hash is placed once, a (trader, nonce) pair is used once, and an authorization
+- Replays: a (trader, nonce) pair is used once (so an order hash is placed once), and an authorization
   (trader, receipt chain, authorization nonce) backs one order only, so the book never draws more from
   it than `required_authorization` of that order. A BUY's quote spend stays within its authorization
   because every fill is at a maker price ≤ its limit (asserted on every fill).
@@ -32,6 +32,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from itertools import pairwise
+
+import sha3
 
 from dle_vm.encoding import (
     EncodingError,
@@ -59,7 +61,6 @@ from offchain.odex.order import (
     VerifiedOrder,
     WrongMarket,
     WrongTrader,
-    required_authorization,
 )
 
 __all__ = [
@@ -216,13 +217,6 @@ class _Side:
         self.levels: dict[int, deque[_Entry]] = {}
         self.heap: list[int] = []
 
-    def add(self, entry: _Entry) -> None:
-        level = self.levels.get(entry.price)
-        if level is None:
-            level = self.levels[entry.price] = deque()
-            heappush(self.heap, self.sign * entry.price)
-        level.append(entry)
-
     def prices(self) -> list[int]:
         """Prices with a live order, best first."""
         return sorted(
@@ -248,12 +242,12 @@ class OrderBook:
         self._bids = _Side(-1)
         self._asks = _Side(1)
         self._index: dict[bytes, _Entry] = {}
-        self._hashes: set[bytes] = set()
         self._nonces: set[tuple[bytes, int]] = set()
         self._authorizations: set[tuple[bytes, bytes, int]] = set()
-        # A running hash over every accepted order and cancel, so replicas that accepted different
-        # histories (even ones leaving the same resting orders) have different state digests.
-        self._log = bytes(32)
+        # keccak256 streamed over every accepted order and cancel (a tag byte and the hash each), so
+        # replicas that accepted different histories, even ones leaving the same resting orders, have
+        # different state digests. Streamed because a fresh keccak per order costs more than matching.
+        self._history = sha3.keccak_256()
 
     # -- admission ------------------------------------------------------------------------------------
 
@@ -272,25 +266,27 @@ class OrderBook:
             raise WrongMarket(f"order for market 0x{order.market.hex()}, this book is 0x{self.market.hex()}")
         if now > order.expiry:
             raise ExpiredOrder(f"order expired at {order.expiry}, now {now}")
-        if digest in self._hashes:
-            raise ReplayedOrder(f"order 0x{digest.hex()} was already placed")
+        # One set covers both replays: an order placed again has the same (trader, nonce).
         nonce = (trader, order.nonce)
         if nonce in self._nonces:
-            raise ReplayedOrder(f"trader 0x{trader.hex()} already used nonce {order.nonce}")
+            raise ReplayedOrder(
+                f"order 0x{digest.hex()}: trader 0x{trader.hex()} already used nonce {order.nonce} "
+                "(this order, or another one)"
+            )
         authorization = (trader, order.receipt_chain, order.authorization)
         if authorization in self._authorizations:
             raise AuthorizationReused(
                 f"authorization {order.authorization} on 0x{order.receipt_chain.hex()} already backs an order"
             )
-        self._hashes.add(digest)
         self._nonces.add(nonce)
         self._authorizations.add(authorization)
-        self._log = keccak(self._log + b"\x00" + digest)
+        self._history.update(b"\x00" + digest)
 
         limit = order.price
         remaining = order.amount
         buying = order.side is Side.BUY
-        spendable = required_authorization(order)
+        # required_authorization(order), inlined: this is the hot path.
+        spendable = remaining if not buying else -(-remaining * limit // PRICE_SCALE)
         book = self._asks if buying else self._bids
         levels = book.levels
         heap = book.heap
@@ -367,7 +363,12 @@ class OrderBook:
         if remaining and not dust and remaining * limit >= PRICE_SCALE:
             entry = _Entry(verified, remaining, spendable)
             index[digest] = entry
-            (self._bids if buying else self._asks).add(entry)
+            own = self._bids if buying else self._asks
+            queue = own.levels.get(limit)
+            if queue is None:
+                own.levels[limit] = queue = deque()
+                heappush(own.heap, own.sign * limit)
+            queue.append(entry)
         return fills
 
     def cancel(self, signed: SignedCancel, now: int) -> None:
@@ -382,7 +383,7 @@ class OrderBook:
             raise WrongTrader(f"cancel signed by 0x{signer.hex()}, the order's trader is 0x{entry.trader.hex()}")
         entry.live = False
         del self._index[target]
-        self._log = keccak(self._log + b"\x01" + target)
+        self._history.update(b"\x01" + target)
 
     def expire(self, now: int) -> list[bytes]:
         """Drop every resting order expired at `now`; their hashes in priority order (bids, then asks)."""
@@ -427,7 +428,8 @@ class OrderBook:
             [o.hash, uint_bytes(o.side), uint_bytes(o.price), uint_bytes(o.remaining), uint_bytes(o.authorization_left)]
             for o in self.orders()
         ]
-        return keccak(encode_rlp([self.market, uint_bytes(self.sequence), self._log, resting]))
+        history = self._history.copy().digest()
+        return keccak(encode_rlp([self.market, uint_bytes(self.sequence), history, resting]))
 
     def __len__(self) -> int:
         return len(self._index)
