@@ -122,7 +122,8 @@ class NoteChain:
         try:
             cash = self.domains.payer_of(self.chain, self.note)
         except ValueError as error:
-            raise WalletError(f"note {self.note}: {error}") from error
+            # The same words as a domain mismatch below: callers (the SI verifier) match on them.
+            raise WalletError(f"note {self.note}: the chain's program signs under another domain ({error})") from error
         terms = NoteTerms(
             note=self.note,
             mainchain_id=self.domains.mainchain_id,
