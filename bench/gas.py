@@ -89,11 +89,11 @@ class _Run:
     now: int
     gas: dict[str, int] = field(default_factory=dict)
 
-    def send(self, label: str | None, call: Any, sender: str) -> Any:
-        """Mines `call` (a contract function or constructor) from `sender`; records its gas under
-        `label` unless the transaction is only setup."""
+    def send(self, label: str | None, call: Any, sender: str, value: int = 0) -> Any:
+        """Mines `call` (a contract function or constructor) from `sender`, with `value` wei; records its
+        gas under `label` unless the transaction is only setup."""
         self._set_next_timestamp(self.now + BLOCK_INTERVAL)
-        tx_hash = call.transact({"from": sender})
+        tx_hash = call.transact({"from": sender, "value": value})
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT)
         if receipt["status"] != 1:
             raise GasBenchError(f"{label or 'setup transaction'} reverted: {tx_hash.to_0x_hex()}")
@@ -308,6 +308,7 @@ def _measure_economy(
     run.send("CoNETCash.exit(2 signers, to the pool)", exit_of(holder, 60 * USDC, epoch), holder)
     run.send("CoNETCash.buy(re-fund from the pool)", cash.functions.buy(stablecoin.address, 50 * USDC), holder)
     run.send("CoNETCash.claim", cash.functions.claim(stablecoin.address), cbdc)
+    _measure_odex(run, accounts, params, dle, stablecoin, group, epoch, members)
 
     # Equivocation: one archive node signs two blocks at one height.
     cheat = members[0]
@@ -326,6 +327,57 @@ def _measure_economy(
     run.send("DleRegistry.reportFault(2 signers)", dle.functions.reportFault(fault, epoch, signed), reporter)
 
     _measure_governance(run, accounts, token, params)
+
+
+def _measure_odex(
+    run: _Run,
+    accounts: list[str],
+    params: Contract,
+    dle: Contract,
+    stablecoin: Contract,
+    group: int,
+    epoch: int,
+    members: list[bytes],
+) -> None:
+    """OdexVault: deposits of AVAX and of an ERC-20 (the first of each registers the asset), a deposit
+    split into three receipts, and withdrawals on certificates of the 2-member group the exits ended with."""
+    admin, holder = accounts[ADMIN], accounts[HOLDER]
+    vault = run.deploy("OdexVault", admin, params.address, dle.address)
+    native = "0x" + "00" * 20
+    run.send(None, params.functions.listOdexAsset(native), admin)
+    run.send(None, params.functions.listOdexAsset(stablecoin.address), admin)
+    run.send(None, stablecoin.functions.mint(holder, 10_000 * USDC), holder)
+    run.send(None, stablecoin.functions.approve(vault.address, 2**256 - 1), holder)
+
+    def deposit(label: str, asset: str, amount: int) -> None:
+        value = amount if asset == native else 0
+        run.send(label, vault.functions.deposit(asset, amount), holder, value)
+
+    deposit("OdexVault.deposit(native, first of its asset)", native, 10**18)
+    deposit("OdexVault.deposit(native)", native, 10**18)
+    deposit("OdexVault.deposit(ERC-20, first of its asset)", stablecoin.address, 100 * USDC)
+    deposit("OdexVault.deposit(ERC-20)", stablecoin.address, 100 * USDC)
+    cap_key = b"ODEX_RECEIPT_CAP_UNITS".ljust(32, b"\0")
+    run.send(None, params.functions.setParameter(cap_key, 100), admin)
+    deposit("OdexVault.deposit(split into 3)", stablecoin.address, 250 * USDC)
+
+    # Receipt 4 (ERC-20) and receipt 2 (AVAX) on chains of the group; their first withdrawals write the
+    # receipt's first nonce word, the later one updates it.
+    def withdrawal(receipt: int, receiver: str, amount: int, nonce: int) -> Any:
+        chain = vault.functions.chainOf(receipt).call()
+        certificate = (receipt, chain, 10 + nonce, holder, receiver, amount, nonce)
+        digest = vault.functions.exitDigest(certificate).call()
+        return vault.functions.withdraw(certificate, epoch, _sign(digest, members))
+
+    for receipt in (4, 2):
+        genesis = keccak(text=f"genesis of receipt {receipt}")
+        digest = dle.functions.genesisDigest(vault.address, receipt, genesis, group).call()
+        register = dle.functions.registerChain(vault.address, receipt, genesis, group, epoch, _sign(digest, members))
+        run.send(None, register, admin)
+    # The holder already holds the stablecoin: the usual withdrawal to one's own wallet.
+    run.send("OdexVault.withdraw(2 signers)", withdrawal(4, holder, 10 * USDC, 0), holder)
+    run.send("OdexVault.withdraw(2 signers, later nonce)", withdrawal(4, holder, 10 * USDC, 1), holder)
+    run.send("OdexVault.withdraw(2 signers, native)", withdrawal(2, holder, 10**17, 0), holder)
 
 
 def _group_of(registry: Contract, key: bytes) -> int:
