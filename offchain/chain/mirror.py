@@ -1,11 +1,12 @@
 """The chain mirror: the mainchain's events the DLE acts on, followed in order and kept in SQLite.
 
 The DLE services run as light processes beside a node, so the mirror uses plain web3.py. It reads the
-logs of CoNETCash, Staking, NodeRegistry, DleRegistry and ParameterStore with bounded `eth_getLogs`
-ranges, `confirmations` blocks behind the head (0 on anvil), turns each into a typed frozen dataclass
-and applies it to queryable state: notes, nodes, stakes, archive-group epochs, chains, parameters and
-stablecoins. `Mirror.poll()` returns the newly applied events in chain order; `Mirror.events()` reads
-them back from the database for a consumer that keeps its own position.
+logs of CoNETCash, Staking, NodeRegistry, DleRegistry and ParameterStore — and OdexVault's receipts when
+the deployment has a vault — with bounded `eth_getLogs` ranges, `confirmations` blocks behind the head
+(0 on anvil), turns each into a typed frozen dataclass and applies it to queryable state: notes, oDEX
+receipts, nodes, stakes, archive-group epochs, chains, parameters and stablecoins. `Mirror.poll()`
+returns the newly applied events in chain order; `Mirror.events()` reads them back from the database
+for a consumer that keeps its own position.
 
 **Cursor rule.** The cursor holds the position `(block_number, log_index)` of the last applied event
 and `scanned_to`, the last block whose logs are all applied, with that block's hash. One block range
@@ -40,6 +41,8 @@ from offchain.chain.deployer import Role
 from offchain.chain.web3_contracts import addresses_of, load_contract
 
 MIRRORED_CONTRACTS = ("CoNETCash", "Staking", "NodeRegistry", "DleRegistry", "ParameterStore")
+OPTIONAL_CONTRACTS = ("OdexVault",)
+"""Mirrored when the addresses name them: a deployment from before the oDEX has no vault."""
 DEFAULT_MAX_RANGE = 2_000
 """Blocks per `eth_getLogs`: public Avalanche endpoints refuse ranges above 2,048."""
 
@@ -120,6 +123,33 @@ class NotePooled(MirrorEvent):
     note: int
     stablecoin: str
     source: ClassVar[tuple[str, str]] = ("CoNETCash", "NotePooled")
+
+
+@dataclass(frozen=True)
+class ReceiptIssued(MirrorEvent):
+    """OdexVault.ReceiptIssued: receipt `receipt` of `amount` of `asset` (the zero address: native AVAX)
+    for `owner`, whose DLE chain is `chain`, trading at `fee_bps`."""
+
+    receipt: int
+    asset: str
+    owner: str
+    amount: int
+    chain: bytes
+    fee_bps: int
+    source: ClassVar[tuple[str, str]] = ("OdexVault", "ReceiptIssued")
+
+
+@dataclass(frozen=True)
+class ReceiptWithdrawn(MirrorEvent):
+    """OdexVault.ReceiptWithdrawn: exit certificate `nonce` of receipt `receipt` paid `amount`."""
+
+    receipt: int
+    holder: str
+    receiver: str
+    asset: str
+    amount: int
+    nonce: int
+    source: ClassVar[tuple[str, str]] = ("OdexVault", "ReceiptWithdrawn")
 
 
 @dataclass(frozen=True)
@@ -269,6 +299,8 @@ EVENT_TYPES: tuple[type[MirrorEvent], ...] = (
     NoteRefunded,
     NoteExited,
     NotePooled,
+    ReceiptIssued,
+    ReceiptWithdrawn,
     Staked,
     UnstakeRequested,
     StakeWithdrawn,
@@ -295,6 +327,7 @@ _RENAMES: dict[str, dict[str, str]] = {
     "NoteRefunded": {"id": "note"},
     "NoteExited": {"id": "note"},
     "NotePooled": {"id": "note"},
+    "ReceiptIssued": {"feeBps": "fee_bps"},
     "UnstakeRequested": {"releaseAt": "release_at"},
     "Slashed": {"evidenceHash": "evidence_hash"},
     "NodeRegistered": {"tokenId": "token_id"},
@@ -376,6 +409,22 @@ class NoteState:
     status: str
     """"live" or "pooled"."""
     exits: int
+
+
+@dataclass(frozen=True)
+class ReceiptState:
+    """An oDEX receipt as the vault's events left it."""
+
+    receipt: int
+    chain: bytes
+    asset: str
+    owner: str
+    amount: int
+    outstanding: int
+    """`amount` minus the withdrawals paid."""
+    fee_bps: int
+    block_number: int
+    """The block of ReceiptIssued."""
 
 
 @dataclass(frozen=True)
@@ -500,6 +549,16 @@ CREATE TABLE IF NOT EXISTS note_genesis (
     transfer_fee_bps INTEGER NOT NULL,
     block_number INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS receipts (
+    receipt INTEGER PRIMARY KEY,
+    chain TEXT NOT NULL,
+    asset TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    amount TEXT NOT NULL,
+    outstanding TEXT NOT NULL,
+    fee_bps INTEGER NOT NULL,
+    block_number INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nodes (
     token_id INTEGER PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -584,13 +643,17 @@ class Mirror:
         self.confirmations = confirmations
         self.max_range = max_range
         self.contracts: dict[str, Contract] = {
-            name: load_contract(w3, name, addresses[name]) for name in MIRRORED_CONTRACTS
+            name: load_contract(w3, name, addresses[name])
+            for name in (*MIRRORED_CONTRACTS, *OPTIONAL_CONTRACTS)
+            if name in addresses
         }
         self.chain_id = int(w3.eth.chain_id)
         # (address, topic0) → (event class, contract)
         self._routes: dict[tuple[str, bytes], tuple[type[MirrorEvent], Contract]] = {}
         for cls in EVENT_TYPES:
             contract_name, event_name = cls.source
+            if contract_name not in self.contracts:
+                continue  # an optional contract this deployment does not have
             contract = self.contracts[contract_name]
             self._routes[(contract.address, self._topic(contract, event_name))] = (cls, contract)
         self._db = sqlite3.connect(str(database), isolation_level=None)
@@ -612,7 +675,9 @@ class Mirror:
         """A mirror of the deployment in `book`, scanning from its earliest contract's block."""
         if book.chain_id != int(w3.eth.chain_id):
             raise MirrorError(f"the address book is for chain {book.chain_id}, the node is chain {w3.eth.chain_id}")
-        start = min(book.contracts[name].block for name in MIRRORED_CONTRACTS if name in book.contracts)
+        start = min(
+            book.contracts[name].block for name in (*MIRRORED_CONTRACTS, *OPTIONAL_CONTRACTS) if name in book.contracts
+        )
         return cls(
             w3, addresses_of(book), database, start_block=start, confirmations=confirmations, max_range=max_range
         )
@@ -677,6 +742,13 @@ class Mirror:
             "SELECT * FROM notes WHERE ? IS NULL OR status = ? ORDER BY note", (status, status)
         ).fetchall()
         return [_note_state(row) for row in rows]
+
+    def receipt(self, receipt: int) -> ReceiptState | None:
+        row = self._db.execute("SELECT * FROM receipts WHERE receipt = ?", (receipt,)).fetchone()
+        return None if row is None else _receipt_state(row)
+
+    def receipts(self) -> list[ReceiptState]:
+        return [_receipt_state(row) for row in self._db.execute("SELECT * FROM receipts ORDER BY receipt")]
 
     def node(self, token_id: int) -> NodeState | None:
         row = self._db.execute("SELECT * FROM nodes WHERE token_id = ?", (token_id,)).fetchone()
@@ -907,6 +979,20 @@ class Mirror:
     def _note_pooled(self, e: NotePooled) -> None:
         self._db.execute("UPDATE notes SET status = 'pooled', outstanding = '0' WHERE note = ?", (e.note,))
 
+    def _receipt_issued(self, e: ReceiptIssued) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (e.receipt, _hex(e.chain), e.asset, e.owner, str(e.amount), str(e.amount), e.fee_bps, e.block_number),
+        )
+
+    def _receipt_withdrawn(self, e: ReceiptWithdrawn) -> None:
+        row = self._db.execute("SELECT outstanding FROM receipts WHERE receipt = ?", (e.receipt,)).fetchone()
+        if row is None:
+            return  # issued before the mirror's start: nothing to update
+        self._db.execute(
+            "UPDATE receipts SET outstanding = ? WHERE receipt = ?", (str(int(row[0]) - e.amount), e.receipt)
+        )
+
     def _stake_row(self, node: str, role: Role) -> tuple[int, int, int]:
         row = self._db.execute(
             "SELECT staked, unbonding, release_at FROM stakes WHERE node = ? AND role = ?", (node, int(role))
@@ -1005,6 +1091,8 @@ class Mirror:
         NoteRefunded: _note_refunded,
         NoteExited: _note_exited,
         NotePooled: _note_pooled,
+        ReceiptIssued: _receipt_issued,
+        ReceiptWithdrawn: _receipt_withdrawn,
         Staked: _staked,
         UnstakeRequested: _unstake_requested,
         StakeWithdrawn: _withdrawn,
@@ -1040,6 +1128,19 @@ def _note_state(row: Sequence[Any]) -> NoteState:
     )
 
 
+def _receipt_state(row: Sequence[Any]) -> ReceiptState:
+    return ReceiptState(
+        receipt=int(row[0]),
+        chain=_unhex(row[1]),
+        asset=row[2],
+        owner=row[3],
+        amount=int(row[4]),
+        outstanding=int(row[5]),
+        fee_bps=int(row[6]),
+        block_number=int(row[7]),
+    )
+
+
 def _node_state(row: Sequence[Any]) -> NodeState:
     return NodeState(
         token_id=int(row[0]),
@@ -1056,6 +1157,7 @@ def _node_state(row: Sequence[Any]) -> NodeState:
 __all__ = [
     "EVENT_TYPES",
     "MIRRORED_CONTRACTS",
+    "OPTIONAL_CONTRACTS",
     "ArchiveGroupJoined",
     "ArchiveGroupLeft",
     "ArchiveGroupOpened",
@@ -1082,6 +1184,9 @@ __all__ = [
     "NoteState",
     "ParameterSet",
     "Prices",
+    "ReceiptIssued",
+    "ReceiptState",
+    "ReceiptWithdrawn",
     "Slashed",
     "StablecoinDelisted",
     "StablecoinListed",

@@ -687,10 +687,12 @@ class DevnetClient:
             raise DevnetError(f"the devnet's anvil ({state.rpc}) does not answer: is the devnet up?") from error
         book = AddressBook.from_json(json.loads(Path(state.address_book).read_text()))
         chain = DleChainClient(w3, state.contracts)
+        vault = state.contracts.get("OdexVault")
         domains = Domains(
             state.chain_id,
             bytes.fromhex(state.contracts["DleRegistry"][2:]),
             bytes.fromhex(state.contracts["CoNETCash"][2:]),
+            None if vault is None else bytes.fromhex(vault[2:]),
         )
         return cls(state, w3, book, chain, ArchiveGroups(chain), domains)
 

@@ -45,8 +45,12 @@ class DleClient:
         submit_timeout: float = 10.0,
         archive_timeout: float = 30.0,
         attempts: int = 4,
+        chain_group: Callable[[bytes], int] | None = None,
     ) -> None:
+        """`group` is the archive group whose host serves every chain, unless `chain_group` is given: the
+        group that keeps a chain (DleRegistry's record), for a client of chains of several groups."""
         self._transport = transport
+        self._chain_group = chain_group
         self._group_of = group_of
         self._domains = domains
         self._group = group
@@ -56,7 +60,8 @@ class DleClient:
         self._roles: dict[bytes, RolesRecord] = {}
 
     def _host(self, chain: bytes) -> bytes:
-        return self._group_of(self._group).host_of(chain)
+        group = self._group if self._chain_group is None else self._chain_group(chain)
+        return self._group_of(group).host_of(chain)
 
     async def roles(self, chain: bytes, *, refresh: bool = False) -> RolesRecord:
         """The chain's current roles, certified by its archive group."""

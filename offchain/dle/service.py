@@ -11,7 +11,10 @@ Each process is one node serving the DLE wire protocol (`transport.http_app`: `P
   modulo the groups with an epoch) and `host_of(chain)` is this node — from the mirror's genesis terms
   (mainchain id, CoNETCash, value, holder, CBDC, the transfer fee in force at the mint), which draws
   the witnesses and validators, has the CBDC sign the genesis block and registers the chain on
-  DleRegistry. A note that cannot open yet (pool not filled, a peer down) is retried.
+  DleRegistry. An oDEX receipt (OdexVault's `ReceiptIssued`) opens its receipt chain the same way, from
+  `offchain.odex.receipts.receipt_terms` (the vault as `cash`, the depositor as holder, the oDEX fee),
+  with a staked CBDC as its creator (`receipt_creator`: a deterministic pick). A chain that cannot open
+  yet (pool not filled, a peer down) is retried; pending chains are keyed by chain id.
 - **member**: a `MemberNode` (creator, witness and validator in one); with a role in its config
   (2 witness, 3 validator) it waits in the pool of every archive node listed, and joins again after
   each assignment.
@@ -48,8 +51,18 @@ from dle_vm.encoding import decode_rlp, encode_rlp, fixed_bytes, rlp_list, uint,
 from dle_vm.engine import Engine, default_engine
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.cash import ZERO_SELECTION, Status
+from offchain.chain.deployer import Role
 from offchain.chain.dle import DleChainClient
-from offchain.chain.mirror import GenesisTerms, Mirror, NoteIssued, NoteRefunded
+from offchain.chain.mirror import (
+    GenesisTerms,
+    Mirror,
+    MirrorError,
+    MirrorEvent,
+    NoteIssued,
+    NoteRefunded,
+    ReceiptIssued,
+    ReceiptState,
+)
 from offchain.chain.web3_contracts import ChainError, Sender, connect
 from offchain.dle import roulette
 from offchain.dle.archive import ArchiveNode
@@ -62,8 +75,10 @@ from offchain.dle.pool_hook import VALIDATOR, WITNESS, PoolHook, PoolHookError, 
 from offchain.dle.roles import WITNESS_COUNT
 from offchain.dle.store import ChainStore
 from offchain.dle.transport import HttpTransport, http_app
+from offchain.odex.receipts import ReceiptIssued as OdexReceipt
+from offchain.odex.receipts import receipt_terms
 
-__all__ = ["KINDS", "NodeConfig", "ServiceError", "main", "read_key"]
+__all__ = ["KINDS", "ChainOpener", "NodeConfig", "NoteOpener", "ServiceError", "main", "read_key", "receipt_creator"]
 
 log = logging.getLogger("conet.dle.service")
 
@@ -204,10 +219,13 @@ class _Context:
             raise ServiceError(f"cannot read the address book {config.address_book}: {error}") from error
         chain = DleChainClient.from_address_book(w3, book, secret)
         address = address_of_secret(secret)
+        vault = book.contracts.get("OdexVault")
         domains = Domains(
             int(w3.eth.chain_id),
             bytes.fromhex(book.address("DleRegistry")[2:]),
             bytes.fromhex(book.address("CoNETCash")[2:]),
+            # Receipt chains' exits are certified in the vault's domain.
+            None if vault is None else bytes.fromhex(vault.address[2:]),
         )
         transport = HttpTransport(config.directory, own_address=address)
         return cls(
@@ -260,13 +278,54 @@ def decode_assignment(payload: bytes) -> tuple[bytes, int, bytes]:
 
 @dataclass
 class _Pending:
-    terms: GenesisTerms
+    """A chain to open: its genesis terms (the draw fills in the witnesses and the validators' pool)."""
+
+    label: str
+    """"note 3" or "receipt 1": note ids and receipt ids overlap, so pending work is keyed by chain id."""
+    asset_id: int
+    terms: NoteTerms
     next_try: float = 0.0
     failures: int = 0
 
 
-class NoteOpener:
-    """The mirror → genesis wiring of one archive node (see the module docstring)."""
+def _note_pending(terms: GenesisTerms) -> _Pending:
+    return _Pending(
+        f"note {terms.note}",
+        terms.note,
+        NoteTerms(**terms.raw_addresses(), witnesses=(), validators_pool=bytes(20)),
+    )
+
+
+def receipt_creator(receipt: int, cbdcs: Sequence[bytes]) -> bytes:
+    """The creator of receipt `receipt`'s chain: the vault's event names no CBDC, so the host archive
+    node picks one, deterministically (every archive node, and anyone checking, picks the same): the
+    CBDC-role stakers the mirror knows, ordered by address, taken round-robin by receipt id."""
+    if not cbdcs:
+        raise ValueError(f"receipt {receipt}: no staked CBDC to create its chain")
+    ordered = sorted(cbdcs)
+    return ordered[receipt % len(ordered)]
+
+
+def _receipt_pending(mirror: Mirror, state: ReceiptState) -> _Pending:
+    staked = [bytes.fromhex(s.node[2:]) for s in mirror.stakes(Role.CBDC) if s.staked > 0]
+    issued = OdexReceipt(
+        state.receipt,
+        bytes.fromhex(state.asset[2:]),
+        bytes.fromhex(state.owner[2:]),
+        state.amount,
+        state.chain,
+        state.fee_bps,
+    )
+    vault = bytes.fromhex(mirror.contracts["OdexVault"].address[2:])
+    terms = receipt_terms(
+        issued, mainchain_id=mirror.chain_id, vault=vault, cbdc=receipt_creator(state.receipt, staked)
+    )
+    return _Pending(f"receipt {state.receipt}", state.receipt, terms)
+
+
+class ChainOpener:
+    """The mirror → genesis wiring of one archive node (see the module docstring): note chains from
+    CoNETCash's `NoteMinted`, oDEX receipt chains from OdexVault's `ReceiptIssued`, the same way."""
 
     def __init__(self, node: ArchiveNode, groups: ArchiveGroups, mirror: Callable[[], Mirror], interval: float) -> None:
         self._node = node
@@ -276,8 +335,8 @@ class NoteOpener:
         # The mirror's SQLite connection belongs to the thread that opened it: one thread, always.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror")
         self._mirror: Mirror | None = None
-        self.pending: dict[int, _Pending] = {}
-        self.opened: list[int] = []
+        self.pending: dict[bytes, _Pending] = {}
+        self.opened: list[str] = []
 
     async def _in_mirror_thread(self, work: Callable[[Mirror], Any]) -> Any:
         def run() -> Any:
@@ -287,29 +346,39 @@ class NoteOpener:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
-    async def run(self) -> None:
-        def everything_so_far(mirror: Mirror) -> list[GenesisTerms]:
-            mirror.poll()
-            return [
-                mirror.genesis_terms(e.note) for e in mirror.events(kinds=[NoteIssued]) if isinstance(e, NoteIssued)
-            ]
+    @staticmethod
+    def _to_open(mirror: Mirror, events: Sequence[MirrorEvent]) -> list[_Pending]:
+        found: list[_Pending] = []
+        for event in events:
+            if isinstance(event, NoteIssued):
+                found.append(_note_pending(mirror.genesis_terms(event.note)))
+            elif isinstance(event, ReceiptIssued):
+                state = mirror.receipt(event.receipt)
+                if state is None:
+                    raise MirrorError(f"receipt {event.receipt} is not in the mirror")
+                try:
+                    found.append(_receipt_pending(mirror, state))
+                except ValueError as error:  # an event no chain can open from: say so, go on
+                    log.error("receipt %d: cannot open its chain: %s", event.receipt, error)
+            elif isinstance(event, NoteRefunded):
+                log.warning("note %d was re-funded from the pool: the devnet does not re-fund chains", event.note)
+        return found
 
-        def new_ones(mirror: Mirror) -> list[GenesisTerms]:
-            terms = []
-            for event in mirror.poll():
-                if isinstance(event, NoteIssued):
-                    terms.append(mirror.genesis_terms(event.note))
-                elif isinstance(event, NoteRefunded):
-                    log.warning("note %d was re-funded from the pool: the devnet does not re-fund chains", event.note)
-            return terms
+    async def run(self) -> None:
+        def everything_so_far(mirror: Mirror) -> list[_Pending]:
+            mirror.poll()
+            return self._to_open(mirror, mirror.events(kinds=[NoteIssued, ReceiptIssued]))
+
+        def new_ones(mirror: Mirror) -> list[_Pending]:
+            return self._to_open(mirror, mirror.poll())
 
         try:
-            for terms in await self._in_mirror_thread(everything_so_far):
-                self.pending[terms.note] = _Pending(terms)
+            for pending in await self._in_mirror_thread(everything_so_far):
+                self.pending[pending.terms.chain] = pending
             while True:
                 try:
-                    for terms in await self._in_mirror_thread(new_ones):
-                        self.pending[terms.note] = _Pending(terms)
+                    for pending in await self._in_mirror_thread(new_ones):
+                        self.pending[pending.terms.chain] = pending
                     await self._open_due()
                 except Exception:
                     log.exception("mirror pass failed; trying again")
@@ -324,35 +393,37 @@ class NoteOpener:
         return roles.count(WITNESS) >= WITNESS_COUNT and roles.count(VALIDATOR) >= 1
 
     async def _open_due(self) -> None:
-        for note, pending in sorted(self.pending.items()):
-            chain = pending.terms.chain
+        for chain, pending in sorted(self.pending.items(), key=lambda item: (item[1].asset_id, item[0])):
             try:
-                keeper = self._groups.keeper_of(note)
+                keeper = self._groups.keeper_of(pending.asset_id)
             except NoArchiveGroup as error:
-                log.warning("note %d: %s", note, error)
+                log.warning("%s: %s", pending.label, error)
                 continue
             if self._node.address not in keeper.members or keeper.host_of(chain) != self._node.address:
-                del self.pending[note]  # another archive node hosts it
+                del self.pending[chain]  # another archive node hosts it
                 continue
             if chain in self._node.store.chains():
-                del self.pending[note]
+                del self.pending[chain]
                 continue
             if time.monotonic() < pending.next_try or not self._pool_ready():
                 continue
-            terms = NoteTerms(**pending.terms.raw_addresses(), witnesses=(), validators_pool=bytes(20))
             try:
-                outcome = await self._node.open_note(terms)
+                outcome = await self._node.open_note(pending.terms)
             except Exception as error:
                 pending.failures += 1
                 pending.next_try = time.monotonic() + min(10.0, 0.5 * 2**pending.failures)
-                log.warning("note %d: could not open its chain (attempt %d): %s", note, pending.failures, error)
+                log.warning("%s: could not open its chain (attempt %d): %s", pending.label, pending.failures, error)
                 continue
-            del self.pending[note]
-            self.opened.append(note)
+            del self.pending[chain]
+            self.opened.append(pending.label)
             log.info(
-                "opened note %d: chain 0x%s, genesis 0x%s, group %d, registered on the mainchain",
-                note, chain.hex(), outcome.block.hash.hex(), keeper.group,
+                "opened %s: chain 0x%s, genesis 0x%s, group %d, registered on the mainchain",
+                pending.label, chain.hex(), outcome.block.hash.hex(), keeper.group,
             )  # fmt: skip
+
+
+NoteOpener = ChainOpener
+"""The name it had while it opened note chains only."""
 
 
 async def _archive(context: _Context, stop: asyncio.Event) -> None:
@@ -377,7 +448,7 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
 
     hook = PoolHook(node.pool, config.pool_hold, config.pool_grace, archive=node.address, admit=admit)
     node.hook = hook
-    opener = NoteOpener(
+    opener = ChainOpener(
         node,
         context.groups,
         lambda: Mirror.from_address_book(context.w3, context.book, config.data_dir / "mirror.sqlite"),
@@ -398,7 +469,7 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
                 "pool": [{"address": _hex(c.address), "role": c.role} for c in node.pool.order()],
                 "listening": sorted(_hex(a) for a in hook.waiting()),
                 "opened": opener.opened,
-                "pending": sorted(opener.pending),
+                "pending": sorted(p.label for p in opener.pending.values()),
                 "slashed": [[_hex(a), r, amount] for a, r, amount in node.slashed],
             }
         )
