@@ -13,6 +13,7 @@ from offchain.cash_cli import cash
 from offchain.chain import addressbook
 from offchain.chain.summary import describe_book
 from offchain.devnet import anvil
+from offchain.odex.cli import odex
 from offchain.si import cli as si_cli
 
 
@@ -24,6 +25,7 @@ def main() -> None:
 
 main.add_command(si_cli.si)
 main.add_command(cash)
+main.add_command(odex)
 
 
 @main.group()

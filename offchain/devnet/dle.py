@@ -6,9 +6,12 @@ script (`ape run deploy`, its address book kept in the devnet directory), derive
 account (ETH for gas, CoNET to stake), stakes each in its role, registers each node NFT with its
 endpoint (archive nodes form the archive groups: NodeRegistry splits them by token id), opens every
 group's first epoch (`DleRegistry.refreshGroup`), writes one config per node and `devnet.json`, starts
-the nodes (`python -m offchain.dle.service …`), and returns once every node answers and every archive
-node's waiting pool holds every witness and validator. `status` reads it all back; `down` stops the
-processes `devnet.json` names, each checked first to be the one started (by its command line).
+the nodes (`python -m offchain.dle.service …`) and the oDEX order book of the mETH/AVAX market (its
+creator `book-operator` and the members `book-witness` and `book-validator`, `python -m
+offchain.odex.service …`: not staked, the book's group is fixed by its config), and returns once every
+node answers and every archive node's waiting pool holds every witness and validator. `status` reads it
+all back; `down` stops the processes `devnet.json` names, each checked first to be the one started (by
+its command line).
 
 Directory layout (default `.devnet/` in the project, or `CONET_DEVNET_DIR`):
 
@@ -98,6 +101,13 @@ NETWORK = "avalanche:anvil"
 ETH = 10**18
 MAX_UINT256 = 2**256 - 1
 SERVICE_MODULE = "offchain.dle.service"
+BOOK_MODULE = "offchain.odex.service"
+BOOK = "book"
+"""The kind of the oDEX book's processes."""
+BOOK_CREATOR = "book-operator"
+BOOK_MEMBERS = ("book-witness", "book-validator")
+NOT_STAKED = -1
+"""The `role` of a process that stakes nothing (the book's)."""
 ANVIL = "anvil"
 """anvil's process name."""
 FUNDER = 0
@@ -128,6 +138,8 @@ class DevnetSpec:
     witnesses: int = 6
     validators: int = 2
     cbdcs: int = 1
+    odex: bool = True
+    """Run the oDEX order book (mETH/AVAX) and its group."""
     stake_multiple: int = 10
     """Witnesses and validators stake this many minimum stakes (capacity for that many chains)."""
     cbdc_conet: int = 50_000 * CONET
@@ -174,9 +186,9 @@ class NodeRecord:
 
     name: str
     kind: str
-    """archive, member or cbdc (offchain/dle/service.py)."""
+    """archive, member or cbdc (offchain/dle/service.py), or book (offchain/odex/service.py)."""
     role: int
-    """Its staked role (contracts/types/Role.sol)."""
+    """Its staked role (contracts/types/Role.sol); NOT_STAKED for the book's processes."""
     address: str
     port: int
     key_file: str
@@ -243,6 +255,13 @@ class DevnetState:
 
     def of_kind(self, kind: str) -> list[NodeRecord]:
         return [n for n in self.nodes if n.kind == kind]
+
+    def book(self) -> NodeRecord:
+        """The oDEX book's creator (its HTTP API); DevnetError when the devnet runs no book."""
+        for node in self.nodes:
+            if node.name == BOOK_CREATOR:
+                return node
+        raise DevnetError(f"the devnet in {self.directory} runs no oDEX book")
 
     def directory_map(self) -> dict[bytes, str]:
         """Every node's address → its base URL: the HTTP transport's directory."""
@@ -453,6 +472,7 @@ def _plan(directory: Path, spec: DevnetSpec) -> list[NodeRecord]:
         + [(f"cbdc-{i}", "cbdc", Role.CBDC) for i in range(1, spec.cbdcs + 1)]
         + [(f"witness-{i}", "member", Role.WITNESS) for i in range(1, spec.witnesses + 1)]
         + [(f"validator-{i}", "member", Role.VALIDATOR) for i in range(1, spec.validators + 1)]
+        + ([(name, BOOK, NOT_STAKED) for name in (BOOK_CREATOR, *BOOK_MEMBERS)] if spec.odex else [])
     )
     (directory / "keys").mkdir(exist_ok=True)
     nodes = []
@@ -515,6 +535,8 @@ def _stake_and_register(w3: Web3, state: DevnetState, spec: DevnetSpec, log: Log
     staking = load_contract(w3, "Staking", addresses["Staking"])
     token = load_contract(w3, "CoNETToken", addresses["CoNETToken"])
     for node in state.nodes:
+        if node.kind == BOOK:
+            continue
         role = Role(node.role)
         minimum = int(staking.functions.minimumStake(int(role)).call())
         amount = minimum * (spec.stake_multiple if role in (Role.WITNESS, Role.VALIDATOR) else 1)
@@ -549,6 +571,9 @@ def _write_configs(state: DevnetState, spec: DevnetSpec) -> None:
     directory_map = state.directory_map()
     archives = tuple(n.url for n in state.of_kind("archive"))
     for node in state.nodes:
+        if node.kind == BOOK:
+            _write_book_config(state, node, directory_map)
+            continue
         config = NodeConfig(
             name=node.name,
             kind=node.kind,
@@ -567,9 +592,37 @@ def _write_configs(state: DevnetState, spec: DevnetSpec) -> None:
         Path(node.config_file).write_text(json.dumps(config.to_json(), indent=2) + "\n")
 
 
+def _write_book_config(state: DevnetState, node: NodeRecord, directory_map: dict[bytes, str]) -> None:
+    """The book's process config: one market, mETH (the local MockToken) against native AVAX."""
+    from offchain.odex.service import BookConfig
+
+    members = tuple(bytes.fromhex(state.node(name).address[2:]) for name in (BOOK_CREATOR, *BOOK_MEMBERS))
+    config = BookConfig(
+        name=node.name,
+        role="creator" if node.name == BOOK_CREATOR else "member",
+        key_file=Path(node.key_file),
+        port=node.port,
+        rpc=state.rpc,
+        address_book=Path(state.address_book),
+        data_dir=Path(node.data_dir),
+        directory=directory_map,
+        members=members,
+        base=bytes.fromhex(state.contracts["MockToken"][2:]),
+        quote=bytes(20),
+    )
+    Path(node.config_file).write_text(json.dumps(config.to_json(), indent=2) + "\n")
+
+
+def _command(node: NodeRecord) -> list[str]:
+    if node.kind == BOOK:
+        role = "creator" if node.name == BOOK_CREATOR else "member"
+        return [sys.executable, "-m", BOOK_MODULE, role, "--config", node.config_file]
+    return [sys.executable, "-m", SERVICE_MODULE, node.kind, "--config", node.config_file]
+
+
 def _start_nodes(state: DevnetState, spec: DevnetSpec, log: Log) -> None:
     for node in state.nodes:
-        command = [sys.executable, "-m", SERVICE_MODULE, node.kind, "--config", node.config_file]
+        command = _command(node)
         node.pid = _spawn(command, Path(node.log_file))
         state.save()
     deadline = time.monotonic() + spec.ready_timeout
@@ -856,10 +909,18 @@ def describe_status(report: DevnetStatus) -> list[str]:
         if node.info is not None and record.kind == "archive":
             chains = len(node.info.get("chains", []))
             extra = f"group {node.info.get('group')} epoch {node.info.get('epoch')}, chains kept: {chains}"
+        elif node.info is not None and record.kind == BOOK and node.info.get("role") == "creator":
+            info = node.info
+            extra = (
+                f"book: {info.get('resting')} resting, {info.get('batches')} batches, "
+                f"fills settled {info.get('settled')}/{info.get('fills')}"
+            )
+        elif node.info is not None and record.kind == BOOK:
+            extra = f"book member: {node.info.get('batches')} batches signed"
         elif node.info is not None:
             chains, rounds = len(node.info.get("chains", [])), node.info.get("rounds", 0)
             extra = f"chains kept: {chains}" + (f", blocks proposed: {rounds}" if rounds else "")
-        lines.append(f"  {record.name:<12} {record.address}  {record.url:<23} pid {record.pid:<7} {health:<6} {extra}")
+        lines.append(f"  {record.name:<14} {record.address}  {record.url:<23} pid {record.pid:<7} {health:<6} {extra}")
     lines += ["", "notes and their chains"]
     if not report.chains:
         lines.append("  (none)")

@@ -171,6 +171,11 @@ class NoteChain:
         outcome = await self._submit(signer.authorize(secret, holder, payee, limit, nonce, expiry))
         return nonce, outcome
 
+    async def revoke(self, secret: bytes, authorization: int) -> Outcome:
+        """Revoke the holder's (`secret`'s) authorization `authorization`: nothing more can be drawn on it."""
+        signer, nonce, expiry = await self._prepare(secret)
+        return await self._submit(signer.revoke(secret, address_of_secret(secret), authorization, nonce, expiry))
+
     async def deduct(self, secret: bytes, holder: bytes, authorization: int, amount: int) -> Outcome:
         """As the payee (`secret`), deduct `amount` from `holder` under `authorization`."""
         signer, nonce, expiry = await self._prepare(secret)
