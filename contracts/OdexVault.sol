@@ -60,8 +60,8 @@ contract OdexVault is CertifiedExits, ReentrancyGuardTransient {
     /// @notice The most receipts one deposit is split into; a larger deposit is refused, not truncated.
     uint256 public constant MAX_RECEIPTS_PER_DEPOSIT = 64;
     /// @notice The most decimals an ERC-20 may have: a receipt at the largest cap governance may set
-    /// (10^9 whole units) then still fits the receipt's 128-bit amounts.
-    uint8 public constant MAX_ASSET_DECIMALS = 27;
+    /// (10^9 whole units) is then below 2^96, what a receipt chain's values hold (NoteLedger's Genesis).
+    uint8 public constant MAX_ASSET_DECIMALS = 18;
 
     uint8 private constant _NATIVE_DECIMALS = 18;
 
@@ -148,7 +148,7 @@ contract OdexVault is CertifiedExits, ReentrancyGuardTransient {
         for (uint256 receipt = first; remaining > 0; ++receipt) {
             uint256 part = Math.min(remaining, cap);
             remaining -= part;
-            // `part` is at most the cap, itself below 2^128 (MAX_ASSET_DECIMALS): the cast cannot truncate.
+            // `part` is at most the cap, itself below 2^96 (MAX_ASSET_DECIMALS): the cast cannot truncate.
             _receipts[receipt] = Receipt(msg.sender, id, feeBps, uint128(part), uint128(part));
             emit ReceiptIssued(receipt, asset, msg.sender, part, DleChainId.compute(address(this), receipt), feeBps);
         }

@@ -337,6 +337,20 @@ def test_a_fee_on_transfer_token_is_refused(devnet: Devnet) -> None:
         devnet.as_governance("ParameterStore", "delistOdexAsset", token.address)
 
 
+@pytest.mark.parametrize("precheck", [True, False], ids=["precheck", "node"])
+def test_a_token_with_more_than_18_decimals_is_refused(devnet: Devnet, precheck: bool) -> None:
+    # Its receipts could exceed 2^96 units, more than a receipt chain holds.
+    token = devnet.deploy("MockToken", "Many Decimals", "MANY", 19)
+    devnet.as_governance("ParameterStore", "listOdexAsset", token.address)
+    try:
+        Sender(devnet.w3, dev_key(TRADER)).transact(token.functions.mint(address_of(TRADER), 10**19))
+        refused = refusal(devnet.trader.deposit, token.address, 10**19, precheck=precheck)
+        assert refused.error == "InvalidAsset"
+        assert Web3.to_checksum_address(refused.inputs["asset"]) == token.address
+    finally:
+        devnet.as_governance("ParameterStore", "delistOdexAsset", token.address)
+
+
 # ---------------------------------------------------------------- withdrawals
 
 

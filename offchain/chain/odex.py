@@ -16,6 +16,7 @@ from typing import Any
 from web3 import Web3
 from web3.contract import Contract
 from web3.contract.contract import ContractFunction
+from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
 from offchain.chain.addressbook import AddressBook
@@ -30,6 +31,7 @@ from offchain.chain.web3_contracts import (
     decode_revert,
     events_of,
     load_contract,
+    revert_of,
 )
 
 NATIVE_ASSET = "0x" + "00" * 20
@@ -170,8 +172,13 @@ class OdexVaultClient:
         return int(self.vault.functions.custodyOf(Web3.to_checksum_address(asset)).call())
 
     def receipt_cap(self, asset: str) -> int:
-        """The largest receipt a deposit of `asset` issues now, in its smallest units."""
-        return int(self.vault.functions.receiptCap(Web3.to_checksum_address(asset)).call())
+        """The largest receipt a deposit of `asset` issues now, in its smallest units; ContractRevert
+        InvalidAsset for a token the vault cannot take (no decimals, or more than 18)."""
+        function = self.vault.functions.receiptCap(Web3.to_checksum_address(asset))
+        try:
+            return int(function.call())
+        except ContractLogicError as exc:
+            raise _decoded(revert_of(exc)) from exc
 
     def is_listed(self, asset: str) -> bool:
         """Whether governance lists `asset`: the vault takes deposits of it."""
@@ -262,11 +269,7 @@ class OdexVaultClient:
         try:
             return self._require_sender().transact(function, value)
         except ContractRevert as exc:
-            # The shared decoder knows the older contracts only; the vault's own errors are decoded here.
-            data = exc.inputs.get("data")
-            if exc.error == "Reverted" and isinstance(data, bytes | bytearray):
-                raise decode_revert(bytes(data), _DECODED) from exc
-            raise
+            raise _decoded(exc) from exc
 
     def _erc20(self, asset: str) -> Contract:
         contract: Contract = self.w3.eth.contract(address=Web3.to_checksum_address(asset), abi=_ERC20_ABI)
@@ -295,6 +298,14 @@ class OdexVaultClient:
             raise ContractRevert("CertificateUsed", {"note": certificate.note, "nonce": certificate.nonce})
         record = self._dle.chain_record(held.chain)
         self._dle.check_certificate(record.group, epoch, self.digests.vault_exit(certificate), signatures)
+
+
+def _decoded(exc: ContractRevert) -> ContractRevert:
+    """`exc` with the vault's own errors decoded: the shared decoder knows the older contracts only."""
+    data = exc.inputs.get("data")
+    if exc.error == "Reverted" and isinstance(data, bytes | bytearray):
+        return decode_revert(bytes(data), _DECODED)
+    return exc
 
 
 def _is_native(asset: str) -> bool:
