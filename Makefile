@@ -59,6 +59,7 @@ test: setup
 demo: setup
 	$(BIN)/conet devnet up
 	$(BIN)/python -m offchain.devnet.demo || { $(BIN)/conet devnet down; exit 1; }
+	$(BIN)/python -m offchain.devnet.odex_demo || { $(BIN)/conet devnet down; exit 1; }
 	$(BIN)/conet devnet down
 	$(BIN)/python -m offchain.devnet.si_demo
 

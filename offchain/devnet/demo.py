@@ -42,10 +42,10 @@ def conet(args: Sequence[str], directory: Path | None) -> str:
 
     full = list(args)
     if directory is not None:
-        # Both groups take the devnet directory: `cash --devnet DIR …`, `devnet <command> --dir DIR`.
+        # Every group takes the devnet directory: `cash|odex --devnet DIR …`, `devnet <command> --dir DIR`.
         full = (
-            ["cash", "--devnet", str(directory), *full[1:]]
-            if full[0] == "cash"
+            [full[0], "--devnet", str(directory), *full[1:]]
+            if full[0] in ("cash", "odex")
             else [*full[:2], "--dir", str(directory), *full[2:]]
         )
     click.echo(f"\n$ conet {' '.join(args)}")

@@ -62,7 +62,7 @@ from offchain.odex.order import (
     required_authorization,
 )
 
-__all__ = ["odex"]
+__all__ = ["OdexWallet", "odex"]
 
 T = TypeVar("T")
 _ERRORS = (DevnetError, WalletError, CashError, ChainError, DleError, TransportError)
@@ -73,7 +73,7 @@ HTTP_TIMEOUT = 45.0
 
 
 @dataclass
-class _Odex:
+class OdexWallet:
     """A wallet on the devnet's oDEX."""
 
     client: DevnetClient
@@ -239,16 +239,16 @@ class _Settings:
     directory: Path | None
     name: str
     key_file: Path | None
-    wallet: _Odex | None = None
+    wallet: OdexWallet | None = None
 
 
-def _odex(ctx: click.Context) -> _Odex:
+def _odex(ctx: click.Context) -> OdexWallet:
     settings = ctx.obj
     assert isinstance(settings, _Settings)
     if settings.wallet is None:
         client = DevnetClient.open(settings.directory or default_dir())
         name = settings.key_file.stem if settings.key_file is not None else settings.name
-        settings.wallet = _Odex(client, load_wallet(client, settings.name, settings.key_file), name)
+        settings.wallet = OdexWallet(client, load_wallet(client, settings.name, settings.key_file), name)
     return settings.wallet
 
 
@@ -428,8 +428,8 @@ def order(ctx: click.Context, side: str, amount: str, price: str, receipt: int |
 def cancel(ctx: click.Context, order_hash: str) -> None:
     """Revoke ORDER's authorization on its receipt chain, then take it off the book."""
     wallet = _odex(ctx)
-    wanted = order_hash.lower()
-    matches = [o for o in wallet.orders() if str(o["order"]).lower().startswith(wanted)]
+    wanted = order_hash.lower().removeprefix("0x")
+    matches = [o for o in wallet.orders() if str(o["order"]).lower().removeprefix("0x").startswith(wanted)]
     if len(matches) != 1:
         raise DevnetError(f"{wallet.name} placed {len(matches)} orders matching {order_hash} (see `conet odex book`)")
     (record,) = matches
