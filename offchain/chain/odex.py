@@ -22,13 +22,11 @@ from web3.types import TxReceipt
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.dle import Digests, DleChainClient, ExitCertificate
 from offchain.chain.web3_contracts import (
-    CONTRACTS,
     DEFAULT_RECEIPT_TIMEOUT,
     ChainError,
     ContractRevert,
     Sender,
     addresses_of,
-    decode_revert,
     events_of,
     load_contract,
     revert_of,
@@ -39,7 +37,6 @@ NATIVE_ASSET = "0x" + "00" * 20
 MAX_RECEIPTS_PER_DEPOSIT = 64
 """OdexVault.MAX_RECEIPTS_PER_DEPOSIT."""
 
-_DECODED = (*CONTRACTS, "OdexVault")
 # What the client needs of any listed ERC-20; the vault takes tokens that are not the project's own.
 _ERC20_ABI: list[dict[str, Any]] = [
     {
@@ -178,7 +175,7 @@ class OdexVaultClient:
         try:
             return int(function.call())
         except ContractLogicError as exc:
-            raise _decoded(revert_of(exc)) from exc
+            raise revert_of(exc) from exc
 
     def is_listed(self, asset: str) -> bool:
         """Whether governance lists `asset`: the vault takes deposits of it."""
@@ -266,10 +263,7 @@ class OdexVaultClient:
         return self._sender
 
     def _transact(self, function: ContractFunction, value: int = 0) -> TxReceipt:
-        try:
-            return self._require_sender().transact(function, value)
-        except ContractRevert as exc:
-            raise _decoded(exc) from exc
+        return self._require_sender().transact(function, value)
 
     def _erc20(self, asset: str) -> Contract:
         contract: Contract = self.w3.eth.contract(address=Web3.to_checksum_address(asset), abi=_ERC20_ABI)
@@ -298,14 +292,6 @@ class OdexVaultClient:
             raise ContractRevert("CertificateUsed", {"note": certificate.note, "nonce": certificate.nonce})
         record = self._dle.chain_record(held.chain)
         self._dle.check_certificate(record.group, epoch, self.digests.vault_exit(certificate), signatures)
-
-
-def _decoded(exc: ContractRevert) -> ContractRevert:
-    """`exc` with the vault's own errors decoded: the shared decoder knows the older contracts only."""
-    data = exc.inputs.get("data")
-    if exc.error == "Reverted" and isinstance(data, bytes | bytearray):
-        return decode_revert(bytes(data), _DECODED)
-    return exc
 
 
 def _is_native(asset: str) -> bool:

@@ -32,7 +32,16 @@ DEFAULT_RECEIPT_TIMEOUT = 60.0
 GAS_MARGIN = 1.2
 """Gas sent is the estimate plus 20%: state may move between the estimate and inclusion."""
 
-CONTRACTS = ("CoNETCash", "CoNETToken", "DleRegistry", "MockStablecoin", "NodeRegistry", "ParameterStore", "Staking")
+CONTRACTS = (
+    "CoNETCash",
+    "CoNETToken",
+    "DleRegistry",
+    "MockStablecoin",
+    "NodeRegistry",
+    "OdexVault",
+    "ParameterStore",
+    "Staking",
+)
 """The contracts whose errors are decoded; a call into any of them may revert with another's error."""
 
 _ERROR_STRING = keccak(text="Error(string)")[:4]
