@@ -6,9 +6,9 @@ One market per book (the devnet runs mETH/AVAX). The book's group is the creator
 - **creator** (the book's operator; its key is the payee of every order's authorization): admits signed
   orders and cancels over a small HTTP API, seals them into batches every `batch_interval` seconds with
   every member's signature (`BookCreator.propose` + `seal`: final only with 100%), and hands each final
-  batch's fills to the `Settler` (offchain/odex/settlement.py), which writes the two `deductTo` legs of
-  each fill on the traders' receipt chains through the archive nodes (`DleClient` over HTTP) and
-  journals them in `settlement.sqlite`.
+  batch's fills to the `Settler` (offchain/odex/settlement.py; on a thread and event loop of its own),
+  which writes the two `deductTo` legs of each fill on the traders' receipt chains through the archive
+  nodes (`DleClient` over HTTP) and journals them in `settlement.sqlite`.
 - **member** (a witness or a validator of the book): serves `odex.endorse` / `odex.final` on
   `POST /dle/<method>`, replaying every proposed batch on its own replica and signing only what replays.
 
@@ -44,6 +44,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,13 +268,49 @@ class _Queued:
     """The order hash an ORDER carries, or the order a CANCEL takes off."""
 
 
+class SettlementThread:
+    """The settler on a thread of its own, with its own event loop: its checks execute every leg in the
+    note program (Python), which on the book's loop would stall admission and sealing while a batch
+    settles. One thread: fills settle one batch after the other, in the book's order."""
+
+    def __init__(self, make: Callable[[], tuple[Settler, HttpTransport, SettlementJournal]]) -> None:
+        self._make = make
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="settler")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._parts: tuple[Settler, HttpTransport, SettlementJournal] | None = None
+
+    def _settle(self, fills: list[Fill]) -> list[FillReport]:
+        if self._loop is None or self._parts is None:
+            self._loop = asyncio.new_event_loop()
+            self._parts = self._make()
+        return self._loop.run_until_complete(self._parts[0].settle(fills))
+
+    async def settle(self, fills: Sequence[Fill]) -> list[FillReport]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._settle, list(fills))
+
+    def _close(self) -> None:
+        if self._loop is None or self._parts is None:
+            return
+        _settler, transport, journal = self._parts
+        self._loop.run_until_complete(transport.aclose())
+        journal.close()
+        self._loop.close()
+
+    async def aclose(self) -> None:
+        """Close the transport and the journal on their thread, after the batch in hand (bounded)."""
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(future), 5.0)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass
 class BookService:
     """The creator's work: admission, sealing, settlement, and what the API reads."""
 
     context: _Context
     creator: BookCreator
-    settler: Settler
+    settler: SettlementThread
     trades: list[_Trade] = field(default_factory=list)
     batches: int = 0
     refused_batches: int = 0
@@ -507,16 +544,22 @@ async def _creator(context: _Context, stop: asyncio.Event) -> None:
         transport=context.transport,
         timeout=config.seal_timeout,
     )
-    journal = SettlementJournal(config.data_dir / "settlement.sqlite")
     service_ref: list[BookService] = []
-    client = DleClient(
-        context.transport,
-        context.groups.group_of,
-        context.domains,
-        chain_group=lambda chain: service_ref[0].group_of_chain(chain),
-    )
-    settler = Settler(client, context.domains, context.secret, journal, default_engine())
-    service = BookService(context, creator, settler)
+
+    def make_settler() -> tuple[Settler, HttpTransport, SettlementJournal]:
+        # Built on the settlement thread: its transport, loop and SQLite connection belong to it.
+        transport = HttpTransport(config.directory, own_address=context.address)
+        journal = SettlementJournal(config.data_dir / "settlement.sqlite")
+        client = DleClient(
+            transport,
+            context.groups.group_of,
+            context.domains,
+            chain_group=lambda chain: service_ref[0].group_of_chain(chain),
+        )
+        return Settler(client, context.domains, context.secret, journal, default_engine()), transport, journal
+
+    settlement = SettlementThread(make_settler)
+    service = BookService(context, creator, settlement)
     service_ref.append(service)
 
     async def post(request: web.Request, work: Callable[[bytes], Awaitable[dict[str, Any]]]) -> web.Response:
@@ -549,7 +592,7 @@ async def _creator(context: _Context, stop: asyncio.Event) -> None:
     try:
         await _serve(app, config, stop, [service.seal_loop(), service.settle_loop()])
     finally:
-        journal.close()
+        await settlement.aclose()
 
 
 def _info(context: _Context, role: str, extra: dict[str, Any]) -> dict[str, Any]:
