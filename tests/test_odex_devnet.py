@@ -13,6 +13,10 @@ receipt chain and the order taken off the book; and the CLI's refusals.
 from __future__ import annotations
 
 import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +32,7 @@ from offchain.devnet.odex_demo import run_story
 from offchain.dle.local import address_of_secret
 from offchain.dle.note import NoteReader, note_program
 from offchain.dle.wallet import NoteChain
-from offchain.odex.order import fee_of, fee_split, quote_of
+from offchain.odex.order import Order, OrderDomain, Side, fee_of, fee_split, market_id, quote_of
 
 pytestmark = pytest.mark.anvil
 
@@ -143,6 +147,9 @@ def test_the_white_paper_story_on_the_devnet(running: devnet.DevnetState) -> Non
     # The book's status is shown by `conet devnet status`.
     status = "\n".join(devnet.describe_status(devnet.status(directory)))
     assert "book: 0 resting, 2 batches, fills settled 1/1" in status
+    assert "oDEX receipts and their chains" in status
+    for receipt in (eth, avax):
+        assert f"receipt {receipt.receipt}   live     chain 0x{receipt.chain.hex()[:16]}" in status
 
 
 def test_cancel_revokes_the_authorization_and_takes_the_order_off_the_book(running: devnet.DevnetState) -> None:
@@ -170,3 +177,24 @@ def test_clear_refusals(running: devnet.DevnetState) -> None:
     assert "no AVAX receipt of dave holds 63 plus the fee" in out
     assert "dave holds 0 mETH on receipt 1" in odex(running, "--wallet", "dave", "withdraw", "1", "1", ok=False)
     assert "receipt 99 does not exist" in odex(running, "--wallet", "dave", "withdraw", "99", "1", ok=False)
+    assert "no open mETH receipt" in odex(
+        running, "--wallet", "bob", "order", "sell", "1", "60", "--receipt", "2", ok=False
+    )
+
+
+def test_the_book_refuses_an_order_drawing_on_a_receipt_of_the_other_asset(running: devnet.DevnetState) -> None:
+    """A SELL signed against an AVAX receipt would deliver AVAX as the base asset: the book refuses it."""
+    client = devnet.DevnetClient.open(Path(running.directory))
+    vault = OdexVaultClient(client.w3, client.state.contracts)
+    avax = next(r for r in (vault.receipt(i) for i in range(1, vault.next_receipt())) if int(r.asset, 16) == 0)
+    secret = devnet.load_wallet(client, "erin")
+    assert client.domains.vault is not None
+    domain = OrderDomain(client.state.chain_id, client.domains.vault)
+    market = market_id(bytes.fromhex(client.state.contracts["MockToken"][2:]), bytes(20))
+    order = Order(market, address_of_secret(secret), Side.SELL, PRICE, UNIT, avax.chain, 0, 1, int(time.time()) + 600)
+    request = urllib.request.Request(f"{running.book().url}/odex/order", data=order.sign(secret, domain).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    answer = json.loads(refused.value.read())
+    assert answer["code"] == "wrong-receipt" and "is a receipt of 0x" + "00" * 20 in answer["message"]

@@ -829,6 +829,8 @@ class ChainStatus:
     witnesses: list[str] = field(default_factory=list)
     validators: list[str] = field(default_factory=list)
     problem: str | None = None
+    kind: str = "note"
+    """note (CoNETCash) or receipt (an OdexVault receipt; `note` is then the receipt id)."""
 
 
 @dataclass
@@ -856,21 +858,44 @@ async def _chain_statuses(client: DevnetClient) -> list[ChainStatus]:
                 continue
             try:
                 chain, group = client.chain_of(note)
-                keeper = client.groups.group_of(group)
-                host = keeper.host_of(chain)
-                row.group, row.host = group, names.get(host, "0x" + host.hex())
-                dump = ChainDump.decode(await transport.call(host, "head", chain, timeout=5.0))
-                block, certificate, _state = dump.blocks[-1]
-                keeper.verify(client.domains.block(chain, block.header.height, block.hash), certificate)
-            except (DevnetError, TransportError, RolesError) as error:
+            except DevnetError as error:
                 row.problem = str(error)
                 continue
-            roles = dump.roles.roles
-            row.height, row.version = block.header.height, roles.version
-            row.creator = names.get(roles.creator, "0x" + roles.creator.hex())
-            row.witnesses = [names.get(w, "0x" + w.hex()) for w in roles.witnesses]
-            row.validators = [names.get(v, "0x" + v.hex()) for v in roles.validators]
+            await _read_head(client, transport, names, row, chain, group)
+        if "OdexVault" in client.state.contracts:
+            vault = client.contract("OdexVault").functions
+            for receipt in range(1, int(vault.nextReceipt().call())):
+                _asset, _owner, _amount, outstanding, chain, _fee = vault.receiptOf(receipt).call()
+                row = ChainStatus(receipt, "live" if outstanding else "withdrawn", "0x" + bytes(chain).hex())
+                row.kind = "receipt"
+                out.append(row)
+                if not client.chain.is_registered(bytes(chain)):
+                    row.problem = "its chain is not open yet"
+                    continue
+                group = client.chain.chain_record(bytes(chain)).group
+                await _read_head(client, transport, names, row, bytes(chain), group)
     return out
+
+
+async def _read_head(
+    client: DevnetClient, transport: HttpTransport, names: dict[bytes, str], row: ChainStatus, chain: bytes, group: int
+) -> None:
+    """Fill `row` from the chain's certified head, read from its host archive node."""
+    try:
+        keeper = client.groups.group_of(group)
+        host = keeper.host_of(chain)
+        row.group, row.host = group, names.get(host, "0x" + host.hex())
+        dump = ChainDump.decode(await transport.call(host, "head", chain, timeout=5.0))
+        block, certificate, _state = dump.blocks[-1]
+        keeper.verify(client.domains.block(chain, block.header.height, block.hash), certificate)
+    except (DevnetError, TransportError, RolesError) as error:
+        row.problem = str(error)
+        return
+    roles = dump.roles.roles
+    row.height, row.version = block.header.height, roles.version
+    row.creator = names.get(roles.creator, "0x" + roles.creator.hex())
+    row.witnesses = [names.get(w, "0x" + w.hex()) for w in roles.witnesses]
+    row.validators = [names.get(v, "0x" + v.hex()) for v in roles.validators]
 
 
 def status(directory: Path | None = None) -> DevnetStatus:
@@ -890,6 +915,23 @@ def status(directory: Path | None = None) -> DevnetStatus:
         block = int(client.w3.eth.block_number)
         chains = asyncio.run(_chain_statuses(client))
     return DevnetStatus(state, anvil, block, nodes, chains)
+
+
+def _chain_lines(rows: list[ChainStatus]) -> list[str]:
+    lines = []
+    for chain in rows:
+        head = f"  {chain.kind} {chain.note:<3} {chain.status:<8} chain {chain.chain[:18]}…"
+        if chain.problem:
+            lines.append(f"{head} {chain.problem}")
+        elif chain.height is not None:
+            lines.append(
+                f"{head} group {chain.group} (host {chain.host}), height {chain.height}, roles v{chain.version}"
+            )
+            lines.append(f"           creator {chain.creator}; witnesses {', '.join(chain.witnesses)}")
+            lines.append(f"           validators {', '.join(chain.validators)}")
+        else:
+            lines.append(head)
+    return lines
 
 
 def describe_status(report: DevnetStatus) -> list[str]:
@@ -921,21 +963,14 @@ def describe_status(report: DevnetStatus) -> list[str]:
             chains, rounds = len(node.info.get("chains", [])), node.info.get("rounds", 0)
             extra = f"chains kept: {chains}" + (f", blocks proposed: {rounds}" if rounds else "")
         lines.append(f"  {record.name:<14} {record.address}  {record.url:<23} pid {record.pid:<7} {health:<6} {extra}")
-    lines += ["", "notes and their chains"]
-    if not report.chains:
-        lines.append("  (none)")
-    for chain in report.chains:
-        head = f"  note {chain.note:<3} {chain.status:<8} chain {chain.chain[:18]}…"
-        if chain.problem:
-            lines.append(f"{head} {chain.problem}")
-        elif chain.height is not None:
-            lines.append(
-                f"{head} group {chain.group} (host {chain.host}), height {chain.height}, roles v{chain.version}"
-            )
-            lines.append(f"           creator {chain.creator}; witnesses {', '.join(chain.witnesses)}")
-            lines.append(f"           validators {', '.join(chain.validators)}")
-        else:
-            lines.append(head)
+    for kind, title in (("note", "notes and their chains"), ("receipt", "oDEX receipts and their chains")):
+        rows = [c for c in report.chains if c.kind == kind]
+        if kind == "receipt" and not rows:
+            continue
+        lines += ["", title]
+        if not rows:
+            lines.append("  (none)")
+        lines += _chain_lines(rows)
     lines += ["", "waiting pools"]
     for node in report.nodes:
         if node.record.kind != "archive" or node.info is None:

@@ -26,7 +26,8 @@ the code, or `wrong-receipt`), 409 (`not-final`: the group did not sign the batc
 Admission adds one check the matching program cannot make: the receipt chain an order draws on must be
 a receipt of the vault in the right asset (the base asset for a SELL, the quote asset for a BUY), read
 from DleRegistry's chain record and the vault's receipt. Otherwise a SELL drawing on an AVAX receipt
-would deliver AVAX as if it were the base asset.
+would deliver AVAX as if it were the base asset. Members repeat the check on every batch they are asked
+to sign (`ReceiptAssets`), so a creator cannot slip such an order past them.
 
 Limits of the devnet service: the book's group is fixed by the devnet's config (not drawn from a pool),
 and the book lives in memory: a restarted creator starts an empty book (the settlement journal persists
@@ -51,6 +52,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dle_vm.encoding import EncodingError, decode_rlp, raw_bytes, rlp_list
 from dle_vm.engine import default_engine
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.dle import DleChainClient
@@ -61,8 +63,18 @@ from offchain.dle.local import address_of_secret
 from offchain.dle.mainchain import ArchiveGroups
 from offchain.dle.transport import HttpTransport, RemoteError, http_app
 from offchain.odex.book import Fill, OrderBook
-from offchain.odex.group import BatchRefused, BookCreator, BookMember, Input, InputKind, book_chain_id
-from offchain.odex.order import OrderDomain, OrderError, Side, SignedCancel, SignedOrder, market_id
+from offchain.odex.group import (
+    ENDORSE,
+    Batch,
+    BatchRefused,
+    BookCreator,
+    BookMember,
+    Input,
+    InputKind,
+    WrongBatch,
+    book_chain_id,
+)
+from offchain.odex.order import Order, OrderDomain, OrderError, Side, SignedCancel, SignedOrder, market_id
 from offchain.odex.settlement import FillReport, FillStatus, SettlementJournal, Settler
 
 __all__ = ["ROLES", "BookConfig", "BookError", "main"]
@@ -268,6 +280,46 @@ class _Queued:
     """The order hash an ORDER carries, or the order a CANCEL takes off."""
 
 
+class ReceiptAssets:
+    """Which asset a receipt chain holds, read once from the mainchain: DleRegistry's record (a chain of
+    the vault, and the archive group that keeps it) and the vault's receipt of that id. Blocking (web3)."""
+
+    def __init__(self, context: _Context) -> None:
+        self._context = context
+        self._known: dict[bytes, tuple[bytes, int]] = {}
+
+    def of(self, chain: bytes) -> tuple[bytes, int]:
+        """(asset, archive group) of a registered receipt chain of the vault; Refused otherwise."""
+        known = self._known.get(chain)
+        if known is not None:
+            return known
+        context = self._context
+        if not context.chain.is_registered(chain):
+            raise Refused(400, "wrong-receipt", f"chain 0x{chain.hex()} is not a registered DLE chain")
+        record = context.chain.chain_record(chain)
+        vault = context.domains.vault
+        assert vault is not None
+        if _address(record.asset) != vault:
+            raise Refused(400, "wrong-receipt", f"chain 0x{chain.hex()} is not a receipt chain of the vault")
+        contract = load_contract(context.chain.w3, "OdexVault", _hex(vault))
+        asset = _address(str(contract.functions.receiptOf(record.asset_id).call()[0]))
+        self._known[chain] = (asset, record.group)
+        return asset, record.group
+
+    def check(self, order: Order) -> None:
+        """Refused unless `order` draws on a receipt of the base asset (SELL) or the quote asset (BUY)."""
+        config = self._context.config
+        expected = config.base if order.side is Side.SELL else config.quote
+        asset, _group = self.of(order.receipt_chain)
+        if asset != expected:
+            raise Refused(
+                400,
+                "wrong-receipt",
+                f"a {order.side.name} draws on a receipt of 0x{expected.hex()}; chain 0x{order.receipt_chain.hex()} "
+                f"is a receipt of 0x{asset.hex()}",
+            )
+
+
 class SettlementThread:
     """The settler on a thread of its own, with its own event loop: its checks execute every leg in the
     note program (Python), which on the book's loop would stall admission and sealing while a batch
@@ -316,33 +368,16 @@ class BookService:
     refused_batches: int = 0
     _queue: list[_Queued] = field(default_factory=list)
     _settle: asyncio.Queue[list[Fill]] = field(default_factory=asyncio.Queue)
-    _receipts: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
-    """Receipt chain → (asset, keeping archive group), read once from the mainchain."""
+    receipts: ReceiptAssets = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.receipts = ReceiptAssets(self.context)
 
     # -- admission ------------------------------------------------------------------------------------
 
-    def _receipt_of(self, chain: bytes) -> tuple[bytes, int]:
-        """(asset, archive group) of a registered receipt chain of the vault; Refused otherwise."""
-        known = self._receipts.get(chain)
-        if known is not None:
-            return known
-        context = self.context
-        if not context.chain.is_registered(chain):
-            raise Refused(400, "wrong-receipt", f"chain 0x{chain.hex()} is not a registered DLE chain")
-        record = context.chain.chain_record(chain)
-        vault = context.domains.vault
-        assert vault is not None
-        if _address(record.asset) != vault:
-            raise Refused(400, "wrong-receipt", f"chain 0x{chain.hex()} is not a receipt chain of the vault")
-        contract = load_contract(context.chain.w3, "OdexVault", _hex(vault))
-        asset = _address(str(contract.functions.receiptOf(record.asset_id).call()[0]))
-        self._receipts[chain] = (asset, record.group)
-        return asset, record.group
-
     def group_of_chain(self, chain: bytes) -> int:
         """The archive group that keeps a receipt chain (the settler's DleClient routes by it)."""
-        known = self._receipts.get(chain)
-        return known[1] if known is not None else self.context.chain.chain_record(chain).group
+        return self.receipts.of(chain)[1]
 
     async def order(self, body: bytes) -> dict[str, Any]:
         context = self.context
@@ -352,16 +387,7 @@ class BookService:
             verified = signed.verify(context.domain, context.market, now)
         except OrderError as error:
             raise Refused(400, type(error).__name__, str(error)) from error
-        order = signed.order
-        expected = context.config.base if order.side is Side.SELL else context.config.quote
-        asset, _group = await asyncio.to_thread(self._receipt_of, order.receipt_chain)
-        if asset != expected:
-            raise Refused(
-                400,
-                "wrong-receipt",
-                f"a {order.side.name} draws on a receipt of 0x{expected.hex()}; chain 0x{order.receipt_chain.hex()} "
-                f"is a receipt of 0x{asset.hex()}",
-            )
+        await asyncio.to_thread(self.receipts.check, signed.order)
         return await self._enqueue(Input(InputKind.ORDER, now, body), verified.hash)
 
     async def cancel(self, body: bytes) -> dict[str, Any]:
@@ -520,15 +546,36 @@ def _refusal(error: Refused) -> web.Response:
 # -- processes -----------------------------------------------------------------------------------------
 
 
-def _dle_handler(address: bytes, member: BookMember | None) -> Callable[[str, bytes], Awaitable[bytes]]:
+def _dle_handler(
+    address: bytes, member: BookMember | None, receipts: ReceiptAssets | None = None
+) -> Callable[[str, bytes], Awaitable[bytes]]:
     async def handle(method: str, body: bytes) -> bytes:
         if method == "ping":
             return address
         if member is None:
             raise RemoteError("unknown-method", f"the book's creator serves no {method}")
+        if method == ENDORSE and receipts is not None:
+            await _check_receipts(body, receipts)
         return await member.handle(method, body)
 
     return handle
+
+
+async def _check_receipts(body: bytes, receipts: ReceiptAssets) -> None:
+    """A member signs no batch with an order drawing on a receipt of the wrong asset: the matching program
+    cannot see it, so the creator's admission check is repeated here (malformed bodies and orders are
+    left to the replay, which refuses them)."""
+    try:
+        _members, batch_bytes = rlp_list(decode_rlp(body), 2, "endorse")
+        batch = Batch.decode(raw_bytes(batch_bytes, "batch"))
+        orders = [SignedOrder.decode(e.payload).order for e in batch.inputs if e.kind is InputKind.ORDER]
+    except (EncodingError, WrongBatch, OrderError):
+        return
+    for order in orders:
+        try:
+            await asyncio.to_thread(receipts.check, order)
+        except Refused as error:
+            raise RemoteError("wrong-batch", f"order of 0x{order.trader.hex()}: {error.message}") from error
 
 
 async def _creator(context: _Context, stop: asyncio.Event) -> None:
@@ -621,7 +668,7 @@ async def _member(context: _Context, stop: asyncio.Event) -> None:
             )
         )
 
-    app = http_app(_dle_handler(context.address, member))
+    app = http_app(_dle_handler(context.address, member, ReceiptAssets(context)))
     app.router.add_get("/devnet/info", info)
     await _serve(app, context.config, stop, [])
 
