@@ -198,3 +198,33 @@ def test_the_book_refuses_an_order_drawing_on_a_receipt_of_the_other_asset(runni
     assert refused.value.code == 400
     answer = json.loads(refused.value.read())
     assert answer["code"] == "wrong-receipt" and "is a receipt of 0x" + "00" * 20 in answer["message"]
+
+
+def fill_lines(trades: str) -> list[str]:
+    """The trades listing without each fill's settlement status (which a restarted operator re-learns
+    from its settlement journal a moment later)."""
+    return [line.rsplit(":", 1)[0] for line in trades.splitlines() if line.startswith("fill ")]
+
+
+def test_the_book_survives_its_operator_and_a_member_killed(running: devnet.DevnetState) -> None:
+    """SIGKILL the book's operator and a member: both come back from their batch stores with the same
+    book and trades, and the next order crossing a resting one trades and settles."""
+    directory = Path(running.directory)
+    assert "balance 1 mETH" in odex(running, "--wallet", "frank", "deposit", "mETH", "1")
+    assert "resting: 0.25 mETH" in odex(running, "--wallet", "frank", "order", "sell", "0.25", "69")
+    book_before, trades_before = odex(running, "book"), fill_lines(odex(running, "trades"))
+
+    for name in (devnet.BOOK_CREATOR, devnet.BOOK_MEMBERS[0]):
+        devnet.restart(directory, name, crash=True)
+    assert odex(running, "book") == book_before
+    assert fill_lines(odex(running, "trades")) == trades_before
+
+    assert "balance 20 AVAX" in odex(running, "--wallet", "grace", "deposit", "AVAX", "20")
+    # 69 is below every other ask of the module's tests: grace's buy meets frank's order.
+    out = odex(running, "--wallet", "grace", "order", "buy", "0.25", "69")
+    assert "filled 0.25 mETH for 17.25 AVAX" in out, out
+    deadline = time.monotonic() + 60
+    while not (last := odex(running, "trades").strip().split("\n")[-1]).endswith("settled"):
+        assert time.monotonic() < deadline, last
+        time.sleep(0.5)
+    assert fill_lines(odex(running, "trades"))[: len(trades_before)] == trades_before

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from offchain.odex.book import OrderBook
 from offchain.odex.group import (
     Batch,
     BatchRefused,
+    BatchStore,
     BookCreator,
     BookMember,
     FinalBatch,
@@ -353,3 +355,70 @@ def test_the_member_that_signed_a_wrong_match_loses_its_stake_on_chain(
     # The honest members keep their stakes.
     for member in group.members[1:]:
         assert staking.stakeOf("0x" + member.address.hex(), int(Role.WITNESS)) == WITNESS_STAKE
+
+
+# ---------------------------------------------------------------- restarts
+
+
+def test_a_restarted_member_rebuilds_its_book_from_its_store_and_catches_up(tmp_path: Path) -> None:
+    """Members keep final batches in SQLite: one killed and started again has the book it had, and one
+    that missed batches while it was away is sent them by the creator and signs again."""
+    secrets = secrets_of(3)
+    group = make_group(secrets)
+    stores = {m.address: BatchStore(tmp_path / f"{m.address.hex()}.sqlite") for m in group.members}
+    for member in group.members:
+        member.store = stores[member.address]
+    group.creator.admit(order(ALICE, Side.SELL, 64 * E, 2 * 10**18, 1))
+    group.seal(group.creator.propose()[0])
+
+    # Member 0 is killed; the group goes on without it being asked (it is out of the network).
+    away = group.members[0]
+    group.network.unregister(away.address)
+    stores[away.address].close()
+    group.creator.admit(order(BOB, Side.BUY, 64 * E, 10**18, 2))
+    with pytest.raises(BatchRefused):
+        group.seal(group.creator.propose()[0])
+
+    # It comes back from its store: the book it had at height 1, not the refused batch.
+    back = BookMember(
+        away.secret, away.address, MARKET, DOMAIN, group.domains, group.chain,
+        store=BatchStore(tmp_path / f"{away.address.hex()}.sqlite"),
+    )  # fmt: skip
+    assert back.height == 1 and back.book.state_digest() == group.creator.book.state_digest()
+    group.network.register(back.address, back.handle)
+    group.members[0] = back
+    group.creator.admit(order(BOB, Side.BUY, 64 * E, 10**18, 3))
+    second = group.seal(group.creator.propose()[0])
+    assert second.batch.height == 2 and len(second.batch.fills) == 1
+    assert back.height == 2 and back.book.state_digest() == group.creator.book.state_digest()
+
+    # The other member missed nothing; take it down and bring it back behind by two batches.
+    other = group.members[1]
+    group.network.unregister(other.address)
+    fresh = BookMember(other.secret, other.address, MARKET, DOMAIN, group.domains, group.chain)
+    group.network.register(fresh.address, fresh.handle)
+    group.members[1] = fresh
+    assert fresh.height == 0
+    group.creator.admit(order(BOB, Side.BUY, 64 * E, 10**17, 4))
+    third = group.seal(group.creator.propose()[0])
+    assert third.batch.height == 3
+    assert fresh.height == 3 and fresh.book.state_digest() == group.creator.book.state_digest()
+
+
+def test_a_store_refuses_another_markets_book(tmp_path: Path) -> None:
+    group = make_group(secrets_of(2))
+    group.members[0].store = BatchStore(tmp_path / "m.sqlite")
+    group.creator.admit(order(ALICE, Side.SELL, 64 * E, 10**18, 1))
+    group.seal(group.creator.propose()[0])
+    group.members[0].store.close()
+    with pytest.raises(WrongBatch, match="holds the book of market"):
+        BatchStore(tmp_path / "m.sqlite").load(keccak(b"another market"))
+
+
+def test_the_book_says_when_a_sweep_would_drop_an_expired_order() -> None:
+    book = OrderBook(MARKET, DOMAIN)
+    entry = order(ALICE, Side.SELL, 64 * E, 10**18, 1)
+    book.submit(_decode(entry), entry.time)
+    expiry = _decode(entry).order.expiry
+    assert not book.expired(expiry) and book.expired(expiry + 1)
+    assert book.expire(expiry + 1) == [_decode(entry).order.hash(DOMAIN)] and not book.expired(expiry + 1)

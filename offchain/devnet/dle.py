@@ -620,6 +620,31 @@ def _command(node: NodeRecord) -> list[str]:
     return [sys.executable, "-m", SERVICE_MODULE, node.kind, "--config", node.config_file]
 
 
+def restart(directory: Path | None, name: str, *, crash: bool = False, timeout: float = 60.0) -> NodeRecord:
+    """Stop node `name` — with SIGKILL when `crash`, as a crash would — and start it again with its own
+    config, key and data directory; returns once it answers."""
+    directory = (directory or default_dir()).resolve()
+    state = DevnetState.load(directory)
+    node = state.node(name)
+    if crash and process_running(node.pid, node.marker):
+        os.kill(node.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while process_running(node.pid, node.marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        _stop(node.pid, node.marker)
+    node.pid = _spawn(_command(node), Path(node.log_file))
+    state.save()
+    deadline = time.monotonic() + timeout
+    while not _ping(node):
+        if not process_running(node.pid, node.marker):
+            raise DevnetError(f"{name} exited; its log ({node.log_file}):\n{_log_tail(Path(node.log_file))}")
+        if time.monotonic() > deadline:
+            raise DevnetError(f"{name} is not answering after {timeout:.0f} s")
+        time.sleep(0.1)
+    return node
+
+
 def _start_nodes(state: DevnetState, spec: DevnetSpec, log: Log) -> None:
     for node in state.nodes:
         command = _command(node)
@@ -701,16 +726,23 @@ def down(directory: Path | None = None, log: Log = print) -> list[str]:
     The directory stays, for its logs; the next `up` replaces it."""
     directory = (directory or default_dir()).resolve()
     state = DevnetState.load(directory)
+
+    def tell(message: str) -> None:
+        # Stopping matters more than saying so: a closed stdout (`conet devnet down | head`) must not
+        # leave the rest of the devnet running.
+        with suppress(OSError):
+            log(message)
+
     stopped = []
     for node in reversed(state.nodes):
         if _stop(node.pid, node.marker):
             stopped.append(node.name)
-            log(f"stopped {node.name} (pid {node.pid})")
+            tell(f"stopped {node.name} (pid {node.pid})")
     if _stop(state.anvil_pid, state.anvil_marker, ANVIL):
         stopped.append("anvil")
-        log(f"stopped anvil (pid {state.anvil_pid})")
+        tell(f"stopped anvil (pid {state.anvil_pid})")
     if not stopped:
-        log(f"nothing was running in {directory}")
+        tell(f"nothing was running in {directory}")
     return stopped
 
 

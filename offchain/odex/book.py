@@ -385,6 +385,10 @@ class OrderBook:
         del self._index[target]
         self._history.update(b"\x01" + target)
 
+    def expired(self, now: int) -> bool:
+        """Whether any resting order has expired at `now`: whether `expire(now)` would drop anything."""
+        return any(now > entry.expiry for entry in self._index.values())
+
     def expire(self, now: int) -> list[bytes]:
         """Drop every resting order expired at `now`; their hashes in priority order (bids, then asks)."""
         dropped: list[bytes] = []

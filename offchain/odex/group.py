@@ -23,14 +23,21 @@ Faults (DESIGN §5, applied to the book):
 
 Transport: members serve `odex.endorse` and `odex.final` over the DLE `Transport`
 (offchain/dle/transport.py), in-process in tests and over HTTP in a devnet.
+
+Durability: a member given a `BatchStore` writes every final batch to SQLite (WAL, synchronous FULL)
+before it takes it into its book, and rebuilds the book from the store when it starts, so a killed
+member or creator comes back with the book it had. A member that comes back behind the group answers
+`behind` to the next batch; the creator then sends it the final batches it missed, and asks again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 
 from dle_vm.encoding import (
     EncodingError,
@@ -54,8 +61,11 @@ from offchain.odex.book import Fill, OrderBook, decode_fills, encode_fills
 from offchain.odex.order import OrderDomain, OrderError, SignedCancel, SignedOrder
 
 __all__ = [
+    "ENDORSE",
+    "FINAL",
     "Batch",
     "BatchRefused",
+    "BatchStore",
     "BookCreator",
     "BookMember",
     "FinalBatch",
@@ -71,6 +81,8 @@ __all__ = [
 ZERO_HASH = bytes(32)
 ENDORSE = "odex.endorse"
 FINAL = "odex.final"
+BEHIND = "behind"
+"""A member's refusal code when it lacks final batches; its message is its height."""
 _MAX_INPUTS = 10_000
 
 
@@ -247,6 +259,41 @@ class _Replica:
             apply_input(self.book, entry)
 
 
+class BatchStore:
+    """The final batches of one book, in height order, in SQLite (WAL, synchronous FULL): what a member
+    replays its book from after a restart. A batch is appended only as the next height."""
+
+    def __init__(self, path: Path | str) -> None:
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS final (height INTEGER PRIMARY KEY, market BLOB, body BLOB)")
+
+    def load(self, market: bytes) -> list[FinalBatch]:
+        """Every stored final batch; WrongBatch if the store holds another market's book or a gap."""
+        rows = self._db.execute("SELECT height, market, body FROM final ORDER BY height").fetchall()
+        finals = []
+        for expected, (height, stored_market, body) in enumerate(rows, start=1):
+            if bytes(stored_market) != market:
+                raise WrongBatch(f"the batch store holds the book of market 0x{bytes(stored_market).hex()}")
+            if height != expected:
+                raise WrongBatch(f"the batch store has no batch {expected}")
+            finals.append(FinalBatch.decode(bytes(body)))
+        return finals
+
+    def append(self, final: FinalBatch) -> None:
+        batch = final.batch
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO final (height, market, body) VALUES (?, ?, ?)",
+                (batch.height, batch.market, final.encode()),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+
 @dataclass
 class BookMember:
     """A member of the book's group (witness or validator): endorses a batch only if it replays."""
@@ -260,9 +307,15 @@ class BookMember:
     final: list[FinalBatch] = field(default_factory=list)
     members: tuple[bytes, ...] = ()
     """The group in signing order; set by the creator's first batch (a role record in a full DLE)."""
+    store: BatchStore | None = None
+    """Where final batches are kept across restarts; None keeps them in memory only."""
 
     def __post_init__(self) -> None:
         self._replica = _Replica(self.market, self.domain)
+        if self.store is not None:
+            for final in self.store.load(self.market):
+                self._replica.finalize(final.batch)
+                self.final.append(final)
 
     @property
     def book(self) -> OrderBook:
@@ -291,6 +344,9 @@ class BookMember:
                     raise WrongBatch(f"the signature of 0x{member.hex()} is not its own")
             except BadSignature as error:
                 raise WrongBatch(f"the signature of 0x{member.hex()} does not recover: {error}") from error
+        self._replica.check(final.batch)
+        if self.store is not None:
+            self.store.append(final)
         self._replica.finalize(final.batch)
         self.final.append(final)
 
@@ -299,7 +355,11 @@ class BookMember:
         try:
             if method == ENDORSE:
                 members, batch = _decode_endorse(body)
+                if self.members and members != self.members:
+                    raise RemoteError("wrong-group", "the batch names another group than this member's")
                 self.members = members
+                if batch.height > self.height + 1:
+                    raise RemoteError(BEHIND, str(self.height))
                 return self.endorse(batch)
             if method == FINAL:
                 self.accept(FinalBatch.decode(body))
@@ -387,7 +447,15 @@ class BookCreator(BookMember):
         async def ask(member: bytes) -> bytes:
             if member == self.address:
                 return self.endorse(batch)
-            return await transport.call(member, ENDORSE, request, timeout=self.timeout)
+            try:
+                return await transport.call(member, ENDORSE, request, timeout=self.timeout)
+            except RemoteError as error:
+                if error.code != BEHIND or not error.message.isdigit():
+                    raise
+                # The member came back without the batches final since it left: send them, ask again.
+                for final in self.final[int(error.message) :]:
+                    await transport.call(member, FINAL, final.encode(), timeout=self.timeout)
+                return await transport.call(member, ENDORSE, request, timeout=self.timeout)
 
         answers = await asyncio.gather(*(ask(m) for m in members), return_exceptions=True)
         digest = self.digest(batch)

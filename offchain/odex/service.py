@@ -67,6 +67,7 @@ from offchain.odex.group import (
     ENDORSE,
     Batch,
     BatchRefused,
+    BatchStore,
     BookCreator,
     BookMember,
     Input,
@@ -85,6 +86,12 @@ ROLES = ("creator", "member")
 LOOPBACK = "127.0.0.1"
 WAIT = 30.0
 """Seconds an order's POST waits for its batch to be final."""
+
+
+SWEEP_INTERVAL = 1
+"""Seconds between checks for expired resting orders."""
+BATCHES = "batches.sqlite"
+"""The book's final batches in each book process's data directory (group.BatchStore)."""
 
 
 class BookError(RuntimeError):
@@ -367,6 +374,7 @@ class BookService:
     batches: int = 0
     refused_batches: int = 0
     _queue: list[_Queued] = field(default_factory=list)
+    _next_sweep: int = 0
     _settle: asyncio.Queue[list[Fill]] = field(default_factory=asyncio.Queue)
     receipts: ReceiptAssets = field(init=False)
 
@@ -407,15 +415,28 @@ class BookService:
         except TimeoutError:
             raise Refused(504, "timeout", f"no final batch within {WAIT:.0f} s") from None
 
+    def resume(self) -> None:
+        """After a restart: the trades of the stored final batches, and their fills handed to the
+        settler again (its journal answers those already settled without submitting anything)."""
+        for final in self.creator.final:
+            fills = final.batch.fills
+            self.trades.extend(_Trade(fill, final.batch.height) for fill in fills)
+            if fills:
+                self._settle.put_nowait(list(fills))
+        self.batches = len(self.creator.final)
+
     # -- sealing --------------------------------------------------------------------------------------
 
     async def seal_once(self) -> None:
         """Seal what is queued into one batch, final with every member's signature; answer each input."""
         taken, self._queue = self._queue, []
-        if not taken:
+        sweep = self._sweep_due()
+        if not taken and sweep is None:
             return
         for queued in taken:
             self.creator.admit(queued.entry)
+        if sweep is not None:
+            self.creator.admit(sweep)
         batch, refused = self.creator.propose()
         reasons = {id(entry): reason for entry, reason in refused}
         try:
@@ -455,6 +476,15 @@ class BookService:
                     "resting": None if resting is None else str(resting.remaining),
                 },
             )
+
+    def _sweep_due(self) -> Input | None:
+        """An expiry sweep, at most every SWEEP_INTERVAL seconds and only when a resting order expired:
+        otherwise an expired order would leave the book only when a new order met it."""
+        now = int(time.time())
+        if now < self._next_sweep:
+            return None
+        self._next_sweep = now + SWEEP_INTERVAL
+        return Input(InputKind.EXPIRE, now, b"") if self.creator.book.expired(now) else None
 
     async def seal_loop(self) -> None:
         while True:
@@ -588,6 +618,8 @@ async def _creator(context: _Context, stop: asyncio.Event) -> None:
         context.domain,
         context.domains,
         context.book_chain,
+        members=config.members,
+        store=BatchStore(config.data_dir / BATCHES),
         transport=context.transport,
         timeout=config.seal_timeout,
     )
@@ -608,6 +640,7 @@ async def _creator(context: _Context, stop: asyncio.Event) -> None:
     settlement = SettlementThread(make_settler)
     service = BookService(context, creator, settlement)
     service_ref.append(service)
+    service.resume()
 
     async def post(request: web.Request, work: Callable[[bytes], Awaitable[dict[str, Any]]]) -> web.Response:
         try:
@@ -657,8 +690,16 @@ def _info(context: _Context, role: str, extra: dict[str, Any]) -> dict[str, Any]
 
 
 async def _member(context: _Context, stop: asyncio.Event) -> None:
+    context.config.data_dir.mkdir(parents=True, exist_ok=True)
     member = BookMember(
-        context.secret, context.address, context.market, context.domain, context.domains, context.book_chain
+        context.secret,
+        context.address,
+        context.market,
+        context.domain,
+        context.domains,
+        context.book_chain,
+        members=context.config.members,
+        store=BatchStore(context.config.data_dir / BATCHES),
     )
 
     async def info(request: web.Request) -> web.Response:
