@@ -7,8 +7,8 @@ AVAX receipt; A exits 63.799 AVAX and B exits 1 ETH, each certified in the vault
 
 Fees are on top (0.01% of each leg, paid by the payer and split like note fees), so A's deposit covers
 the 1 ETH plus its fee, 0.0001 ETH: a seller who deposited exactly 1 ETH could sell 0.9999 ETH. The
-mainchain (vault deposit and payout) is recorded here, not run: the vault pays these certificates in
-helper tests on anvil.
+mainchain (vault deposit and payout) is not run here: tests/test_odex_devnet.py runs the same story on
+a devnet, where the vault on anvil pays the certificates.
 """
 
 from __future__ import annotations
