@@ -123,13 +123,17 @@ def devnet_down(directory: Path | None) -> None:
 @devnet.command("check")
 @_devnet_dir
 def devnet_check(directory: Path | None) -> None:
-    """The conservation check: every note's outstanding value against its chain, every coin's backing."""
+    """The conservation check: every note's and oDEX receipt's outstanding value against its chain, every
+    coin's backing and every oDEX asset's custody."""
     from offchain.devnet import dle
     from offchain.dle.conservation import ConservationError
 
     try:
-        report, names = dle.check(directory)
+        report, receipts, names = dle.check(directory)
     except (dle.DevnetError, ConservationError) as exc:
         raise click.ClickException(f"conservation check failed: {exc}") from exc
     click.echo("\n".join(report.lines(names)))
     click.echo(f"conservation holds: {len(report.notes)} notes, {len(report.coins)} stablecoins")
+    if receipts is not None:
+        click.echo("\n".join(receipts.lines(names)))
+        click.echo(f"conservation holds: {len(receipts.receipts)} oDEX receipts, {len(receipts.assets)} assets")

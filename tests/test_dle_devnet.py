@@ -125,7 +125,7 @@ def test_buy_transfer_authorize_deduct_exit_and_conservation(running: devnet.Dev
     coin = client.contract("MockStablecoin")
     bob_key = bytes.fromhex((Path(running.directory) / "wallets" / "bob.key").read_text().strip())
     result = asyncio.run(_exit_on_dle(client, 1, bob_key, 4 * USD))
-    report, _ = devnet.check(Path(running.directory))
+    report, _, _ = devnet.check(Path(running.directory))
     assert [n.unpaid_exits for n in report.notes] == [((0, 4 * USD),), ()]
     before = coin.functions.balanceOf(Web3.to_checksum_address("0x" + bob.hex())).call()
     cert = result.certificate
@@ -147,7 +147,7 @@ def test_buy_transfer_authorize_deduct_exit_and_conservation(running: devnet.Dev
 
     out = conet(running, "devnet", "check")
     assert "conservation holds: 2 notes, 1 stablecoins" in out
-    report, _ = devnet.check(Path(running.directory))
+    report, _, _ = devnet.check(Path(running.directory))
     outstanding = {n.note: n.outstanding for n in report.notes}
     assert outstanding == {1: 16 * USD, 2: 9 * USD}
     assert report.coins[0].backing == 25 * USD and report.coins[0].unclaimed_fees == 8_000 + 2_000

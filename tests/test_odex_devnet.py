@@ -228,3 +228,20 @@ def test_the_book_survives_its_operator_and_a_member_killed(running: devnet.Devn
         assert time.monotonic() < deadline, last
         time.sleep(0.5)
     assert fill_lines(odex(running, "trades"))[: len(trades_before)] == trades_before
+
+
+def test_conet_devnet_check_walks_every_receipt_chain(running: devnet.DevnetState) -> None:
+    """After the module's trades, cancels and withdrawals: every receipt's outstanding value in the vault
+    is its chain's balances plus unpaid exits, and the vault holds exactly its custody of each asset."""
+    _, receipts, _ = devnet.check(Path(running.directory))
+    client = devnet.DevnetClient.open(Path(running.directory))
+    vault = OdexVaultClient(client.w3, client.state.contracts)
+    assert receipts is not None
+    assert [r.receipt for r in receipts.receipts] == list(range(1, vault.next_receipt()))
+    for check in receipts.receipts:
+        assert check.outstanding == sum(check.balances.values()) + sum(a for _, a in check.unpaid_exits)
+        assert check.funded - check.exited == sum(check.balances.values())
+    assert {int(a.asset, 16) for a in receipts.assets} == {0, int(client.state.contracts["MockToken"], 16)}
+    out = CliRunner().invoke(main, ["devnet", "check", "--dir", running.directory], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    assert f"conservation holds: {len(receipts.receipts)} oDEX receipts, 2 assets" in out.output

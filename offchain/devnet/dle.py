@@ -54,7 +54,13 @@ from offchain.chain.deployer import CONET, Role
 from offchain.chain.dle import DleChainClient
 from offchain.chain.web3_contracts import ChainError, Sender, connect, load_contract
 from offchain.devnet.anvil import CHAIN_ID, DEV_MNEMONIC, HARDFORK, AnvilError, anvil_binary, free_port, rpc
-from offchain.dle.conservation import ConservationReport, check_conservation, http_source
+from offchain.dle.conservation import (
+    ConservationReport,
+    ReceiptReport,
+    check_conservation,
+    check_receipts,
+    http_source,
+)
 from offchain.dle.digests import Domains
 from offchain.dle.local import address_of_secret
 from offchain.dle.mainchain import ArchiveGroups
@@ -1026,9 +1032,10 @@ def running_devnet(directory: Path, spec: DevnetSpec | None = None, log: Log = p
 # -- conservation ---------------------------------------------------------------------------------------
 
 
-def check(directory: Path | None = None) -> tuple[ConservationReport, dict[bytes, str]]:
+def check(directory: Path | None = None) -> tuple[ConservationReport, ReceiptReport | None, dict[bytes, str]]:
     """The conservation check (offchain/dle/conservation.py) on the running devnet, every chain read
-    from its host archive node over HTTP; also the names of the devnet's nodes and wallets."""
+    from its host archive node over HTTP: the notes, and the oDEX receipts when the deployment has a
+    vault; also the names of the devnet's nodes and wallets."""
     client = DevnetClient.open(directory)
     names = {bytes.fromhex(n.address[2:]): n.name for n in client.state.nodes}
     wallets = client.directory / "wallets"
@@ -1036,11 +1043,15 @@ def check(directory: Path | None = None) -> tuple[ConservationReport, dict[bytes
         for path in sorted(wallets.glob("*.key")):
             names[address_of_secret(bytes.fromhex(path.read_text().strip().removeprefix("0x")))] = path.stem
 
-    async def run() -> ConservationReport:
+    async def run() -> tuple[ConservationReport, ReceiptReport | None]:
         async with client.transport() as transport:
             source = http_source(
                 transport, client.groups.group_of, client.domains, lambda c: client.chain.chain_record(c).group
             )
-            return await check_conservation(client.chain.cash, source)
+            notes = await check_conservation(client.chain.cash, source)
+            vault = client.state.contracts.get("OdexVault")
+            receipts = None if vault is None else await check_receipts(client.contract("OdexVault", vault), source)
+            return notes, receipts
 
-    return asyncio.run(run()), names
+    notes, receipts = asyncio.run(run())
+    return notes, receipts, names

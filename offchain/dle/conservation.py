@@ -11,6 +11,9 @@ DESIGN §6's invariant, checked end to end on a running deployment:
   own books are checked too: Σ balances == funded - exited (`supply()`).
 - **per stablecoin**: `CoNETCash.backing(coin)` equals Σ `outstandingOf` of its notes, and the coin
   CoNETCash holds equals backing + open orders + the CBDCs' unclaimed fees.
+- **per oDEX receipt and asset** (`check_receipts`): the same per-chain rule against
+  `OdexVault.receiptOf(receipt).outstanding`, and what the vault holds of each asset == `custodyOf` ==
+  Σ outstanding of its receipts.
 
 The chain is read whole (every block and the state after it) from an archive node — over the DLE's
 `chain` call (`http_source`) or from its chain store (`store_source`) — and re-executed block by block
@@ -25,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from eth_abi.abi import decode
@@ -43,12 +47,16 @@ from offchain.dle.store import ChainStore
 from offchain.dle.transport import Transport
 
 __all__ = [
+    "AssetCheck",
     "ChainSource",
     "CoinCheck",
     "ConservationError",
     "ConservationReport",
     "NoteCheck",
+    "ReceiptCheck",
+    "ReceiptReport",
     "check_conservation",
+    "check_receipts",
     "http_source",
     "store_source",
 ]
@@ -219,6 +227,63 @@ def _addr(value: Any) -> bytes:
     return bytes.fromhex(str(value)[2:])
 
 
+def _exit_paid(payer: Contract, asset_id: int, nonce: int) -> bool:
+    return bool(payer.functions.isExitNonceUsed(asset_id, nonce).call())
+
+
+async def _check_chain(
+    subject: str,
+    chain: bytes,
+    outstanding: int,
+    payer: str,
+    is_paid: Callable[[int], bool],
+    source: ChainSource,
+    engine: Engine,
+    reader: NoteReader,
+    program: Program,
+) -> tuple[int, dict[bytes, int], tuple[tuple[int, int], ...], int, int, int]:
+    """One note or receipt chain against the `outstanding` value its payer holds for it: the chain's own
+    books (Σ balances == funded - exited), then outstanding == Σ balances + the exits final on the chain
+    that the payer has not paid (`is_paid(nonce)` false). (height, balances, unpaid exits, exits paid,
+    funded, exited); ConservationError naming `subject` otherwise."""
+    try:
+        dump = await source(chain)
+    except ConservationError:
+        raise
+    except Exception as error:
+        raise ConservationError(subject, outstanding, f"its chain cannot be read: {error}") from error
+    head, logs = _replay(engine, chain, dump.blocks)
+    roles = dump.roles.roles
+    cbdc, witnesses, pool = reader.view(head, chain, "roles")
+    accounts = _addresses_in(program, logs) | {roles.creator, *roles.witnesses, *roles.validators, *roles.excluded}
+    accounts |= {_addr(cbdc), _addr(pool), *(_addr(w) for w in witnesses)}
+    balances = {a: reader.balance(head, chain, a) for a in sorted(accounts)}
+    balances = {a: b for a, b in balances.items() if b}
+    funded, exited = reader.supply(head, chain)
+    total = sum(balances.values())
+    if total != funded - exited:
+        raise ConservationError(
+            subject, funded - exited - total, f"the chain's balances add up to {total}, its books to {funded - exited}"
+        )
+    (count,) = reader.view(head, chain, "exitCount")
+    unpaid, paid = [], 0
+    for nonce in range(int(count)):
+        ((_note, _chain, _height, _holder, _receiver, amount, _nonce),) = reader.view(head, chain, "exitOf", nonce)
+        if is_paid(nonce):
+            paid += 1
+        else:
+            unpaid.append((nonce, int(amount)))
+    expected = total + sum(a for _, a in unpaid)
+    if outstanding != expected:
+        raise ConservationError(
+            subject,
+            outstanding - expected,
+            f"{payer} holds {outstanding} outstanding, the chain accounts for {expected} "
+            f"({total} in balances + {expected - total} in unpaid exits)",
+        )
+    return len(dump.blocks) - 1, balances, tuple(unpaid), paid, funded, exited
+
+
 async def check_conservation(
     cash: Contract,
     source: ChainSource,
@@ -250,48 +315,14 @@ async def check_conservation(
         cbdcs.setdefault(stablecoin, set()).add(party)
         outstanding = int(functions.outstandingOf(note).call())
         by_coin[stablecoin] += outstanding
-        subject = f"note {note}"
-        try:
-            dump = await source(chain)
-        except ConservationError:
-            raise
-        except Exception as error:
-            raise ConservationError(subject, outstanding, f"its chain cannot be read: {error}") from error
-        head, logs = _replay(engine, chain, dump.blocks)
-        roles = dump.roles.roles
-        cbdc, witnesses, pool = reader.view(head, chain, "roles")
-        accounts = _addresses_in(program, logs) | {roles.creator, *roles.witnesses, *roles.validators, *roles.excluded}
-        accounts |= {_addr(cbdc), _addr(pool), *(_addr(w) for w in witnesses)}
-        balances = {a: reader.balance(head, chain, a) for a in sorted(accounts)}
-        balances = {a: b for a, b in balances.items() if b}
-        funded, exited = reader.supply(head, chain)
-        total = sum(balances.values())
-        if total != funded - exited:
-            raise ConservationError(
-                subject,
-                funded - exited - total,
-                f"the chain's balances add up to {total}, its books to {funded - exited}",
-            )
-        (count,) = reader.view(head, chain, "exitCount")
-        unpaid, paid = [], 0
-        for nonce in range(int(count)):
-            ((_note, _chain, _height, _holder, _receiver, amount, _nonce),) = reader.view(head, chain, "exitOf", nonce)
-            if functions.isExitNonceUsed(note, nonce).call():
-                paid += 1
-            else:
-                unpaid.append((nonce, int(amount)))
-        expected = total + sum(a for _, a in unpaid)
-        if outstanding != expected:
-            raise ConservationError(
-                subject,
-                outstanding - expected,
-                f"CoNETCash holds {outstanding} outstanding, the chain accounts for {expected} "
-                f"({total} in balances + {expected - total} in unpaid exits)",
-            )
+        height, balances, unpaid, paid, funded, exited = await _check_chain(
+            f"note {note}", chain, outstanding, "CoNETCash", partial(_exit_paid, cash, note), source, engine, reader,
+            program,
+        )  # fmt: skip
         notes.append(
             NoteCheck(
-                note, chain, stablecoin, "live" if status == _LIVE else "pooled", len(dump.blocks) - 1,
-                outstanding, balances, tuple(unpaid), paid, funded, exited,
+                note, chain, stablecoin, "live" if status == _LIVE else "pooled", height,
+                outstanding, balances, unpaid, paid, funded, exited,
             )
         )  # fmt: skip
     coins = []
@@ -315,3 +346,100 @@ async def check_conservation(
             )
         coins.append(CoinCheck(stablecoin, backing, outstanding, held, orders, fees))
     return ConservationReport(tuple(notes), tuple(coins), decimals)
+
+
+@dataclass(frozen=True)
+class ReceiptCheck:
+    receipt: int
+    chain: bytes
+    asset: str
+    height: int
+    outstanding: int
+    """OdexVault.outstandingOf(receipt)."""
+    balances: dict[bytes, int]
+    unpaid_exits: tuple[tuple[int, int], ...]
+    paid_exits: int
+    funded: int
+    exited: int
+
+
+@dataclass(frozen=True)
+class AssetCheck:
+    asset: str
+    custody: int
+    """OdexVault.custodyOf(asset): Σ outstanding of its receipts, as the vault counts it."""
+    outstanding: int
+    held: int
+    """What the vault holds of the asset (native: its balance)."""
+
+
+@dataclass(frozen=True)
+class ReceiptReport:
+    receipts: tuple[ReceiptCheck, ...]
+    assets: tuple[AssetCheck, ...]
+
+    def lines(self, names: dict[bytes, str] | None = None) -> list[str]:
+        names = names or {}
+        out = []
+        for receipt in self.receipts:
+            total, unpaid = sum(receipt.balances.values()), sum(a for _, a in receipt.unpaid_exits)
+            out.append(
+                f"receipt {receipt.receipt} ({receipt.asset}, height {receipt.height}): outstanding "
+                f"{receipt.outstanding} = balances {total} + unpaid exits {unpaid}; exits paid {receipt.paid_exits}"
+            )
+            for account, balance in sorted(receipt.balances.items(), key=lambda item: -item[1]):
+                out.append(f"    {names.get(account, '0x' + account.hex()):<44} {balance:>24}")
+        for asset in self.assets:
+            out.append(
+                f"asset {asset.asset}: held {asset.held} = custody {asset.custody} = Σ outstanding {asset.outstanding}"
+            )
+        return out
+
+
+async def check_receipts(
+    vault: Contract,
+    source: ChainSource,
+    *,
+    engine: Engine | None = None,
+    tokens: Callable[[str], Contract] | None = None,
+) -> ReceiptReport:
+    """The same invariant for the oDEX: every receipt's outstanding value in OdexVault against its
+    receipt chain (balances + exits final there and not yet withdrawn), and per asset: what the vault
+    holds == `custodyOf` == Σ outstanding. Receipts withdrawn in full are checked too (their chains
+    must then hold nothing)."""
+    from offchain.chain.web3_contracts import load_contract
+
+    engine = engine or default_engine()
+    program = note_program()
+    reader = NoteReader(engine, program)
+    w3: Web3 = vault.w3
+    erc20 = tokens or (lambda address: load_contract(w3, "MockStablecoin", address))
+    functions = vault.functions
+    receipts: list[ReceiptCheck] = []
+    by_asset: dict[str, int] = {}
+    for receipt in range(1, int(functions.nextReceipt().call())):
+        asset, _depositor, _amount, outstanding, chain, _fee = functions.receiptOf(receipt).call()
+        asset, outstanding, chain = str(asset), int(outstanding), bytes(chain)
+        by_asset[asset] = by_asset.get(asset, 0) + outstanding
+        height, balances, unpaid, paid, funded, exited = await _check_chain(
+            f"receipt {receipt}", chain, outstanding, "OdexVault", partial(_exit_paid, vault, receipt), source,
+            engine, reader, program,
+        )  # fmt: skip
+        receipts.append(
+            ReceiptCheck(receipt, chain, asset, height, outstanding, balances, unpaid, paid, funded, exited)
+        )
+    assets = []
+    for asset, outstanding in sorted(by_asset.items()):
+        custody = int(functions.custodyOf(asset).call())
+        if int(asset, 16) == 0:
+            held = int(w3.eth.get_balance(vault.address))
+        else:
+            held = int(erc20(asset).functions.balanceOf(vault.address).call())
+        if not held == custody == outstanding:
+            raise ConservationError(
+                f"asset {asset}",
+                held - outstanding,
+                f"the vault holds {held}, custody {custody}, Σ outstanding {outstanding}",
+            )
+        assets.append(AssetCheck(asset, custody, outstanding, held))
+    return ReceiptReport(tuple(receipts), tuple(assets))
