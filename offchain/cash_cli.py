@@ -17,11 +17,10 @@ note's stablecoin (`2.5` of a 6-decimal coin is 2,500,000 units).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 from web3 import Web3
@@ -30,6 +29,7 @@ from offchain.chain.cash import CashError, format_amount, parse_amount
 from offchain.chain.dle import ExitCertificate as MainchainExitCertificate
 from offchain.chain.web3_contracts import ChainError, Sender, events_of
 from offchain.devnet.dle import DevnetClient, DevnetError, default_dir, load_wallet, wallet_path
+from offchain.devnet.wallet_cli import WalletSettings, explained_group, wait_for, wallet_options
 from offchain.dle.client import DleError
 from offchain.dle.local import address_of_secret
 from offchain.dle.transport import TransportError
@@ -96,51 +96,21 @@ class _Wallet:
         return asyncio.run(run())
 
 
-@dataclass
-class _Settings:
-    """The group's options; the wallet is opened on first use, so `--help` needs no devnet."""
-
-    directory: Path | None
-    name: str
-    key_file: Path | None
-    wallet: _Wallet | None = None
-
-
 def _wallet(ctx: click.Context) -> _Wallet:
     settings = ctx.obj
-    assert isinstance(settings, _Settings)
+    assert isinstance(settings, WalletSettings)
     if settings.wallet is None:
         client = DevnetClient.open(settings.directory or default_dir())
         settings.wallet = _Wallet(client, load_wallet(client, settings.name, settings.key_file))
     return settings.wallet
 
 
-class _Explained(click.Group):
-    """Every known failure becomes a ClickException with its reason (no traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except _ERRORS as error:
-            raise click.ClickException(str(error)) from error
-
-
-@click.group(cls=_Explained)
-@click.option(
-    "--devnet",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The devnet directory (default: $CONET_DEVNET_DIR or .devnet in the project).",
-)
-@click.option("--wallet", "name", default="default", show_default=True, help="A wallet of the devnet, by name.")
-@click.option(
-    "--key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="A hex key file instead."
-)
+@click.group(cls=explained_group(_ERRORS))
+@wallet_options
 @click.pass_context
 def cash(ctx: click.Context, directory: Path | None, name: str, key_file: Path | None) -> None:
     """CoNETCash notes on the DLE devnet (`conet devnet up` first)."""
-    ctx.obj = _Settings(directory, name, key_file)
+    ctx.obj = WalletSettings[_Wallet](directory, name, key_file)
 
 
 @cash.command()
@@ -148,14 +118,6 @@ def cash(ctx: click.Context, directory: Path | None, name: str, key_file: Path |
 def address(ctx: click.Context) -> None:
     """Print the wallet's address."""
     click.echo(_wallet(ctx).checksum)
-
-
-def _wait(what: str, timeout: float, done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise DevnetError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
 
 
 @cash.command()
@@ -185,13 +147,13 @@ def buy(ctx: click.Context, amount: str, timeout: float) -> None:
     note = int(events_of(cash_contract, "OrderPlaced", receipt)[0]["id"])
     click.echo(f"order {note}: {amount} mUSDC deposited by {wallet.checksum}; waiting for a CBDC")
     functions = cash_contract.functions
-    _wait(f"a CBDC to fill order {note}", timeout, lambda: int(functions.noteOf(note).call()[0]) != _ORDERED)
+    wait_for(f"a CBDC to fill order {note}", timeout, lambda: int(functions.noteOf(note).call()[0]) != _ORDERED)
     view = functions.noteOf(note).call()
     if int(view[0]) != _LIVE:
         raise DevnetError(f"order {note} was not filled (status {int(view[0])})")
     click.echo(f"note {note}: minted by CBDC {wallet.name_of(bytes.fromhex(str(view[4])[2:]))}")
     chain = bytes(view[9])
-    _wait(f"the DLE to open note {note}'s chain", timeout, lambda: client.chain.is_registered(chain))
+    wait_for(f"the DLE to open note {note}'s chain", timeout, lambda: client.chain.is_registered(chain))
     balance = wallet.on_note(note, lambda nc: nc.balance(wallet.address))
     group = client.chain.chain_record(chain).group
     click.echo(

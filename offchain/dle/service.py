@@ -78,7 +78,19 @@ from offchain.dle.transport import HttpTransport, http_app
 from offchain.odex.receipts import ReceiptIssued as OdexReceipt
 from offchain.odex.receipts import receipt_terms
 
-__all__ = ["KINDS", "ChainOpener", "NodeConfig", "NoteOpener", "ServiceError", "main", "read_key", "receipt_creator"]
+__all__ = [
+    "KINDS",
+    "ChainOpener",
+    "NodeConfig",
+    "NoteOpener",
+    "ServiceError",
+    "log_to_stdout",
+    "main",
+    "read_key",
+    "receipt_creator",
+    "serve_until_stopped",
+    "stop_on_signals",
+]
 
 log = logging.getLogger("conet.dle.service")
 
@@ -624,26 +636,57 @@ async def _cbdc(context: _Context, stop: asyncio.Event) -> None:
 # -- process --------------------------------------------------------------------------------------------
 
 
+async def serve_until_stopped(
+    app: web.Application,
+    name: str,
+    kind: str,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    tasks: Sequence[Awaitable[None]],
+) -> None:
+    """Serve `app` until `stop` is set, running `tasks` beside it: a task that dies stops the process
+    with ServiceError rather than leaving a node that answers but no longer works. Shared by every node
+    process (the DLE's here, the oDEX book's in offchain/odex/service.py)."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("%s (%s) serving on http://%s:%d", name, kind, host, port)
+    running = [asyncio.ensure_future(task) for task in tasks]
+    try:
+        waiter = asyncio.ensure_future(stop.wait())
+        done, _ = await asyncio.wait([waiter, *running], return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        for task in done:
+            if task is not waiter and task.exception() is not None:
+                raise ServiceError(f"{name}: a background task died") from task.exception()
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await runner.cleanup()
+        log.info("%s stopped", name)
+
+
 async def _serve(
     app: web.Application, config: NodeConfig, stop: asyncio.Event, tasks: list[asyncio.Task[None]]
 ) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    log.info("%s (%s) serving on http://%s:%d", config.name, config.kind, config.host, config.port)
-    try:
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise ServiceError(f"{config.name}: a background task died") from task.exception()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
-        log.info("%s stopped", config.name)
+    await serve_until_stopped(app, config.name, config.kind, config.host, config.port, stop, tasks)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT: how `conet devnet down` asks a node process to stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def log_to_stdout() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
+    )
 
 
 _RUNNERS: dict[str, Callable[[_Context, asyncio.Event], Awaitable[None]]] = {
@@ -655,10 +698,7 @@ _RUNNERS: dict[str, Callable[[_Context, asyncio.Event], Awaitable[None]]] = {
 
 async def run(config: NodeConfig) -> None:
     """Run the node of `config` until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     context = _Context.build(config)
     try:
         await _RUNNERS[config.kind](context, stop)
@@ -671,9 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--config", required=True, type=Path, help="the node's JSON config")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
-    )
+    log_to_stdout()
     try:
         config = NodeConfig.load(args.config)
         if config.kind != args.kind:

@@ -47,6 +47,7 @@ from offchain.devnet.dle import (
     send_eth,
     wallet_path,
 )
+from offchain.devnet.wallet_cli import WalletSettings, explained_group, wait_for, wallet_options
 from offchain.dle.client import DleError
 from offchain.dle.local import address_of_secret
 from offchain.dle.transport import TransportError
@@ -234,17 +235,9 @@ class OdexWallet:
         self._orders_file.write_text(json.dumps([*self.orders(), record], indent=2) + "\n")
 
 
-@dataclass
-class _Settings:
-    directory: Path | None
-    name: str
-    key_file: Path | None
-    wallet: OdexWallet | None = None
-
-
 def _odex(ctx: click.Context) -> OdexWallet:
     settings = ctx.obj
-    assert isinstance(settings, _Settings)
+    assert isinstance(settings, WalletSettings)
     if settings.wallet is None:
         client = DevnetClient.open(settings.directory or default_dir())
         name = settings.key_file.stem if settings.key_file is not None else settings.name
@@ -252,40 +245,12 @@ def _odex(ctx: click.Context) -> OdexWallet:
     return settings.wallet
 
 
-class _Explained(click.Group):
-    """Every known failure becomes a ClickException with its reason (no traceback)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except _ERRORS as error:
-            raise click.ClickException(str(error)) from error
-
-
-@click.group(cls=_Explained)
-@click.option(
-    "--devnet",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="The devnet directory (default: $CONET_DEVNET_DIR or .devnet in the project).",
-)
-@click.option("--wallet", "name", default="default", show_default=True, help="A wallet of the devnet, by name.")
-@click.option(
-    "--key-file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="A hex key file instead."
-)
+@click.group(cls=explained_group(_ERRORS))
+@wallet_options
 @click.pass_context
 def odex(ctx: click.Context, directory: Path | None, name: str, key_file: Path | None) -> None:
     """The oDEX on the DLE devnet: the vault, receipt chains and the mETH/AVAX book (`conet devnet up` first)."""
-    ctx.obj = _Settings(directory, name, key_file)
-
-
-def _wait(what: str, timeout: float, done: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            raise DevnetError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
+    ctx.obj = WalletSettings[OdexWallet](directory, name, key_file)
 
 
 @odex.command()
@@ -318,7 +283,7 @@ def deposit(ctx: click.Context, asset: str, amount: str, timeout: float) -> None
             f"{wallet.name} ({wallet.checksum}), fee {receipt.fee_bps} bps; waiting for its chain"
         )
     for receipt in issued:
-        _wait(
+        wait_for(
             f"the DLE to open receipt {receipt.receipt}'s chain",
             timeout,
             lambda r=receipt: client.chain.is_registered(r.chain),  # type: ignore[misc]

@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -61,6 +60,7 @@ from offchain.dle.client import DleClient
 from offchain.dle.digests import Domains
 from offchain.dle.local import address_of_secret
 from offchain.dle.mainchain import ArchiveGroups
+from offchain.dle.service import ServiceError, log_to_stdout, read_key, serve_until_stopped, stop_on_signals
 from offchain.dle.transport import HttpTransport, RemoteError, http_app
 from offchain.odex.book import Fill, OrderBook
 from offchain.odex.group import (
@@ -94,7 +94,7 @@ BATCHES = "batches.sqlite"
 """The book's final batches in each book process's data directory (group.BatchStore)."""
 
 
-class BookError(RuntimeError):
+class BookError(ServiceError):
     """The book service cannot start: bad config, missing key, no vault."""
 
 
@@ -183,16 +183,6 @@ class BookConfig:
         }
 
 
-def _read_key(path: Path) -> bytes:
-    try:
-        key = bytes.fromhex(path.read_text().strip().removeprefix("0x"))
-    except (OSError, ValueError) as error:
-        raise BookError(f"cannot read a key from {path}: {error}") from error
-    if len(key) != 32:
-        raise BookError(f"{path} holds {len(key)} bytes, not a 32-byte key")
-    return key
-
-
 @dataclass
 class _Context:
     config: BookConfig
@@ -208,7 +198,7 @@ class _Context:
 
     @classmethod
     def build(cls, config: BookConfig) -> _Context:
-        secret = _read_key(config.key_file)
+        secret = read_key(config.key_file)
         address = address_of_secret(secret)
         if address not in config.members:
             raise BookError(f"0x{address.hex()} is not a member of the book's group {config.members}")
@@ -715,32 +705,12 @@ async def _member(context: _Context, stop: asyncio.Event) -> None:
 
 
 async def _serve(app: web.Application, config: BookConfig, stop: asyncio.Event, work: list[Awaitable[None]]) -> None:
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, config.host, config.port).start()
-    log.info("%s (%s) serving on http://%s:%d", config.name, config.role, config.host, config.port)
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
-        waiter = asyncio.ensure_future(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not waiter and task.exception() is not None:
-                raise BookError(f"{config.name}: a background task died") from task.exception()
-        waiter.cancel()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
-        log.info("%s stopped", config.name)
+    await serve_until_stopped(app, config.name, config.role, config.host, config.port, stop, work)
 
 
 async def run(config: BookConfig) -> None:
     """Run the book process of `config` until SIGTERM or SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     context = _Context.build(config)
     try:
         await (_creator if config.role == "creator" else _member)(context, stop)
@@ -753,15 +723,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("role", choices=ROLES)
     parser.add_argument("--config", required=True, type=Path, help="the book process's JSON config")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout, force=True
-    )
+    log_to_stdout()
     try:
         config = BookConfig.load(args.config)
         if config.role != args.role:
             raise BookError(f"{args.config} configures a book {config.role}, not a {args.role}")
         asyncio.run(run(config))
-    except BookError as error:
+    except ServiceError as error:
         log.error("%s", error)
         return 2
     return 0
