@@ -26,17 +26,12 @@ from eth_keys.exceptions import BadSignature
 from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
-from web3.contract.contract import ContractFunction
-from web3.types import TxReceipt
 
-from offchain.chain.addressbook import AddressBook
 from offchain.chain.deployer import Role
 from offchain.chain.web3_contracts import (
     DEFAULT_RECEIPT_TIMEOUT,
-    ChainError,
     ContractRevert,
-    Sender,
-    addresses_of,
+    DeploymentClient,
     events_of,
     load_contract,
 )
@@ -263,7 +258,7 @@ def members_hash(members: Sequence[str]) -> bytes:
     return keccak(b"".join(_address(m).rjust(32, b"\0") for m in members))[:20]
 
 
-class DleChainClient:
+class DleChainClient(DeploymentClient):
     """DleRegistry and CoNETCash for the DLE. `private_key` signs transactions; without one, only the
     views and digests work."""
 
@@ -275,30 +270,11 @@ class DleChainClient:
         *,
         receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
     ) -> None:
-        self.w3 = w3
+        super().__init__(w3, private_key, receipt_timeout)
         self.registry: Contract = load_contract(w3, "DleRegistry", addresses["DleRegistry"])
         self.cash: Contract = load_contract(w3, "CoNETCash", addresses["CoNETCash"])
         self.staking: Contract = load_contract(w3, "Staking", addresses["Staking"])
         self.digests = Digests(int(w3.eth.chain_id), self.registry.address, self.cash.address)
-        self._sender = None if private_key is None else Sender(w3, private_key, receipt_timeout)
-
-    @classmethod
-    def from_address_book(
-        cls,
-        w3: Web3,
-        book: AddressBook,
-        private_key: bytes | str | None = None,
-        *,
-        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
-    ) -> DleChainClient:
-        if book.chain_id != int(w3.eth.chain_id):
-            raise ChainError(f"the address book is for chain {book.chain_id}, the node is chain {w3.eth.chain_id}")
-        return cls(w3, addresses_of(book), private_key, receipt_timeout=receipt_timeout)
-
-    @property
-    def address(self) -> str:
-        """The sending account."""
-        return self._require_sender().address
 
     # ---------------------------------------------------------------- views
 
@@ -462,14 +438,6 @@ class DleChainClient:
         return int(event["slashed"])
 
     # ---------------------------------------------------------------- internals
-
-    def _require_sender(self) -> Sender:
-        if self._sender is None:
-            raise ChainError("this client has no private key: it can read but not send")
-        return self._sender
-
-    def _transact(self, function: ContractFunction) -> TxReceipt:
-        return self._require_sender().transact(function)
 
     def _check_exit(self, certificate: ExitCertificate, epoch: int, signatures: bytes) -> None:
         """CoNETCash.exit's refusals, in its order."""

@@ -15,18 +15,14 @@ from typing import Any
 
 from web3 import Web3
 from web3.contract import Contract
-from web3.contract.contract import ContractFunction
 from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
-from offchain.chain.addressbook import AddressBook
 from offchain.chain.dle import Digests, DleChainClient, ExitCertificate
 from offchain.chain.web3_contracts import (
     DEFAULT_RECEIPT_TIMEOUT,
-    ChainError,
     ContractRevert,
-    Sender,
-    addresses_of,
+    DeploymentClient,
     events_of,
     load_contract,
     revert_of,
@@ -105,7 +101,7 @@ class Withdrawal:
     nonce: int
 
 
-class OdexVaultClient:
+class OdexVaultClient(DeploymentClient):
     """OdexVault for traders and the oDEX's services. `private_key` signs transactions; without one, only
     the views and digests work."""
 
@@ -117,7 +113,7 @@ class OdexVaultClient:
         *,
         receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
     ) -> None:
-        self.w3 = w3
+        super().__init__(w3, private_key, receipt_timeout)
         self.vault: Contract = load_contract(w3, "OdexVault", addresses["OdexVault"])
         # Certificates are checked against the DLE registry's epochs; that client never sends here.
         self._dle = DleChainClient(w3, addresses, receipt_timeout=receipt_timeout)
@@ -126,25 +122,6 @@ class OdexVaultClient:
         )
         params, _registry = self.vault.functions.dependencies().call()
         self._params: Contract = load_contract(w3, "ParameterStore", params)
-        self._sender = None if private_key is None else Sender(w3, private_key, receipt_timeout)
-
-    @classmethod
-    def from_address_book(
-        cls,
-        w3: Web3,
-        book: AddressBook,
-        private_key: bytes | str | None = None,
-        *,
-        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
-    ) -> OdexVaultClient:
-        if book.chain_id != int(w3.eth.chain_id):
-            raise ChainError(f"the address book is for chain {book.chain_id}, the node is chain {w3.eth.chain_id}")
-        return cls(w3, addresses_of(book), private_key, receipt_timeout=receipt_timeout)
-
-    @property
-    def address(self) -> str:
-        """The sending account."""
-        return self._require_sender().address
 
     # ---------------------------------------------------------------- views
 
@@ -256,14 +233,6 @@ class OdexVaultClient:
         return withdrawal
 
     # ---------------------------------------------------------------- internals
-
-    def _require_sender(self) -> Sender:
-        if self._sender is None:
-            raise ChainError("this client has no private key: it can read but not send")
-        return self._sender
-
-    def _transact(self, function: ContractFunction, value: int = 0) -> TxReceipt:
-        return self._require_sender().transact(function, value)
 
     def _erc20(self, asset: str) -> Contract:
         contract: Contract = self.w3.eth.contract(address=Web3.to_checksum_address(asset), abi=_ERC20_ABI)

@@ -9,10 +9,10 @@ book, and send transactions signed by a local key with `Sender`, which turns eve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, Self
 
 from eth_abi.abi import decode
 from eth_account import Account
@@ -218,10 +218,52 @@ def events_of(contract: Contract, event: str, receipt: TxReceipt) -> list[Mappin
     return out
 
 
+class DeploymentClient:
+    """The base of the clients of one deployment's contracts (`DleChainClient`, `OdexVaultClient`): reads
+    through any node; sends only with `private_key`. A subclass takes (w3, addresses, private_key, *,
+    receipt_timeout) and loads its contracts from `addresses`."""
+
+    def __init__(
+        self, w3: Web3, private_key: bytes | str | None = None, receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT
+    ) -> None:
+        self.w3 = w3
+        self._sender = None if private_key is None else Sender(w3, private_key, receipt_timeout)
+
+    @classmethod
+    def from_address_book(
+        cls,
+        w3: Web3,
+        book: AddressBook,
+        private_key: bytes | str | None = None,
+        *,
+        receipt_timeout: float = DEFAULT_RECEIPT_TIMEOUT,
+    ) -> Self:
+        """The client of `book`'s contracts; ChainError when the book is of another chain than `w3`'s."""
+        if book.chain_id != int(w3.eth.chain_id):
+            raise ChainError(f"the address book is for chain {book.chain_id}, the node is chain {w3.eth.chain_id}")
+        # Subclasses take the addresses as their second argument (see the class docstring).
+        make: Callable[..., Self] = cls
+        return make(w3, addresses_of(book), private_key, receipt_timeout=receipt_timeout)
+
+    @property
+    def address(self) -> str:
+        """The sending account."""
+        return self._require_sender().address
+
+    def _require_sender(self) -> Sender:
+        if self._sender is None:
+            raise ChainError("this client has no private key: it can read but not send")
+        return self._sender
+
+    def _transact(self, function: ContractFunction, value: int = 0) -> TxReceipt:
+        return self._require_sender().transact(function, value)
+
+
 __all__ = [
     "CONTRACTS",
     "ChainError",
     "ContractRevert",
+    "DeploymentClient",
     "Sender",
     "TransactionFailed",
     "TransactionTimeout",
