@@ -225,6 +225,51 @@ def test_append_refusals_write_nothing(store: ChainStore, path: Path) -> None:
     assert store.height(CHAIN) == 3
 
 
+def test_group_committed_appends(store: ChainStore, path: Path) -> None:
+    """Appends queued together share one transaction; a refused one writes nothing and fails alone."""
+    import asyncio
+
+    block, state = genesis(OTHER)
+    store.create_chain(block, state, b"c", b"m-other")
+    one, one_state = next_block(store)
+    other, other_state = next_block(store, OTHER)
+    stale = make_block(CHAIN, 5, one.hash, one_state)
+    commits: list[int] = []
+    commit_batch = store._commit_batch
+
+    def counted(batch: Any) -> None:
+        commits.append(len(batch))
+        commit_batch(batch)
+
+    store._commit_batch = counted  # type: ignore[method-assign]
+
+    async def together() -> list[BaseException | None]:
+        outcomes = await asyncio.gather(
+            store.append_async(CHAIN, one, one_state, b"c1"),
+            store.append_async(CHAIN, stale, one_state, b"c5"),
+            store.append_async(OTHER, other, other_state, b"o1"),
+            return_exceptions=True,
+        )
+        return list(outcomes)
+
+    results = asyncio.run(together())
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], NotExtendingHead)
+    assert sum(commits) == 3 and len(commits) <= 3
+    assert store.head(CHAIN).block == one and store.head(CHAIN).certificate == b"c1"
+    assert store.head(OTHER).block == other
+    with pytest.raises(StateMismatch):  # checked before queueing, like append
+        asyncio.run(store.append_async(CHAIN, make_block(CHAIN, 2, one.hash, one_state), make_state(9), b"c"))
+    store.close()  # stops the writer; a later append starts another
+    two, two_state = next_block(store)
+    asyncio.run(store.append_async(CHAIN, two, two_state, b"c2"))
+    store.close()
+    reopened = ChainStore(path)
+    assert reopened.height(CHAIN) == 2
+    reopened.integrity_check()
+    reopened.close()
+
+
 def test_reads_of_unknown_things(store: ChainStore) -> None:
     with pytest.raises(UnknownChain):
         store.head(OTHER)

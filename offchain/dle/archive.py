@@ -61,7 +61,7 @@ from offchain.dle.note import ExitCertificate, NoteTerms, genesis_state
 from offchain.dle.poh import ProofOfHistory
 from offchain.dle.pool import WaitingPool
 from offchain.dle.roles import ArchiveGroup, ChainRoles, RolesError, RolesRecord, join_certificate
-from offchain.dle.store import ChainStore, UnknownChain
+from offchain.dle.store import ChainStore, NotExtendingHead, UnknownChain
 from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
 
 __all__ = ["ROLE_CBDC", "ROLE_VALIDATOR", "ROLE_WITNESS", "ArchiveNode", "Mainchain", "Verdict", "selection_chain_id"]
@@ -274,10 +274,10 @@ class ArchiveNode:
 
     async def _final(self, body: bytes) -> bytes:
         final = Final.decode(body)
-        self.store_final(final)
+        await self.store_final(final)
         return b""
 
-    def store_final(self, final: Final) -> None:
+    async def store_final(self, final: Final) -> None:
         block = final.block
         chain = block.header.chain_id
         if block.header.height == 0:
@@ -300,7 +300,12 @@ class ArchiveNode:
             self.store.create_chain(block, post, final.certificate, record.encode())
             self._genesis.pop(chain, None)
         else:
-            self.store.append(chain, block, post, final.certificate)
+            try:
+                await self.store.append_async(chain, block, post, final.certificate)
+            except NotExtendingHead:
+                # The same final delivered twice at once (a retry): the first stored it.
+                if self.store.height(chain) < block.header.height:
+                    raise
 
     # -- group decisions (host) -------------------------------------------------------------------
 

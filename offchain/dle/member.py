@@ -410,7 +410,8 @@ class MemberNode:
                 post = pending.post
             else:
                 post = self._reexecute(head.state, block)
-            self.store.append(chain, block, post, final.certificate)
+            # Group-committed with the node's other chains; held under the chain lock until durable.
+            await self.store.append_async(chain, block, post, final.certificate)
             self._seen_validation = {
                 k: v for k, v in self._seen_validation.items() if k[0] != chain or k[1] > block.header.height
             }
@@ -685,7 +686,7 @@ class MemberNode:
         if parent is None:
             self.store.create_chain(signed, post, certificate, record.encode())
         else:
-            self.store.append(roles.chain, signed, post, certificate)
+            await self.store.append_async(roles.chain, signed, post, certificate)
         others = [w for w in roles.witnesses] + list(group.members)
         await asyncio.gather(*(self._call(peer, "final", final.encode(), self.timeouts.final) for peer in others))
         return _FinalOutcome(signed, certificate, exits)

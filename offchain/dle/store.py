@@ -15,6 +15,12 @@ Rules, and why:
   survives a SIGKILL or a power cut, and a crash before the commit leaves no trace of it. Block,
   state and head pointer change in the same transaction: a chain is never seen with a head whose
   block or state is missing.
+* **Group commit, same guarantee.** `append_async` hands the append to the store's writer thread,
+  which runs every append waiting at that moment in one transaction — each in its own savepoint, so a
+  refused one writes nothing and leaves the others alone — committed with the same fsync; the
+  awaitable completes only after that commit returned. A node with many chains in flight pays one
+  fsync per batch instead of one per block, and its event loop keeps running during the fsync. A
+  crash before the commit loses the whole batch, but no caller has acted on any block of it.
 * **A refused write writes nothing.** Checks that need no database (chain id, state root) run before
   the transaction; the rest (unknown chain, not extending the head) inside it, before any insert.
   The write lock is taken up front, so two writers racing to append at the same height serialise and
@@ -30,10 +36,13 @@ failing. The schema is in docs/drafts/dle-infra.md.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +199,20 @@ def _check_bytes(value: bytes, name: str) -> None:
         raise TypeError(f"{name} must be bytes, got {type(value).__name__}")
 
 
+@dataclass
+class _QueuedWrite:
+    """One write waiting for the writer thread, and where to report its outcome."""
+
+    run: Callable[[sqlite3.Connection], None]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+_WRITER_IDLE_SECONDS = 1.0
+"""A writer thread with nothing to do for this long closes its connection and ends (a store that is
+dropped without `close()` leaves no thread behind); the next `append_async` starts a new one."""
+
+
 class ChainStore:
     """DLE chains in one SQLite file. Safe to use from several threads and processes."""
 
@@ -197,6 +220,10 @@ class ChainStore:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        self._queue: queue.SimpleQueue[_QueuedWrite | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_pid = 0
+        self._writer_lock = threading.Lock()
         self._create()
 
     # -- connections ------------------------------------------------------------------------------
@@ -252,7 +279,18 @@ class ChainStore:
             raise SchemaError(f"{self.path} has chain-store schema {version}; this code reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
+        """Close this thread's connection (others close when their threads end) and stop the writer
+        thread once the appends already handed to it are committed."""
+        with self._writer_lock:
+            writer = self._writer if self._writer_pid == os.getpid() else None
+            if writer is not None:
+                self._queue.put(None)
+        # Joined outside the lock: a writer ending for idleness takes the lock to check the queue.
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
+        self._close_thread_connection()
+
+    def _close_thread_connection(self) -> None:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is not None and getattr(self._local, "pid", None) == os.getpid():
             db.close()
@@ -263,6 +301,78 @@ class ChainStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- group commit -----------------------------------------------------------------------------
+
+    async def _submit_write(self, run: Callable[[sqlite3.Connection], None]) -> None:
+        loop = asyncio.get_running_loop()
+        write = _QueuedWrite(run, loop, loop.create_future())
+        with self._writer_lock:
+            if self._writer_pid != os.getpid():
+                # A writer and queue inherited through fork() belong to the parent.
+                self._queue, self._writer, self._writer_pid = queue.SimpleQueue(), None, os.getpid()
+            # Queued and (re)started under the lock: a writer ending for idleness checks the queue under
+            # it one last time, so no write is ever left without a thread to run it.
+            self._queue.put(write)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write_batches, args=(self._queue,), name="chain-store writer", daemon=True
+                )
+                self._writer.start()
+        await write.future
+
+    def _write_batches(self, writes: queue.SimpleQueue[_QueuedWrite | None]) -> None:
+        try:
+            while True:
+                try:
+                    first = writes.get(timeout=_WRITER_IDLE_SECONDS)
+                except queue.Empty:
+                    with self._writer_lock:
+                        if writes.empty():
+                            self._writer = None
+                            return
+                    continue
+                batch: list[_QueuedWrite] = []
+                item: _QueuedWrite | None = first
+                # Everything queued while the previous batch was fsyncing goes into this one.
+                while item is not None:
+                    batch.append(item)
+                    try:
+                        item = writes.get_nowait()
+                    except queue.Empty:
+                        break
+                if batch:
+                    self._commit_batch(batch)
+                if item is None:  # close(): the writes queued before it are committed
+                    with self._writer_lock:
+                        if writes.empty():  # else a write came after close(): the store is still in use
+                            self._writer = None
+                            return
+        finally:
+            self._close_thread_connection()
+
+    def _commit_batch(self, batch: list[_QueuedWrite]) -> None:
+        outcomes: list[BaseException | None] = []
+        try:
+            with self._write() as db:
+                for write in batch:
+                    # A savepoint per write: a refused append is undone alone, the batch goes on.
+                    db.execute("SAVEPOINT one_write")
+                    try:
+                        write.run(db)
+                    except Exception as error:
+                        db.execute("ROLLBACK TO one_write")
+                        outcomes.append(error)
+                    else:
+                        outcomes.append(None)
+                    db.execute("RELEASE one_write")
+        except Exception as error:
+            # The commit itself failed (disk full, I/O error): nothing of the batch was written.
+            outcomes = [error] * len(batch)
+        for write, outcome in zip(batch, outcomes, strict=True):
+            # RuntimeError: the caller's event loop is closed, so nobody is waiting for this outcome.
+            with contextlib.suppress(RuntimeError):
+                write.loop.call_soon_threadsafe(_settle, write.future, outcome)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -291,26 +401,41 @@ class ChainStore:
         """Make `block` the chain's new head, with the state after it and its certificate — all three
         and the head pointer in one transaction, durable when this returns. Raises `WrongChain`,
         `StateMismatch`, `UnknownChain`, `NotExtendingHead`; nothing is written then."""
+        encoded = self._prepare_append(chain_id, block, state, certificate)
+        with self._write() as db:
+            self._append_in(db, chain_id, block, encoded, certificate)
+
+    async def append_async(self, chain_id: bytes, block: Block, state: State, certificate: bytes) -> None:
+        """`append`, group-committed: completes once the block is durable, after one fsync shared with
+        every append queued beside it (from any chain). Same checks, same errors, same guarantee."""
+        encoded = self._prepare_append(chain_id, block, state, certificate)
+        await self._submit_write(lambda db: self._append_in(db, chain_id, block, encoded, certificate))
+
+    def _prepare_append(self, chain_id: bytes, block: Block, state: State, certificate: bytes) -> tuple[bytes, bytes]:
         _check_chain_id(chain_id)
         encoded = self._prepare(block, state, certificate)
+        if block.header.chain_id != chain_id:
+            raise WrongChain(f"the block is of chain 0x{block.header.chain_id.hex()}, not 0x{chain_id.hex()}")
+        return encoded
+
+    def _append_in(
+        self, db: sqlite3.Connection, chain_id: bytes, block: Block, encoded: tuple[bytes, bytes], certificate: bytes
+    ) -> None:
         header = block.header
-        if header.chain_id != chain_id:
-            raise WrongChain(f"the block is of chain 0x{header.chain_id.hex()}, not 0x{chain_id.hex()}")
-        with self._write() as db:
-            head_height, head_hash = self._head_pointer(db, chain_id)
-            if header.height != head_height + 1:
-                raise NotExtendingHead(
-                    chain_id, head_height, head_hash, f"the block's height {header.height} is not {head_height + 1}"
-                )
-            if header.parent_hash != head_hash:
-                raise NotExtendingHead(
-                    chain_id, head_height, head_hash, f"the block's parent is 0x{header.parent_hash.hex()}"
-                )
-            self._insert_block(db, block, encoded, certificate)
-            db.execute(
-                "UPDATE chains SET head_height = ?, head_hash = ? WHERE chain_id = ?",
-                (header.height, block.hash, chain_id),
+        head_height, head_hash = self._head_pointer(db, chain_id)
+        if header.height != head_height + 1:
+            raise NotExtendingHead(
+                chain_id, head_height, head_hash, f"the block's height {header.height} is not {head_height + 1}"
             )
+        if header.parent_hash != head_hash:
+            raise NotExtendingHead(
+                chain_id, head_height, head_hash, f"the block's parent is 0x{header.parent_hash.hex()}"
+            )
+        self._insert_block(db, block, encoded, certificate)
+        db.execute(
+            "UPDATE chains SET head_height = ?, head_hash = ? WHERE chain_id = ?",
+            (header.height, block.hash, chain_id),
+        )
 
     def rollback(self, chain_id: bytes, height: int) -> list[StoredBlock]:
         """Remove every block above `height` and return them, lowest first; `height` becomes the head.
@@ -582,3 +707,12 @@ class ChainStore:
         if any(start > head_height + 1 for start in metas):
             problems.append(f"{name}: a meta applies only beyond the next block")
         return problems
+
+
+def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
+    if future.done():
+        return  # the caller was cancelled; the write happened (or not) all the same
+    if outcome is None:
+        future.set_result(None)
+    else:
+        future.set_exception(outcome)
