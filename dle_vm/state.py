@@ -100,9 +100,7 @@ class Account:
         """The Merkle-Patricia root of the storage."""
         if not self.storage:
             return EMPTY_TRIE_ROOT
-        return trie_root(
-            {keccak(slot.to_bytes(32, "big")): encode_rlp(uint_bytes(value)) for slot, value in self.storage.items()}
-        )
+        return _storage_root(frozenset(self.storage.items()))
 
     def trie_value(self) -> bytes:
         """The account as the state trie holds it: rlp([nonce, balance, storage_root, code_hash])."""
@@ -210,6 +208,21 @@ def _decode_storage(item: RLPItem) -> dict[int, int]:
         storage[slot] = value
     strictly_increasing(slots, "account storage")
     return storage
+
+
+@lru_cache(maxsize=8192)
+def _storage_root(storage: frozenset[tuple[int, int]]) -> bytes:
+    # A pure function of the slots, memoised: the same storage is rebuilt many times over — every
+    # member re-executes the same block, and every read of a stored state re-checks its root — while
+    # the trie costs ~0.5 ms in Python. A different storage (a wrong execution, a damaged copy) is a
+    # different key, so it is computed and checked like before; only exact repeats are answered here.
+    return trie_root({_slot_key(slot): encode_rlp(uint_bytes(value)) for slot, value in storage})
+
+
+@lru_cache(maxsize=65536)
+def _slot_key(slot: int) -> bytes:
+    # A program's slots recur in every state of its chain: hash each one once.
+    return keccak(slot.to_bytes(32, "big"))
 
 
 @lru_cache(maxsize=1024)
