@@ -224,6 +224,9 @@ class ChainStore:
         self._writer: threading.Thread | None = None
         self._writer_pid = 0
         self._writer_lock = threading.Lock()
+        # Decoded blocks and states by their exact stored bytes (see `_decode_row`).
+        self._decoded: dict[bytes, Block | State] = {}
+        self._decoded_lock = threading.Lock()
         self._create()
 
     # -- connections ------------------------------------------------------------------------------
@@ -515,7 +518,20 @@ class ChainStore:
     def head(self, chain_id: bytes) -> StoredBlock:
         """The head block, its certificate and the state after it."""
         _check_chain_id(chain_id)
-        with self._read() as db:
+        # One statement reads the pointer and the row it points to from one snapshot, so it needs no
+        # explicit read transaction; members read the head several times per block.
+        row = (
+            self._connection()
+            .execute(
+                "SELECT b.height, b.hash, b.state_root, b.block, b.certificate, b.state FROM chains c"
+                " JOIN blocks b ON b.chain_id = c.chain_id AND b.height = c.head_height WHERE c.chain_id = ?",
+                (chain_id,),
+            )
+            .fetchone()
+        )
+        if row is not None:
+            return self._decode_row(chain_id, *row)
+        with self._read() as db:  # no such chain, or no block under its head: say which
             head_height, _ = self._head_pointer(db, chain_id)
             return self._load(db, chain_id, head_height, head_height)
 
@@ -547,6 +563,16 @@ class ChainStore:
     def meta(self, chain_id: bytes, height: int | None = None) -> bytes:
         """The meta in force for the block at `height` (default: the latest, i.e. for the next block)."""
         _check_chain_id(chain_id)
+        if height is None:
+            # One statement; a meta row exists only for a stored chain (a foreign key), so a hit needs no
+            # look at the chains table. A miss takes the path below to tell an unknown chain.
+            found = (
+                self._connection()
+                .execute("SELECT meta FROM metas WHERE chain_id = ? ORDER BY from_height DESC LIMIT 1", (chain_id,))
+                .fetchone()
+            )
+            if found is not None:
+                return bytes(found[0])
         with self._read() as db:
             self._head_pointer(db, chain_id)
             if height is None:
@@ -597,8 +623,7 @@ class ChainStore:
 
     # -- internals --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _prepare(block: Block, state: State, certificate: bytes) -> tuple[bytes, bytes]:
+    def _prepare(self, block: Block, state: State, certificate: bytes) -> tuple[bytes, bytes]:
         # Everything that needs no database is checked and encoded before the write lock is taken.
         if not isinstance(block, Block):
             raise TypeError(f"block must be a dle_vm Block, got {type(block).__name__}")
@@ -610,7 +635,12 @@ class ChainStore:
                 f"block {block.header.height} claims state root 0x{block.header.state_root.hex()},"
                 f" the state given with it has 0x{state.root.hex()}"
             )
-        return block.encode(), state.encode()
+        encoded = block.encode(), state.encode()
+        # These bytes decode to exactly these objects (one canonical encoding, round trip tested in
+        # dle_vm), so reading them back later needs no decode; damaged bytes are other bytes.
+        self._remember(encoded[0], block)
+        self._remember(encoded[1], state)
+        return encoded
 
     @staticmethod
     def _insert_block(db: sqlite3.Connection, block: Block, encoded: tuple[bytes, bytes], certificate: bytes) -> None:
@@ -648,20 +678,54 @@ class ChainStore:
             raise CorruptStore([f"chain 0x{chain_id.hex()}: no block at height {height} below the head {head_height}"])
         return self._decode_row(chain_id, *row)
 
-    @staticmethod
+    _DECODED_KEPT = 1024
+    """Decoded blocks and states kept per store: a few per chain in flight is what the members reread."""
+
+    def _remember(self, data: bytes, value: Block | State) -> None:
+        with self._decoded_lock:
+            self._decoded[data] = value
+            if len(self._decoded) > self._DECODED_KEPT:
+                del self._decoded[next(iter(self._decoded))]
+
+    def _decoded_block(self, data: bytes) -> Block:
+        # Decoding is a pure function of the bytes: the same bytes read again give the same block, so
+        # an exact repeat is answered from memory. Any other bytes (a damaged row) are decoded afresh,
+        # and every check below runs on every read either way.
+        known = self._decoded.get(data)
+        if isinstance(known, Block):
+            return known
+        block = Block.decode(data)
+        self._remember(data, block)
+        return block
+
+    def _decoded_state(self, data: bytes) -> State:
+        known = self._decoded.get(data)
+        if isinstance(known, State):
+            return known
+        state = State.decode(data)
+        self._remember(data, state)
+        return state
+
     def _decode_row(
-        chain_id: bytes, height: int, hash_: bytes, state_root: bytes, block: bytes, certificate: bytes, state: bytes
+        self,
+        chain_id: bytes,
+        height: int,
+        hash_: bytes,
+        state_root: bytes,
+        block: bytes,
+        certificate: bytes,
+        state: bytes,
     ) -> StoredBlock:
         where = f"chain 0x{chain_id.hex()} height {height}"
         try:
-            decoded = Block.decode(bytes(block))
+            decoded = self._decoded_block(bytes(block))
         except EncodingError as error:
             raise CorruptStore([f"{where}: the block does not decode ({error})"]) from error
         header = decoded.header
         if decoded.hash != bytes(hash_) or header.height != height or header.chain_id != chain_id:
             raise CorruptStore([f"{where}: the stored block is another block (0x{decoded.hash.hex()})"])
         try:
-            decoded_state = State.decode(bytes(state))
+            decoded_state = self._decoded_state(bytes(state))
         except EncodingError as error:
             raise CorruptStore([f"{where}: the state does not decode ({error})"]) from error
         # The root costs a trie pass (~0.3 ms for a note); acting on a wrong pre-state would make an
