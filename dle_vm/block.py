@@ -28,6 +28,7 @@ from dle_vm.encoding import (
     check_uint,
     decode_rlp,
     encode_rlp,
+    encode_rlp_list,
     fixed_bytes,
     list_of,
     rlp_list,
@@ -51,7 +52,12 @@ class TransactionsRootError(EncodingError):
 
 def transactions_root(transactions: Iterable[Transaction]) -> bytes:
     """keccak256 of the RLP list of the transactions (keccak256(0xc0) for none)."""
-    return keccak(encode_rlp([tx.to_rlp() for tx in transactions]))
+    return keccak(_transactions_rlp(transactions))
+
+
+def _transactions_rlp(transactions: Iterable[Transaction]) -> bytes:
+    # Each transaction caches its own encoding; blocks are built and decoded many times per round.
+    return encode_rlp_list([tx.encode() for tx in transactions])
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,14 @@ class Block:
 
     def encode(self) -> bytes:
         """The canonical encoding."""
-        return encode_rlp(self.to_rlp())
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
+        # A block is immutable and sent to every member, archive node and store: encode it once.
+        return encode_rlp_list(
+            [self.header.encode(), _transactions_rlp(self.transactions), encode_rlp(list(self.signatures))]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Block:

@@ -31,6 +31,7 @@ __all__ = [
     "check_uint",
     "decode_rlp",
     "encode_rlp",
+    "encode_rlp_list",
     "fixed_bytes",
     "list_of",
     "raw_bytes",
@@ -97,6 +98,14 @@ def encode_rlp(item: RLPItem) -> bytes:
         payload = b"".join([encode_rlp(child) for child in item])
         return _length_prefix(len(payload), 0xC0) + payload
     raise TypeError(f"RLP encodes bytes and lists, not {type(item).__name__}")
+
+
+def encode_rlp_list(encoded_items: Sequence[bytes]) -> bytes:
+    """RLP of a list whose items are already RLP-encoded (`encode_rlp([a, b]) ==
+    encode_rlp_list([encode_rlp(a), encode_rlp(b)])`): objects that cache their own encoding are
+    embedded without encoding their fields again."""
+    payload = b"".join(encoded_items)
+    return _length_prefix(len(payload), 0xC0) + payload
 
 
 def _length_prefix(length: int, offset: int) -> bytes:

@@ -165,6 +165,11 @@ class State:
 
     def encode(self) -> bytes:
         """The canonical encoding."""
+        return self._encoded
+
+    @cached_property
+    def _encoded(self) -> bytes:
+        # A state is immutable; it is encoded for the store and for every validation request.
         return encode_rlp(self.to_rlp())
 
     @classmethod
