@@ -60,7 +60,14 @@ from offchain.dle.messages import (
 from offchain.dle.note import ExitCertificate, NoteTerms, genesis_state
 from offchain.dle.poh import ProofOfHistory
 from offchain.dle.pool import WaitingPool
-from offchain.dle.roles import ArchiveGroup, ChainRoles, RolesError, RolesRecord, join_certificate
+from offchain.dle.roles import (
+    ArchiveGroup,
+    ChainRoles,
+    DecodedRecords,
+    RolesError,
+    RolesRecord,
+    join_certificate,
+)
 from offchain.dle.store import ChainStore, NotExtendingHead, UnknownChain
 from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
 
@@ -160,6 +167,7 @@ class ArchiveNode:
         self._host_lock: dict[bytes, asyncio.Lock] = {}
         self._pending_state: dict[tuple[bytes, bytes], State] = {}
         self._genesis: dict[bytes, RolesRecord] = {}
+        self._records = DecodedRecords()
         self.slashed: list[tuple[bytes, int, int]] = []
         """(offender, role, amount) of every report this node submitted."""
 
@@ -179,7 +187,7 @@ class ArchiveNode:
         return self.address
 
     def roles(self, chain: bytes) -> RolesRecord:
-        return RolesRecord.decode(self.store.meta(chain))
+        return self._records.decode(self.store.meta(chain))
 
     async def _roles(self, body: bytes) -> bytes:
         try:

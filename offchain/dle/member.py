@@ -60,7 +60,14 @@ from offchain.dle.messages import (
     Validation,
     Vote,
 )
-from offchain.dle.roles import ArchiveGroup, ChainRoles, RolesError, RolesRecord, join_certificate
+from offchain.dle.roles import (
+    ArchiveGroup,
+    ChainRoles,
+    DecodedRecords,
+    RolesError,
+    RolesRecord,
+    join_certificate,
+)
 from offchain.dle.store import ChainStore, UnknownChain
 from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
 
@@ -187,6 +194,7 @@ class MemberNode:
         self._poh: dict[bytes, int] = {}
         self._lock: dict[bytes, asyncio.Lock] = {}
         self._genesis_records: dict[bytes, RolesRecord] = {}
+        self._records = DecodedRecords()
         self.rounds = 0
 
     # -- dispatch ---------------------------------------------------------------------------------
@@ -207,7 +215,7 @@ class MemberNode:
     # -- roles ------------------------------------------------------------------------------------
 
     def roles(self, chain: bytes) -> RolesRecord:
-        return RolesRecord.decode(self.store.meta(chain))
+        return self._records.decode(self.store.meta(chain))
 
     def _chain_lock(self, chain: bytes) -> asyncio.Lock:
         return self._lock.setdefault(chain, asyncio.Lock())

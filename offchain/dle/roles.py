@@ -43,6 +43,7 @@ __all__ = [
     "WITNESS_COUNT",
     "ArchiveGroup",
     "ChainRoles",
+    "DecodedRecords",
     "RolesError",
     "RolesRecord",
     "certificate_signers",
@@ -263,3 +264,24 @@ class RolesRecord:
         if not isinstance(roles, bytes) or not isinstance(certificate, bytes):
             raise RolesError("a roles record is [roles, certificate]")
         return cls(ChainRoles.decode(roles), certificate)
+
+
+class DecodedRecords:
+    """Roles records decoded by their exact bytes, for one node.
+
+    A node reads a chain's roles from its store several times per block (each request checks them
+    afresh); decoding is a pure function of the bytes and a record is immutable, so a repeat is
+    answered from memory. Bytes never seen are decoded (and refused if malformed) as always."""
+
+    def __init__(self, kept: int = 4096) -> None:
+        self._kept = kept
+        self._records: dict[bytes, RolesRecord] = {}
+
+    def decode(self, data: bytes) -> RolesRecord:
+        record = self._records.get(data)
+        if record is None:
+            record = RolesRecord.decode(data)
+            if len(self._records) >= self._kept:
+                del self._records[next(iter(self._records))]
+            self._records[data] = record
+        return record
