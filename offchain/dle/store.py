@@ -15,12 +15,13 @@ Rules, and why:
   survives a SIGKILL or a power cut, and a crash before the commit leaves no trace of it. Block,
   state and head pointer change in the same transaction: a chain is never seen with a head whose
   block or state is missing.
-* **Group commit, same guarantee.** `append_async` hands the append to the store's writer thread,
-  which runs every append waiting at that moment in one transaction — each in its own savepoint, so a
-  refused one writes nothing and leaves the others alone — committed with the same fsync; the
-  awaitable completes only after that commit returned. A node with many chains in flight pays one
-  fsync per batch instead of one per block, and its event loop keeps running during the fsync. A
-  crash before the commit loses the whole batch, but no caller has acted on any block of it.
+* **Group commit, same guarantee.** `append_async` queues the append; once the event loop has run
+  the callbacks that were ready, every append queued meanwhile (from any chain) is written in one
+  transaction — each in its own savepoint, so a refused one writes nothing and leaves the others
+  alone — committed with one fsync, and only then do the awaitables complete. A node with many chains
+  in flight pays one fsync per batch instead of one per block. A crash before the commit loses the
+  whole batch, but no caller has acted on any block of it. (The commit runs on the loop's own thread:
+  a writer thread would make every SQLite call of the loop's thread hand the GIL back and forth.)
 * **A refused write writes nothing.** Checks that need no database (chain id, state root) run before
   the transaction; the rest (unknown chain, not extending the head) inside it, before any insert.
   The write lock is taken up front, so two writers racing to append at the same height serialise and
@@ -37,9 +38,7 @@ failing. The schema is in docs/drafts/dle-infra.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -201,16 +200,10 @@ def _check_bytes(value: bytes, name: str) -> None:
 
 @dataclass
 class _QueuedWrite:
-    """One write waiting for the writer thread, and where to report its outcome."""
+    """One write waiting for the next group commit, and the awaitable that reports its outcome."""
 
     run: Callable[[sqlite3.Connection], None]
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
-
-
-_WRITER_IDLE_SECONDS = 1.0
-"""A writer thread with nothing to do for this long closes its connection and ends (a store that is
-dropped without `close()` leaves no thread behind); the next `append_async` starts a new one."""
 
 
 class ChainStore:
@@ -220,10 +213,9 @@ class ChainStore:
         self.path = Path(path)
         self._busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
-        self._queue: queue.SimpleQueue[_QueuedWrite | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
-        self._writer_pid = 0
-        self._writer_lock = threading.Lock()
+        # Writes waiting for the group commit, per event loop (a store may serve loops in several threads).
+        self._queued: dict[asyncio.AbstractEventLoop, list[_QueuedWrite]] = {}
+        self._queued_lock = threading.Lock()
         # Decoded blocks and states by their exact stored bytes (see `_decode_row`).
         self._decoded: dict[bytes, Block | State] = {}
         self._decoded_lock = threading.Lock()
@@ -282,15 +274,7 @@ class ChainStore:
             raise SchemaError(f"{self.path} has chain-store schema {version}; this code reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end) and stop the writer
-        thread once the appends already handed to it are committed."""
-        with self._writer_lock:
-            writer = self._writer if self._writer_pid == os.getpid() else None
-            if writer is not None:
-                self._queue.put(None)
-        # Joined outside the lock: a writer ending for idleness takes the lock to check the queue.
-        if writer is not None and writer is not threading.current_thread():
-            writer.join()
+        """Close this thread's connection (others close when their threads end)."""
         self._close_thread_connection()
 
     def _close_thread_connection(self) -> None:
@@ -309,50 +293,21 @@ class ChainStore:
 
     async def _submit_write(self, run: Callable[[sqlite3.Connection], None]) -> None:
         loop = asyncio.get_running_loop()
-        write = _QueuedWrite(run, loop, loop.create_future())
-        with self._writer_lock:
-            if self._writer_pid != os.getpid():
-                # A writer and queue inherited through fork() belong to the parent.
-                self._queue, self._writer, self._writer_pid = queue.SimpleQueue(), None, os.getpid()
-            # Queued and (re)started under the lock: a writer ending for idleness checks the queue under
-            # it one last time, so no write is ever left without a thread to run it.
-            self._queue.put(write)
-            if self._writer is None:
-                self._writer = threading.Thread(
-                    target=self._write_batches, args=(self._queue,), name="chain-store writer", daemon=True
-                )
-                self._writer.start()
+        write = _QueuedWrite(run, loop.create_future())
+        with self._queued_lock:
+            queued = self._queued.setdefault(loop, [])
+            queued.append(write)
+            first = len(queued) == 1
+        if first:
+            # After the callbacks ready now: whatever they append joins this batch.
+            loop.call_soon(self._flush, loop)
         await write.future
 
-    def _write_batches(self, writes: queue.SimpleQueue[_QueuedWrite | None]) -> None:
-        try:
-            while True:
-                try:
-                    first = writes.get(timeout=_WRITER_IDLE_SECONDS)
-                except queue.Empty:
-                    with self._writer_lock:
-                        if writes.empty():
-                            self._writer = None
-                            return
-                    continue
-                batch: list[_QueuedWrite] = []
-                item: _QueuedWrite | None = first
-                # Everything queued while the previous batch was fsyncing goes into this one.
-                while item is not None:
-                    batch.append(item)
-                    try:
-                        item = writes.get_nowait()
-                    except queue.Empty:
-                        break
-                if batch:
-                    self._commit_batch(batch)
-                if item is None:  # close(): the writes queued before it are committed
-                    with self._writer_lock:
-                        if writes.empty():  # else a write came after close(): the store is still in use
-                            self._writer = None
-                            return
-        finally:
-            self._close_thread_connection()
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._queued_lock:
+            batch = self._queued.pop(loop, [])
+        if batch:
+            self._commit_batch(batch)
 
     def _commit_batch(self, batch: list[_QueuedWrite]) -> None:
         outcomes: list[BaseException | None] = []
@@ -373,9 +328,12 @@ class ChainStore:
             # The commit itself failed (disk full, I/O error): nothing of the batch was written.
             outcomes = [error] * len(batch)
         for write, outcome in zip(batch, outcomes, strict=True):
-            # RuntimeError: the caller's event loop is closed, so nobody is waiting for this outcome.
-            with contextlib.suppress(RuntimeError):
-                write.loop.call_soon_threadsafe(_settle, write.future, outcome)
+            if write.future.done():
+                continue  # the caller was cancelled; the write happened (or not) all the same
+            if outcome is None:
+                write.future.set_result(None)
+            else:
+                write.future.set_exception(outcome)
 
     # -- writes -----------------------------------------------------------------------------------
 
@@ -771,12 +729,3 @@ class ChainStore:
         if any(start > head_height + 1 for start in metas):
             problems.append(f"{name}: a meta applies only beyond the next block")
         return problems
-
-
-def _settle(future: asyncio.Future[None], outcome: BaseException | None) -> None:
-    if future.done():
-        return  # the caller was cancelled; the write happened (or not) all the same
-    if outcome is None:
-        future.set_result(None)
-    else:
-        future.set_exception(outcome)
