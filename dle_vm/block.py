@@ -30,6 +30,7 @@ from dle_vm.encoding import (
     encode_rlp,
     encode_rlp_list,
     fixed_bytes,
+    list_item_encodings,
     list_of,
     rlp_list,
     uint,
@@ -193,10 +194,19 @@ class Block:
     @classmethod
     def decode(cls, data: bytes) -> Block:
         """The block `data` encodes; any other bytes raise an `EncodingError`."""
-        header, transactions, signatures = rlp_list(decode_rlp(data), _BLOCK_FIELDS, "block")
+        header_item, transactions, signatures = rlp_list(decode_rlp(data), _BLOCK_FIELDS, "block")
+        header = Header.from_rlp(header_item)
+        txs = tuple(Transaction.from_rlp(tx) for tx in list_of(transactions, "block transactions"))
+        # The input is canonical (decode_rlp and the field decoders refuse anything else), so each part's
+        # bytes are exactly its encoding: keep them rather than encode the header and every transaction
+        # again for the header hash and the transactions root (every member decodes every block).
+        header_bytes, transactions_bytes, _ = list_item_encodings(bytes(data))
+        header.__dict__["_encoded"] = header_bytes
+        for tx, encoded in zip(txs, list_item_encodings(transactions_bytes), strict=True):
+            tx.__dict__["_encoded"] = encoded
         return cls(
-            header=Header.from_rlp(header),
-            transactions=tuple(Transaction.from_rlp(tx) for tx in list_of(transactions, "block transactions")),
+            header=header,
+            transactions=txs,
             signatures=tuple(
                 fixed_bytes(signature, SIGNATURE_SIZE, "block signature")
                 for signature in list_of(signatures, "block signatures")

@@ -33,6 +33,7 @@ __all__ = [
     "encode_rlp",
     "encode_rlp_list",
     "fixed_bytes",
+    "list_item_encodings",
     "list_of",
     "raw_bytes",
     "rlp_list",
@@ -106,6 +107,31 @@ def encode_rlp_list(encoded_items: Sequence[bytes]) -> bytes:
     embedded without encoding their fields again."""
     payload = b"".join(encoded_items)
     return _length_prefix(len(payload), 0xC0) + payload
+
+
+def list_item_encodings(data: bytes) -> list[bytes]:
+    """The encodings of the items of the RLP list `data`, which `decode_rlp` has already accepted
+    (so it is canonical and well formed: this only finds where each item starts and ends). A decoder
+    keeps them as the decoded objects' own encodings instead of encoding the objects again."""
+    prefix = data[0]
+    position = 1 if prefix <= 0xF7 else 1 + prefix - 0xF7
+    items: list[bytes] = []
+    while position < len(data):
+        start, first = position, data[position]
+        if first < 0x80:
+            position += 1
+        elif first <= 0xB7:
+            position += 1 + first - 0x80
+        elif first <= 0xBF:
+            size = first - 0xB7
+            position += 1 + size + int.from_bytes(data[position + 1 : position + 1 + size], "big")
+        elif first <= 0xF7:
+            position += 1 + first - 0xC0
+        else:
+            size = first - 0xF7
+            position += 1 + size + int.from_bytes(data[position + 1 : position + 1 + size], "big")
+        items.append(data[start:position])
+    return items
 
 
 def _length_prefix(length: int, offset: int) -> bytes:

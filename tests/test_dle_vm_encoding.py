@@ -90,6 +90,10 @@ def test_block_and_header_round_trip(block: Block) -> None:
     assert Block.decode(block.encode()) == block
     assert Header.decode(block.header.encode()) == block.header
     assert block.hash == block.header.hash == keccak(block.header.encode())
+    # A decoded block keeps its parts' bytes as their encodings: they must be what encoding gives.
+    decoded = Block.decode(block.encode())
+    assert decoded.header.encode() == rlp.encode(decoded.header.to_rlp())
+    assert [tx.encode() for tx in decoded.transactions] == [rlp.encode(tx.to_rlp()) for tx in block.transactions]
 
 
 def test_signatures_are_not_part_of_the_header_hash() -> None:
