@@ -237,9 +237,9 @@ def test_group_committed_appends(store: ChainStore, path: Path) -> None:
     commits: list[int] = []
     commit_batch = store._commit_batch
 
-    def counted(batch: Any) -> None:
+    async def counted(batch: Any) -> None:
         commits.append(len(batch))
-        commit_batch(batch)
+        await commit_batch(batch)
 
     store._commit_batch = counted  # type: ignore[method-assign]
 

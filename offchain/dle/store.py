@@ -18,10 +18,12 @@ Rules, and why:
 * **Group commit, same guarantee.** `append_async` queues the append; once the event loop has run
   the callbacks that were ready, every append queued meanwhile (from any chain) is written in one
   transaction — each in its own savepoint, so a refused one writes nothing and leaves the others
-  alone — committed with one fsync, and only then do the awaitables complete. A node with many chains
+  alone — and committed with one fsync; only then do the awaitables complete. The statements run on
+  the loop's thread; the COMMIT (the fsync) runs in an executor thread on a connection used for
+  nothing else, so the loop keeps serving (its reads see the data before the batch, as the appenders
+  are still waiting), and the appends queued during it form the next batch. A node with many chains
   in flight pays one fsync per batch instead of one per block. A crash before the commit loses the
-  whole batch, but no caller has acted on any block of it. (The commit runs on the loop's own thread:
-  a writer thread would make every SQLite call of the loop's thread hand the GIL back and forth.)
+  whole batch, but no caller has acted on any block of it.
 * **A refused write writes nothing.** Checks that need no database (chain id, state root) run before
   the transaction; the rest (unknown chain, not extending the head) inside it, before any insert.
   The write lock is taken up front, so two writers racing to append at the same height serialise and
@@ -216,6 +218,9 @@ class ChainStore:
         # Writes waiting for the group commit, per event loop (a store may serve loops in several threads).
         self._queued: dict[asyncio.AbstractEventLoop, list[_QueuedWrite]] = {}
         self._queued_lock = threading.Lock()
+        self._committing: set[asyncio.AbstractEventLoop] = set()
+        self._commit_db: sqlite3.Connection | None = None
+        self._commit_pid = 0
         # Decoded blocks and states by their exact stored bytes (see `_decode_row`).
         self._decoded: dict[bytes, Block | State] = {}
         self._decoded_lock = threading.Lock()
@@ -274,7 +279,11 @@ class ChainStore:
             raise SchemaError(f"{self.path} has chain-store schema {version}; this code reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their threads end)."""
+        """Close this thread's connection (others close when their threads end), and the group
+        commit's once no batch is in flight."""
+        if self._commit_db is not None and self._commit_pid == os.getpid() and not self._committing:
+            self._commit_db.close()
+            self._commit_db = None
         self._close_thread_connection()
 
     def _close_thread_connection(self) -> None:
@@ -297,22 +306,47 @@ class ChainStore:
         with self._queued_lock:
             queued = self._queued.setdefault(loop, [])
             queued.append(write)
-            first = len(queued) == 1
-        if first:
+            start = len(queued) == 1 and loop not in self._committing
+            if start:
+                self._committing.add(loop)
+        if start:
             # After the callbacks ready now: whatever they append joins this batch.
-            loop.call_soon(self._flush, loop)
+            loop.call_soon(lambda: loop.create_task(self._commit_batches(loop)))
         await write.future
 
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        with self._queued_lock:
-            batch = self._queued.pop(loop, [])
-        if batch:
-            self._commit_batch(batch)
+    def _group_connection(self) -> sqlite3.Connection:
+        # The group commit's own connection: statements on the loop's thread, COMMIT in an executor
+        # thread, never both at once (one batch in flight per store), hence check_same_thread=False.
+        if self._commit_db is None or self._commit_pid != os.getpid():
+            db = sqlite3.connect(
+                self.path, isolation_level=None, timeout=self._busy_timeout_ms / 1000, check_same_thread=False
+            )
+            db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._commit_db, self._commit_pid = db, os.getpid()
+        return self._commit_db
 
-    def _commit_batch(self, batch: list[_QueuedWrite]) -> None:
-        outcomes: list[BaseException | None] = []
+    async def _commit_batches(self, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            with self._write() as db:
+            while True:
+                with self._queued_lock:
+                    batch = self._queued.pop(loop, [])
+                    if not batch:
+                        self._committing.discard(loop)
+                        return
+                await self._commit_batch(batch)
+        except BaseException:
+            with self._queued_lock:
+                self._committing.discard(loop)
+            raise
+
+    async def _commit_batch(self, batch: list[_QueuedWrite]) -> None:
+        outcomes: list[BaseException | None] = []
+        db = self._group_connection()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
                 for write in batch:
                     # A savepoint per write: a refused append is undone alone, the batch goes on.
                     db.execute("SAVEPOINT one_write")
@@ -324,8 +358,17 @@ class ChainStore:
                     else:
                         outcomes.append(None)
                     db.execute("RELEASE one_write")
+                commit = asyncio.get_running_loop().run_in_executor(None, db.execute, "COMMIT")
+                await commit
+            except BaseException:
+                if "commit" in locals() and not commit.done():
+                    raise  # cancelled while the COMMIT runs: it ends on its own; the connection is its
+                # Also when COMMIT itself fails (disk full, I/O error): nothing of the batch was written,
+                # and the transaction must not stay open on this connection.
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         except Exception as error:
-            # The commit itself failed (disk full, I/O error): nothing of the batch was written.
             outcomes = [error] * len(batch)
         for write, outcome in zip(batch, outcomes, strict=True):
             if write.future.done():
