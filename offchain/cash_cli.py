@@ -28,8 +28,8 @@ from web3 import Web3
 from offchain.chain.cash import CashError, format_amount, parse_amount
 from offchain.chain.dle import ExitCertificate as MainchainExitCertificate
 from offchain.chain.web3_contracts import ChainError, Sender, events_of
-from offchain.devnet.dle import DevnetClient, DevnetError, default_dir, load_wallet, wallet_path
-from offchain.devnet.wallet_cli import WalletSettings, explained_group, wait_for, wallet_options
+from offchain.devnet.dle import DevnetClient, DevnetError, default_dir, load_wallet
+from offchain.devnet.wallet_cli import DevnetWallet, WalletSettings, explained_group, wait_for, wallet_options
 from offchain.dle.client import DleError
 from offchain.dle.local import address_of_secret
 from offchain.dle.transport import TransportError
@@ -43,33 +43,8 @@ _LIVE, _ORDERED = 2, 1
 
 
 @dataclass
-class _Wallet:
-    client: DevnetClient
-    secret: bytes
-
-    @property
-    def address(self) -> bytes:
-        return address_of_secret(self.secret)
-
-    @property
-    def checksum(self) -> str:
-        return Web3.to_checksum_address("0x" + self.address.hex())
-
-    def resolve(self, who: str) -> bytes:
-        """An 0x address, a devnet wallet name or a devnet node name, as 20 bytes."""
-        if who.startswith("0x"):
-            if not Web3.is_address(who):
-                raise click.BadParameter(f"{who} is not an address")
-            return bytes.fromhex(who[2:])
-        path = wallet_path(self.client.directory, who)
-        if path.exists():
-            return address_of_secret(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
-        for node in self.client.state.nodes:
-            if node.name == who:
-                return bytes.fromhex(node.address[2:])
-        raise click.BadParameter(
-            f"{who!r} is no address, devnet wallet or node (create a wallet with `--wallet {who}`)"
-        )
+class _Wallet(DevnetWallet):
+    """A wallet on the devnet's CoNETCash notes."""
 
     def name_of(self, address: bytes) -> str:
         names = {bytes.fromhex(n.address[2:]): n.name for n in self.client.state.nodes}

@@ -10,13 +10,47 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import click
+from web3 import Web3
 
-from offchain.devnet.dle import DevnetError
+from offchain.devnet.dle import DevnetClient, DevnetError, wallet_path
+from offchain.dle.local import address_of_secret
 
-__all__ = ["WalletSettings", "explained_group", "wait_for", "wallet_options"]
+__all__ = ["DevnetWallet", "WalletSettings", "explained_group", "wait_for", "wallet_options"]
 
 W = TypeVar("W")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class DevnetWallet:
+    """A wallet's key on a running devnet."""
+
+    client: DevnetClient
+    secret: bytes
+
+    @property
+    def address(self) -> bytes:
+        return address_of_secret(self.secret)
+
+    @property
+    def checksum(self) -> str:
+        return Web3.to_checksum_address("0x" + self.address.hex())
+
+    def resolve(self, who: str) -> bytes:
+        """An 0x address, a devnet wallet name or a devnet node name, as 20 bytes."""
+        if who.startswith("0x"):
+            if not Web3.is_address(who):
+                raise click.BadParameter(f"{who} is not an address")
+            return bytes.fromhex(who[2:])
+        path = wallet_path(self.client.directory, who)
+        if path.exists():
+            return address_of_secret(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
+        for node in self.client.state.nodes:
+            if node.name == who:
+                return bytes.fromhex(node.address[2:])
+        raise click.BadParameter(
+            f"{who!r} is no address, devnet wallet or node (create a wallet with `--wallet {who}`)"
+        )
 
 
 @dataclass

@@ -45,11 +45,9 @@ from offchain.devnet.dle import (
     dev_account_key,
     load_wallet,
     send_eth,
-    wallet_path,
 )
-from offchain.devnet.wallet_cli import WalletSettings, explained_group, wait_for, wallet_options
+from offchain.devnet.wallet_cli import DevnetWallet, WalletSettings, explained_group, wait_for, wallet_options
 from offchain.dle.client import DleError
-from offchain.dle.local import address_of_secret
 from offchain.dle.transport import TransportError
 from offchain.dle.wallet import NoteChain, WalletError
 from offchain.odex.order import (
@@ -74,20 +72,10 @@ HTTP_TIMEOUT = 45.0
 
 
 @dataclass
-class OdexWallet:
+class OdexWallet(DevnetWallet):
     """A wallet on the devnet's oDEX."""
 
-    client: DevnetClient
-    secret: bytes
     name: str
-
-    @property
-    def address(self) -> bytes:
-        return address_of_secret(self.secret)
-
-    @property
-    def checksum(self) -> str:
-        return Web3.to_checksum_address("0x" + self.address.hex())
 
     @cached_property
     def vault(self) -> OdexVaultClient:
@@ -134,16 +122,6 @@ class OdexWallet:
             return 18
         token = self.client.contract("MockToken", Web3.to_checksum_address("0x" + asset.hex()))
         return int(token.functions.decimals().call())
-
-    def resolve(self, who: str) -> bytes:
-        if who.startswith("0x"):
-            if not Web3.is_address(who):
-                raise click.BadParameter(f"{who} is not an address")
-            return bytes.fromhex(who[2:])
-        path = wallet_path(self.client.directory, who)
-        if path.exists():
-            return address_of_secret(bytes.fromhex(path.read_text().strip().removeprefix("0x")))
-        raise click.BadParameter(f"{who!r} is no address or devnet wallet")
 
     # -- receipts -------------------------------------------------------------------------------------
 
