@@ -27,7 +27,7 @@ from dle_vm.engine import BlockContext, Engine
 from dle_vm.pyevm_engine import PyEvmEngine
 from dle_vm.revm_engine import RevmEngine
 from dle_vm.state import Account, State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import Message
 from offchain.toolchain import SOLC_VERSION, configure_environment, project_root
 
 ROUNDS = 3
@@ -64,19 +64,19 @@ def genesis(code: bytes, holders: Sequence[bytes]) -> State:
     return State({PROGRAM: Account(nonce=1, code=code, storage=storage)})
 
 
-def transfers(holders: Sequence[bytes], count: int, seed: int) -> list[Transaction]:
+def transfers(holders: Sequence[bytes], count: int, seed: int) -> list[Message]:
     rng = random.Random(seed)
     selector = keccak(text="transfer(address,uint256)")[:4]
     txs = []
     for _ in range(count):
         sender, receiver = rng.sample(list(holders), 2)
         data = selector + encode(["address", "uint256"], [receiver, rng.randrange(1, 1_000)])
-        txs.append(Transaction(sender=sender, to=PROGRAM, data=data, gas_limit=GAS_LIMIT))
+        txs.append(Message(sender=sender, to=PROGRAM, data=data, gas_limit=GAS_LIMIT))
     return txs
 
 
 def run(
-    engine: Engine, state: State, blocks: Sequence[Sequence[Transaction]], chain_id: bytes
+    engine: Engine, state: State, blocks: Sequence[Sequence[Message]], chain_id: bytes
 ) -> tuple[float, float, State]:
     """(engine seconds, root seconds, final state) for applying `blocks` in order, best of ROUNDS."""
     best_engine = best_root = float("inf")

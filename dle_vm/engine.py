@@ -9,7 +9,9 @@ follow, and that this module fixes for them:
   0, charged Ethereum's gas: the intrinsic 21,000 plus calldata (`intrinsic_gas`), execution, and the
   refund capped at a fifth of the gas used (EIP-3529). Warm/cold access (EIP-2929), original storage
   values (EIP-2200) and transient storage (EIP-1153) are per transaction, as on Ethereum.
-- The sender's account is not touched: no nonce increment, no fee (there is no coin to pay it in).
+- `Engine.apply` executes calls and does not touch the sender's account (no fee: there is no coin to
+  pay it in). Signatures and nonces are `apply_transactions`': each transaction is signed for its chain
+  with its sender's next nonce, and the nonce moves once the block ran.
 - A transaction that reverts or halts gets a failed receipt, its changes are undone, and the block goes
   on. A transaction that could not be included in an Ethereum block at all (`check_transaction`: gas
   limit below its intrinsic gas or above the block gas limit, a sender with code) makes the whole block
@@ -22,14 +24,14 @@ follow, and that this module fixes for them:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from dle_vm.block import HASH_SIZE, Block, Header
 from dle_vm.encoding import MAX_UINT64, check_length, check_uint
 from dle_vm.hashing import keccak
 from dle_vm.state import State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import Call, Transaction
 
 __all__ = [
     "BLOCK_GAS_LIMIT",
@@ -42,6 +44,7 @@ __all__ = [
     "Receipt",
     "StateRootMismatch",
     "apply_block",
+    "apply_transactions",
     "block_hash",
     "check_transaction",
     "default_engine",
@@ -103,7 +106,7 @@ def intrinsic_gas(data: bytes) -> int:
     return TX_GAS + TX_DATA_ZERO_GAS * zeros + TX_DATA_NONZERO_GAS * (len(data) - zeros)
 
 
-def check_transaction(transaction: Transaction, sender_code: bytes) -> None:
+def check_transaction(transaction: Call, sender_code: bytes) -> None:
     """Refuse a transaction no block may include (see the module's rules); `sender_code` is the code
     at the sender's address in the state the transaction would run on."""
     needed = intrinsic_gas(transaction.data)
@@ -168,18 +171,58 @@ class Engine(Protocol):
     name: str
 
     def apply(
-        self, state: State, transactions: Sequence[Transaction], context: BlockContext
+        self, state: State, transactions: Sequence[Call], context: BlockContext
     ) -> tuple[State, tuple[Receipt, ...]]:
-        """The post-state and one receipt per transaction; `state` itself is left unchanged.
+        """The post-state and one receipt per call; `state` itself is left unchanged.
 
-        Raises `InvalidTransaction` when a transaction makes the block invalid.
+        Executes the calls as messages from their senders and nothing more: signatures and nonces are
+        `apply_transactions`' part. Raises `InvalidTransaction` when a call makes the block invalid.
         """
         ...
 
 
+def apply_transactions(
+    engine: Engine, state: State, transactions: Sequence[Transaction], context: BlockContext
+) -> tuple[State, tuple[Receipt, ...]]:
+    """Execute a block's signed transactions: what every member and archive node runs.
+
+    Before any code runs, each transaction must be for this chain, carry a signature that recovers
+    its sender (or be a system transaction), and use its sender's next nonce — the sender's account
+    nonce in `state`, plus one for each earlier transaction of the same sender in the block. Any
+    failure makes the block invalid (`InvalidTransaction`), as a bad nonce does on Ethereum. After
+    execution each sender's nonce is its next one, whether its call succeeded or reverted.
+
+    The nonces are written after the whole block ran: a sender's account is not touched by the call
+    itself, so no program can tell (programs must not read their callers' nonces or code hashes).
+    """
+    next_nonce: dict[bytes, int] = {}
+    for index, tx in enumerate(transactions):
+        if tx.chain_id != context.chain_id:
+            raise InvalidTransaction(
+                f"transaction {index} is signed for chain 0x{tx.chain_id.hex()}, not 0x{context.chain_id.hex()}"
+            )
+        sender = tx.sender_or_none()
+        if sender is None:
+            raise InvalidTransaction(f"transaction {index}: its signature recovers no sender")
+        if tx.is_system:
+            continue
+        expected = next_nonce.get(sender, state[sender].nonce)
+        if tx.nonce != expected:
+            raise InvalidTransaction(
+                f"transaction {index}: sender 0x{sender.hex()} used nonce {tx.nonce}, its next nonce is {expected}"
+            )
+        if expected >= MAX_UINT64:
+            raise InvalidTransaction(f"transaction {index}: sender 0x{sender.hex()} has used every nonce")
+        next_nonce[sender] = expected + 1
+    post, receipts = engine.apply(state, transactions, context)
+    if next_nonce:
+        post = post.with_accounts({sender: replace(post[sender], nonce=nonce) for sender, nonce in next_nonce.items()})
+    return post, receipts
+
+
 def apply_block(engine: Engine, state: State, block: Block) -> tuple[State, tuple[Receipt, ...]]:
     """Re-execute `block` on its pre-state and check the state root its header claims."""
-    post, receipts = engine.apply(state, block.transactions, BlockContext.of(block.header))
+    post, receipts = apply_transactions(engine, state, block.transactions, BlockContext.of(block.header))
     if post.root != block.header.state_root:
         raise StateRootMismatch(
             f"block {block.header.height} claims state root 0x{block.header.state_root.hex()}, "

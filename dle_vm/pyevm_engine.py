@@ -38,7 +38,7 @@ from dle_vm.engine import (
     intrinsic_gas,
 )
 from dle_vm.state import Account, State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import Call
 
 __all__ = ["PyEvmEngine"]
 
@@ -99,7 +99,7 @@ class PyEvmEngine:
     name = "py-evm"
 
     def apply(
-        self, state: State, transactions: Sequence[Transaction], context: BlockContext
+        self, state: State, transactions: Sequence[Call], context: BlockContext
     ) -> tuple[State, tuple[Receipt, ...]]:
         vm_state = _DleState(AtomicDB(), _execution_context(context), BLANK_ROOT_HASH)
         for address, account in state.accounts.items():
@@ -110,7 +110,7 @@ class PyEvmEngine:
         return _read_back(vm_state, state), receipts
 
     @staticmethod
-    def _apply_transaction(vm_state: _DleState, tx: Transaction) -> Receipt:
+    def _apply_transaction(vm_state: _DleState, tx: Call) -> Receipt:
         sender, to = Address(tx.sender), Address(tx.to)
         check_transaction(tx, vm_state.get_code(sender))
         message = Message(

@@ -45,7 +45,7 @@ from dle_vm.engine import (
 )
 from dle_vm.hashing import keccak
 from dle_vm.state import EMPTY_CODE_HASH, Account, State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import Call
 
 __all__ = ["RevmEngine"]
 
@@ -65,7 +65,7 @@ class RevmEngine:
     name = "revm"
 
     def apply(
-        self, state: State, transactions: Sequence[Transaction], context: BlockContext
+        self, state: State, transactions: Sequence[Call], context: BlockContext
     ) -> tuple[State, tuple[Receipt, ...]]:
         env = Env(
             cfg=CfgEnv(chain_id=context.evm_chain_id),
@@ -109,7 +109,7 @@ def _load(evm: EVM, accounts: dict[bytes, Account]) -> None:
             evm.set_balance(target, account.balance)
 
 
-def _call(evm: EVM, tx: Transaction) -> Receipt:
+def _call(evm: EVM, tx: Call) -> Receipt:
     try:
         output = evm.message_call(
             _hex(tx.sender), _hex(tx.to), calldata=tx.data, value=0, gas=tx.gas_limit, gas_price=0

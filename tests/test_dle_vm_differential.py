@@ -29,6 +29,7 @@ from dle_vm.engine import (
     Receipt,
     StateRootMismatch,
     apply_block,
+    apply_transactions,
     block_hash,
     default_engine,
     evm_chain_id,
@@ -37,7 +38,7 @@ from dle_vm.engine import (
 from dle_vm.pyevm_engine import PyEvmEngine
 from dle_vm.revm_engine import RevmEngine
 from dle_vm.state import Account, State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import Message, Transaction
 from offchain.toolchain import SOLC_VERSION, configure_environment
 
 # py-evm warns on every SELFDESTRUCT; the program uses it on purpose (EIP-6780 paths).
@@ -144,9 +145,9 @@ def calls(p: Program) -> st.SearchStrategy[tuple[bytes, bytes]]:
     )
 
 
-def transactions(program: Program) -> st.SearchStrategy[Transaction]:
+def transactions(program: Program) -> st.SearchStrategy[Message]:
     return st.builds(
-        lambda sender, call, extra: Transaction(
+        lambda sender, call, extra: Message(
             sender=sender, to=call[0], data=call[1], gas_limit=intrinsic_gas(call[1]) + extra
         ),
         holders,
@@ -163,7 +164,7 @@ contexts = st.builds(
 )
 
 
-def run_both(state: State, txs: list[Transaction], context: BlockContext) -> tuple[State, tuple[Receipt, ...]]:
+def run_both(state: State, txs: list[Message], context: BlockContext) -> tuple[State, tuple[Receipt, ...]]:
     """Apply on both engines, assert they agree, return the reference's result."""
     (ref_state, ref_receipts), (fast_state, fast_receipts) = (e.apply(state, txs, context) for e in ENGINES)
     for i, (ref, fast) in enumerate(zip(ref_receipts, fast_receipts, strict=True)):
@@ -192,8 +193,8 @@ def test_engines_agree_on_random_blocks(program: Program, data: st.DataObject) -
 # -- directed cases: the rules both engines share ----------------------------------------------------
 
 
-def tx(data: bytes, *, sender: bytes = HOLDERS[1], to: bytes = PROGRAM, gas: int = 200_000) -> Transaction:
-    return Transaction(sender=sender, to=to, data=data, gas_limit=gas)
+def tx(data: bytes, *, sender: bytes = HOLDERS[1], to: bytes = PROGRAM, gas: int = 200_000) -> Message:
+    return Message(sender=sender, to=to, data=data, gas_limit=gas)
 
 
 CONTEXT = BlockContext(chain_id=bytes(range(32)), height=42, timestamp=1_700_000_000)
@@ -242,7 +243,7 @@ def test_gas_is_ethereums_intrinsic_plus_execution(program: Program) -> None:
 
 
 def test_clearing_storage_is_refunded(program: Program) -> None:
-    def approve(amount: int) -> Transaction:
+    def approve(amount: int) -> Message:
         return tx(program.call("approve(address,uint256)", HOLDERS[2], amount))
 
     post, (_, set_again) = run_both(genesis(program), [approve(5), approve(1)], CONTEXT)
@@ -320,7 +321,7 @@ def test_contracts_created_and_destroyed(program: Program) -> None:
     ],
 )
 def test_invalid_transactions_invalidate_the_block(
-    program: Program, make: Callable[[bytes], Transaction], reason: str
+    program: Program, make: Callable[[bytes], Message], reason: str
 ) -> None:
     bad = make(program.call("bump()"))
     for engine in ENGINES:
@@ -341,8 +342,11 @@ def test_engines_leave_the_pre_state_alone(program: Program) -> None:
 
 def test_apply_block_checks_the_claimed_state_root(program: Program) -> None:
     pre = genesis(program)
-    txs = (tx(program.call("transfer(address,uint256)", HOLDERS[2], 300)),)
-    post, _ = default_engine().apply(pre, txs, CONTEXT)
+    secret = keccak(b"differential test signer")
+    call = program.call("transfer(address,uint256)", HOLDERS[2], 0)
+    txs = (Transaction.signed(secret, CONTEXT.chain_id, 0, PROGRAM, call, 200_000),)
+    post, _ = apply_transactions(default_engine(), pre, txs, CONTEXT)
+    assert post[txs[0].sender].nonce == 1  # the signer's nonce moved, and is part of the root
     header = Header(
         chain_id=CONTEXT.chain_id,
         height=CONTEXT.height,

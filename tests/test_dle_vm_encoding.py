@@ -34,7 +34,18 @@ addresses = st.binary(min_size=20, max_size=20)
 hashes = st.binary(min_size=32, max_size=32)
 uint64 = st.integers(0, 2**64 - 1)
 
-transactions = st.builds(Transaction, sender=addresses, to=addresses, data=st.binary(max_size=200), gas_limit=uint64)
+signatures = st.one_of(st.just(b""), st.binary(min_size=65, max_size=65))
+transactions = st.builds(
+    lambda chain, nonce, to, data, gas, signature: Transaction(
+        chain, nonce if signature else 0, to, data, gas, signature
+    ),
+    hashes,
+    uint64,
+    addresses,
+    st.binary(max_size=200),
+    uint64,
+    signatures,
+)
 
 
 @st.composite
@@ -71,7 +82,8 @@ def header(**changes: Any) -> Header:
     return Header(**{**fields, **changes})
 
 
-TX = Transaction(sender=b"\xaa" * 20, to=b"\xbb" * 20, data=b"\x01\x02", gas_limit=100_000)
+TX_SECRET = keccak(b"encoding test sender")
+TX = Transaction.signed(TX_SECRET, b"\xcc" * 32, 7, b"\xbb" * 20, b"\x01\x02", 100_000)
 
 
 # -- round trips -------------------------------------------------------------------------------------
@@ -81,8 +93,16 @@ TX = Transaction(sender=b"\xaa" * 20, to=b"\xbb" * 20, data=b"\x01\x02", gas_lim
 def test_transaction_round_trip(tx: Transaction) -> None:
     assert Transaction.decode(tx.encode()) == tx
     assert tx.hash == keccak(tx.encode())
-    # The layout is plain RLP of the four fields, so Ethereum tools read it.
-    assert rlp.decode(tx.encode()) == [tx.sender, tx.to, tx.data, rlp.sedes.big_endian_int.serialize(tx.gas_limit)]
+    # The layout is plain RLP of the six fields, so Ethereum tools read it.
+    serialize = rlp.sedes.big_endian_int.serialize
+    assert rlp.decode(tx.encode()) == [
+        tx.chain_id,
+        serialize(tx.nonce),
+        tx.to,
+        tx.data,
+        serialize(tx.gas_limit),
+        tx.signature,
+    ]
 
 
 @given(blocks())
@@ -184,7 +204,14 @@ def nested_lists(depth: int) -> bytes:
 
 
 def tx_fields(**changes: RLPItem) -> list[RLPItem]:
-    fields: dict[str, RLPItem] = {"sender": TX.sender, "to": TX.to, "data": TX.data, "gas": b"\x01\x86\xa0"}
+    fields: dict[str, RLPItem] = {
+        "chain": TX.chain_id,
+        "nonce": b"\x07",
+        "to": TX.to,
+        "data": TX.data,
+        "gas": b"\x01\x86\xa0",
+        "signature": TX.signature,
+    }
     fields.update(changes)
     return list(fields.values())
 
@@ -197,11 +224,13 @@ def tx_fields(**changes: RLPItem) -> list[RLPItem]:
         (b"\x81\x05", MalformedRLPError),  # a single byte below 0x80 in the long form
         (nested_lists(5_000), MalformedRLPError),  # deeper than Python recursion goes
         (TX.encode() + b"\x00", TrailingBytesError),
-        (rlp.encode(tx_fields()[:3]), FieldCountError),
+        (rlp.encode(tx_fields()[:5]), FieldCountError),
         (rlp.encode([*tx_fields(), b""]), FieldCountError),
-        (rlp.encode(TX.sender), FieldTypeError),
+        (rlp.encode(TX.to), FieldTypeError),
         (rlp.encode(tx_fields(data=[b"x"])), FieldTypeError),
-        (rlp.encode(tx_fields(sender=b"\xaa" * 19)), FieldLengthError),
+        (rlp.encode(tx_fields(chain=b"\xcc" * 31)), FieldLengthError),
+        (rlp.encode(tx_fields(signature=b"\x01" * 64)), FieldLengthError),
+        (rlp.encode(tx_fields(nonce=b"\x00\x07")), IntegerError),  # leading zero
         (rlp.encode(tx_fields(to=b"\xbb" * 21)), FieldLengthError),
         (rlp.encode(tx_fields(gas=b"\x00\x01")), IntegerError),  # leading zero
         (rlp.encode(tx_fields(gas=b"\x01" * 9)), IntegerError),  # above uint64
@@ -238,9 +267,11 @@ def test_header_and_block_decoder_errors() -> None:
 
 def test_constructors_refuse_what_decoders_refuse() -> None:
     with pytest.raises(FieldLengthError):
-        Transaction(sender=b"\x00" * 19, to=TX.to, data=b"", gas_limit=0)
+        Transaction(b"\x00" * 31, 0, TX.to, b"", 0, b"")
     with pytest.raises(IntegerError):
-        Transaction(sender=TX.sender, to=TX.to, data=b"", gas_limit=-1)
+        Transaction(TX.chain_id, 0, TX.to, b"", -1, b"")
+    with pytest.raises(EncodingError):
+        Transaction(TX.chain_id, 1, TX.to, b"", 0, b"")  # a system transaction has nonce 0
     with pytest.raises(IntegerError):
         header(height=2**64)
     with pytest.raises(TransactionsRootError):
