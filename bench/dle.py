@@ -300,7 +300,7 @@ def engine_ratio(rounds: int = 30) -> tuple[float, float]:
     terms = replace(terms_of(1), witnesses=tuple(address_of_secret(w) for w in WITNESSES), validators_pool=b"\x05" * 20)
     revm = RevmEngine()
     context = BlockContext(terms.chain, 0, int(time.time()))
-    state, _ = revm.apply(genesis_state(), [terms.initialize()], context)
+    state, _ = revm.apply(genesis_state(), [terms.initialize(CBDC)], context)
     tx = NoteSigner(terms, note_program()).transfer(
         holder(1), terms.holder, b"\x07" * 20, 1_000, 0, int(time.time()) + 3600
     )

@@ -23,6 +23,7 @@ import pytest
 from dle_vm.hashing import keccak
 from dle_vm.signature import sign
 from offchain.dle.archive import ROLE_CBDC, ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode
+from offchain.dle.authority import RefundLog
 from offchain.dle.client import DleClient, DleError
 from offchain.dle.digests import Domains
 from offchain.dle.local import LocalDle, address_of_secret
@@ -127,11 +128,18 @@ async def open_note(
     archive_cls: Callable[..., ArchiveNode] = ArchiveNode,
     witnesses: int = 12,
     validators: int = 6,
+    refunds: RefundLog | None = None,
 ) -> Note:
     """Two archive nodes, a CBDC, a pool of witnesses and validators, and one note opened by draw."""
     member_cls = member_cls or {}
     mainchain = RecordingMainchain()
-    dle = LocalDle(tmp_path, DOMAINS, mainchain, timeouts=Timeouts(vote=1.0, accept=1.0, final=1.0, archive=10.0))
+    dle = LocalDle(
+        tmp_path,
+        DOMAINS,
+        mainchain,
+        timeouts=Timeouts(vote=1.0, accept=1.0, final=1.0, archive=10.0),
+        refunds=refunds,
+    )
     dle.add_archives([key("archive 1"), key("archive 2")], cls=archive_cls)
     dle.add_member(key("cbdc"), cls=member_cls.get("cbdc", MemberNode))
     for i in range(witnesses):
@@ -193,7 +201,8 @@ def test_a_replayed_transfer_is_refused(tmp_path: Path) -> None:
         note = await open_note(tmp_path)
         tx = note.transfer(BUYER, ALICE, 1_000)
         await note.client.submit(note.chain, [tx])
-        with pytest.raises(DleError, match="InvalidNonce"):
+        # The DLE transaction's own nonce is spent: the creator refuses the copy before executing it.
+        with pytest.raises(DleError, match="used nonce 0, its next nonce is 1"):
             await note.client.submit(note.chain, [tx])
         assert note.balance(ALICE) == 1_000
         note.check_conservation()

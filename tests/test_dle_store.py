@@ -60,7 +60,7 @@ def make_block(
     chain: bytes, height: int, parent: bytes, state: State, *, txs: int = 1, signatures: int = 2, tick: int = 0
 ) -> Block:
     transactions = tuple(
-        Transaction(sender=bytes([i + 1]) * 20, to=PROGRAM, data=bytes([height % 256, i]) * 3, gas_limit=50_000 + i)
+        Transaction.signed(bytes([i + 1]) * 32, chain, height, PROGRAM, bytes([height % 256, i]) * 3, 50_000 + i)
         for i in range(txs)
     )
     header = Header(

@@ -29,7 +29,8 @@ from dle_vm.pyevm_engine import PyEvmEngine
 from dle_vm.revm_engine import RevmEngine
 from dle_vm.signature import address_of, sign
 from dle_vm.state import Account, State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import SYSTEM_SENDER, Message
+from offchain.dle.note import WITNESSES_SLOT
 from offchain.toolchain import SOLC_VERSION, configure_environment
 
 ROOT = configure_environment()
@@ -163,6 +164,9 @@ def program() -> Program:
     assert warnings == []
     contract = out["contracts"][SOURCE]["NoteLedger"]
     (balances,) = (s for s in contract["storageLayout"]["storage"] if s["label"] == "_balances")
+    (witnesses,) = (s for s in contract["storageLayout"]["storage"] if s["label"] == "_witnesses")
+    # Members read the witnesses straight from storage (offchain.dle.note.NoteReader.witnesses).
+    assert int(witnesses["slot"]) == WITNESSES_SLOT
     return Program(
         runtime=bytes.fromhex(contract["evm"]["deployedBytecode"]["object"]),
         abi=contract["abi"],
@@ -296,9 +300,9 @@ class Chain:
     def block(self, calls: Sequence[bytes | tuple[bytes, bytes]], *, advance: int = 1) -> tuple[Receipt, ...]:
         """Runs one block of `calls` (calldata, or (sender, calldata)); returns the receipts."""
         txs = [
-            Transaction(sender=c[0], to=PROGRAM, data=c[1], gas_limit=GAS)
+            Message(sender=c[0], to=PROGRAM, data=c[1], gas_limit=GAS)
             if isinstance(c, tuple)
-            else Transaction(sender=CBDC.address, to=PROGRAM, data=c, gas_limit=GAS)
+            else Message(sender=CBDC.address, to=PROGRAM, data=c, gas_limit=GAS)
             for c in calls
         ]
         context = BlockContext(chain_id=self.chain, height=self.height, timestamp=self.timestamp)
@@ -326,7 +330,7 @@ class Chain:
 
     def view(self, name: str, *args: Any) -> tuple[Any, ...]:
         context = BlockContext(chain_id=self.chain, height=self.height, timestamp=self.timestamp)
-        tx = Transaction(sender=MALLORY.address, to=PROGRAM, data=self.program.call(name, *args), gas_limit=GAS)
+        tx = Message(sender=MALLORY.address, to=PROGRAM, data=self.program.call(name, *args), gas_limit=GAS)
         (receipt,) = ENGINES[1].apply(self.state, [tx], context)[1]
         assert receipt.success
         return self.program.returns(name, receipt.output)
@@ -826,12 +830,13 @@ def test_refusals_of_exits(program: Program) -> None:
 # -- the creator's calls ------------------------------------------------------------------------------
 
 
-def test_refund_only_when_fully_exited_and_only_by_the_cbdc(program: Program) -> None:
+def test_refund_only_when_fully_exited_only_by_a_system_transaction_and_in_order(program: Program) -> None:
     chain = opened(program)
     s = chain.signer
     receiver = bytes.fromhex("ee" * 20)
     chain.ok(s.transfer(BUYER, ALICE, 50_000_000, 0))
-    refund = program.call("refund", CAROL.address, 20_000_000)
+    call = program.call("refund", 0, CAROL.address, 20_000_000)
+    refund = (SYSTEM_SENDER, call)
     chain.refused(refund, "NotFullyExited", VALUE)
     nonces = {k.name: 1 if k is BUYER else 0 for k in EVERYONE}
     for key in EVERYONE:
@@ -842,15 +847,19 @@ def test_refund_only_when_fully_exited_and_only_by_the_cbdc(program: Program) ->
     assert chain.total() == 0 and chain.view("supply") == (VALUE, VALUE, 0)
     exits = chain.view("exitCount")[0]
     assert exits == 1 + 1 + 1 + 5 + 1  # buyer, alice, CBDC, 5 witnesses, pool
-    chain.refused((MALLORY.address, refund), "NotCreator", hexaddr(MALLORY.address))
-    chain.refused((BUYER.address, refund), "NotCreator", hexaddr(BUYER.address))
-    chain.refused(program.call("refund", CAROL.address, 0), "InvalidValue", 0)
-    chain.refused(program.call("refund", bytes(20), 1), "ZeroAddress")
+    # Nobody's key carries the authority, the CBDC's included: only the system sender may call it.
+    for key in (MALLORY, BUYER, CBDC):
+        chain.refused((key.address, call), "NotSystem", hexaddr(key.address))
+    chain.refused((SYSTEM_SENDER, program.call("refund", 1, CAROL.address, 20_000_000)), "RefundOutOfOrder", 0, 1)
+    chain.refused((SYSTEM_SENDER, program.call("refund", 0, CAROL.address, 0)), "InvalidValue", 0)
+    chain.refused((SYSTEM_SENDER, program.call("refund", 0, bytes(20), 1)), "ZeroAddress")
     receipt = chain.ok(refund)
     assert event(program, receipt.logs[0], "Refunded") == (hexaddr(CAROL.address), 20_000_000)
     assert chain.balance(CAROL) == 20_000_000
     assert chain.view("supply") == (VALUE + 20_000_000, VALUE, 20_000_000)
-    chain.refused(program.call("refund", CAROL.address, 1), "NotFullyExited", 20_000_000)
+    assert chain.view("refundCount") == (1,)
+    chain.refused(refund, "RefundOutOfOrder", 1, 0)  # the same re-funding twice
+    chain.refused((SYSTEM_SENDER, program.call("refund", 1, CAROL.address, 1)), "NotFullyExited", 20_000_000)
     # Certificate nonces continue: CoNETCash's nullifiers for this note are never reset.
     receipt = chain.ok(s.exit(CAROL, receiver, 1, 0))
     assert event(program, receipt.logs[0], "Exited")[-1] == exits
@@ -861,12 +870,13 @@ def test_a_replaced_witness_earns_the_share_from_then_on(program: Program) -> No
     s = chain.signer
     newcomer = Key.of("new witness")
     chain.ok(s.transfer(BUYER, ALICE, 1_000_000, 0))  # fee 500: 50 to each witness
-    chain.refused(
-        (MALLORY.address, program.call("replaceWitness", 2, newcomer.address)), "NotCreator", hexaddr(MALLORY.address)
-    )
-    chain.refused(program.call("replaceWitness", 5, newcomer.address), "InvalidWitnessIndex", 5)
-    chain.refused(program.call("replaceWitness", 2, bytes(20)), "ZeroAddress")
-    receipt = chain.ok(program.call("replaceWitness", 2, newcomer.address))
+    for key in (MALLORY, CBDC):
+        chain.refused(
+            (key.address, program.call("replaceWitness", 2, newcomer.address)), "NotSystem", hexaddr(key.address)
+        )
+    chain.refused((SYSTEM_SENDER, program.call("replaceWitness", 5, newcomer.address)), "InvalidWitnessIndex", 5)
+    chain.refused((SYSTEM_SENDER, program.call("replaceWitness", 2, bytes(20))), "ZeroAddress")
+    receipt = chain.ok((SYSTEM_SENDER, program.call("replaceWitness", 2, newcomer.address)))
     assert event(program, receipt.logs[0], "WitnessReplaced") == (
         2,
         hexaddr(WITNESSES[2].address),
@@ -1047,10 +1057,12 @@ def drain(chain: Chain, model: Model) -> list[bytes]:
 def test_value_is_conserved_over_random_sequences(program: Program, data: st.DataObject) -> None:
     chain = opened(program)
     model = Model(balances={BUYER.address: VALUE})
+    refunds = 0
     for _ in range(data.draw(st.integers(1, 5), label="blocks")):
-        calls, expected = [], []
+        calls: list[bytes | tuple[bytes, bytes]] = []
+        expected: list[bool] = []
         if data.draw(st.integers(0, 4), label="drain") == 0:
-            calls = drain(chain, model)
+            calls = list(drain(chain, model))
             expected = [True] * len(calls)
         else:
             for _ in range(data.draw(st.integers(1, 6), label="transactions")):
@@ -1059,7 +1071,8 @@ def test_value_is_conserved_over_random_sequences(program: Program, data: st.Dat
                 expected.append(valid)
         if model.funded == model.exited and data.draw(st.booleans(), label="refund"):
             amount = data.draw(st.integers(1, VALUE), label="refund amount")
-            calls.append(chain.program.call("refund", CAROL.address, amount))
+            calls.append((SYSTEM_SENDER, chain.program.call("refund", refunds, CAROL.address, amount)))
+            refunds += 1
             expected.append(True)
             model.funded += amount
             model.balances[CAROL.address] = amount

@@ -551,7 +551,7 @@ def ledgers() -> dict[int, Any]:
             transfer_fee_bps=bps,
         )
         state, (receipt,) = engine.apply(
-            genesis_state(program), [terms.initialize(program)], BlockContext(terms.chain, 0, T0)
+            genesis_state(program), [terms.initialize(BOB.secret, program)], BlockContext(terms.chain, 0, T0)
         )
         assert receipt.success
         states[bps] = (reader, state, terms.chain)

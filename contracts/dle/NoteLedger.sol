@@ -6,6 +6,7 @@ import {Initializable} from "@openzeppelin/contracts/proxy/utils/Initializable.s
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {MessageHashUtils} from "@openzeppelin/contracts/utils/cryptography/MessageHashUtils.sol";
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
+import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 /// @title CoNETCash note ledger (the DLE program of one note chain)
 /// @notice The one program of a CoNETCash note's DLE chain (DESIGN §5, §6): balances in the note's own
@@ -19,8 +20,8 @@ import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 /// In the VM, `block.number` is the note chain's height, `block.timestamp` the block header's
 /// timestamp and `block.chainid` the first 63 bits of the note chain id.
 ///
-/// Signatures. DLE transactions carry no signature of their own (their sender is whatever the block's
-/// creator wrote), so every user action is an EIP-712 message signed by the user and checked HERE,
+/// Signatures. A DLE transaction is signed by its sender (`msg.sender` is the recovered signer), but the
+/// user actions do not rest on that: every user action is an EIP-712 message signed by the user and checked HERE,
 /// inside the program, with `ecrecover` (OpenZeppelin's `ECDSA`, low-s only): every member that
 /// re-executes a block — creator, witnesses, validator, archive nodes — checks every signature itself,
 /// and a block with a forged or replayed message cannot reach the state root the group signs. The
@@ -47,6 +48,11 @@ contract NoteLedger is IERC5267, Initializable {
     uint256 public constant CBDC_SHARE_PERCENT = 30;
     /// @notice The highest transfer fee a note may be opened with (10%).
     uint256 public constant MAX_TRANSFER_FEE_BPS = 1_000;
+    /// @notice The sender of DLE system transactions (dle_vm.transaction.SYSTEM_SENDER): the low 20 bytes
+    /// of keccak256("CoNET DLE system transaction"), an address nobody holds a key for. A system
+    /// transaction carries no signature; its authority is a proof every member and archive node checks
+    /// against its own view before it signs the block (offchain/dle/authority.py).
+    address public constant SYSTEM = address(uint160(uint256(keccak256("CoNET DLE system transaction"))));
 
     /// @notice The terms of a note chain, from the mainchain's `NoteMinted` event and the draw.
     struct Genesis {
@@ -127,6 +133,8 @@ contract NoteLedger is IERC5267, Initializable {
     bytes32 private _domainSeparator;
     address private _cbdc;
     uint16 private _transferFeeBps;
+    // Shares the slot of `_cbdc` and `_transferFeeBps`: re-fundings are rare, reading it costs nothing extra.
+    uint32 private _refundCount;
     address private _validatorsPool;
     address[5] private _witnesses;
     Supply private _supply;
@@ -187,6 +195,10 @@ contract NoteLedger is IERC5267, Initializable {
     error InvalidTransferFee(uint256 bps);
     /// @notice `caller` is not the note's CBDC (the chain's creator).
     error NotCreator(address caller);
+    /// @notice `caller` is not SYSTEM: only a system transaction may call this.
+    error NotSystem(address caller);
+    /// @notice The re-funding is number `index`, the next one is number `expected`.
+    error RefundOutOfOrder(uint256 expected, uint256 index);
     /// @notice The signature is malformed or not `signer`'s over this message on this note chain.
     error InvalidSignature(address signer);
     /// @notice The message expired at `expiry`; the block's timestamp is `timestamp`.
@@ -255,30 +267,35 @@ contract NoteLedger is IERC5267, Initializable {
         emit NoteOpened(genesis.note, genesis.chain, genesis.holder, genesis.value);
     }
 
-    /// @notice Re-funds the note to `buyer` after CoNETCash re-funded it from the pool (`NoteRefunded`):
-    /// only the CBDC may send it, and only once every balance is zero (the note fully exited). A DLE
-    /// transaction's sender is not signed, so the sender check only keeps this path apart from user
-    /// actions; the authority is the archive group, which accepts the block only for a `NoteRefunded`
-    /// event of this note, this buyer and this amount. Exit nonces continue where they were.
-    function refund(address buyer, uint256 amount) external {
-        if (msg.sender != _cbdc) revert NotCreator(msg.sender);
+    /// @notice Re-funds the note to `buyer` after CoNETCash re-funded it from the pool: the `index`-th
+    /// (from 0) `NoteRefunded` event of this note, for `buyer` and `amount`. Only a system transaction may
+    /// send it: no key carries this authority, so every member and archive node accepts the block only
+    /// when its own mirror of the mainchain shows that event, and this program numbers the re-fundings
+    /// so each event is applied once, in order. Needs every balance at zero (the note fully exited).
+    /// Exit nonces continue where they were.
+    function refund(uint256 index, address buyer, uint256 amount) external {
+        if (msg.sender != SYSTEM) revert NotSystem(msg.sender);
+        uint256 expected = _refundCount;
+        if (index != expected) revert RefundOutOfOrder(expected, index);
         if (buyer == address(0)) revert ZeroAddress();
         if (amount == 0 || amount > type(uint96).max) revert InvalidValue(amount);
         Supply memory totals = _supply;
         uint256 outstanding = totals.funded - totals.exited;
         if (outstanding != 0) revert NotFullyExited(outstanding);
-        // At most type(uint96).max (checked above); the checked addition refuses the 2^32nd re-funding.
+        _refundCount = SafeCast.toUint32(expected + 1);
+        // At most type(uint96).max (checked above).
         _supply.funded = totals.funded + uint128(amount);
         _balances[buyer] = amount; // every balance is zero (outstanding is 0)
         emit Refunded(buyer, amount);
     }
 
     /// @notice Makes `witness` witness `index`, the recipient of that witness's fee share from now on,
-    /// when the consensus replaces a witness (DESIGN §5: timeouts). Only the CBDC may send it; as for
-    /// `refund`, the archive group accepts it only for the group's own recorded role change. Fees
+    /// when the consensus replaces a witness (DESIGN §5: timeouts). Only a system transaction may send
+    /// it, and members and archive nodes accept one only as the computed consequence of the chain's
+    /// certified role change (the witnesses here made equal to the certified roles' witnesses). Fees
     /// already credited stay with the previous witness.
     function replaceWitness(uint256 index, address witness) external {
-        if (msg.sender != _cbdc) revert NotCreator(msg.sender);
+        if (msg.sender != SYSTEM) revert NotSystem(msg.sender);
         if (index >= WITNESSES) revert InvalidWitnessIndex(index);
         if (witness == address(0)) revert ZeroAddress();
         address previous = _witnesses[index];
@@ -471,6 +488,11 @@ contract NoteLedger is IERC5267, Initializable {
     function totalBalances() external view returns (uint256) {
         Supply memory totals = _supply;
         return totals.funded - totals.exited;
+    }
+
+    /// @notice The number of re-fundings applied so far: the index the next `refund` must carry.
+    function refundCount() external view returns (uint256) {
+        return _refundCount;
     }
 
     /// @notice The number of exits so far: the certificate nonce the next exit gets.

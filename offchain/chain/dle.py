@@ -320,6 +320,13 @@ class DleChainClient(DeploymentClient):
         genesis, asset, group, registered_at, asset_id = self.registry.functions.chainOf(chain).call()
         return ChainRecord(chain, bytes(genesis), asset, int(group), int(registered_at), int(asset_id))
 
+    def note_refunds(self, note: int) -> list[tuple[bytes, int]]:
+        """(buyer, amount) of every `CoNETCash.NoteRefunded` of note `note`, in chain order (this node's
+        own reading of the mainchain: what a DLE node checks a re-funding against)."""
+        events = self.cash.events.NoteRefunded.get_logs(from_block=0, argument_filters={"id": note})
+        ordered = sorted(events, key=lambda e: (e["blockNumber"], e["logIndex"]))
+        return [(bytes.fromhex(str(e["args"]["buyer"])[2:]), int(e["args"]["amount"])) for e in ordered]
+
     def chain_id_of(self, asset: str, asset_id: int) -> bytes:
         return self.digests.chain_id_of(asset, asset_id)
 

@@ -41,6 +41,7 @@ from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
 from offchain.dle import roulette
+from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.member import check_final, execute
 from offchain.dle.messages import (
@@ -146,9 +147,12 @@ class ArchiveNode:
         max_drift: int = 60,
         probe_timeout: float = 2.0,
         call_timeout: float = 30.0,
+        authority: BlockAuthority | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret = secret
+        # System transactions are proven against this node's own view before it accepts a block.
+        self._authority = authority or NoteAuthority(engine)
         self.address = address_of(PrivateKey(secret).public_key)
         self._transport = transport
         self.store = store
@@ -237,11 +241,17 @@ class ArchiveNode:
         if header.group_id != roles.group:
             return self._reject(block, "names another archive group")
         try:
+            self._authority.check(pre, block, roles.witnesses)
+        except AuthorityError as error:
+            return self._reject(block, f"unauthorised: {error}")
+        try:
             post, receipts = execute(self._engine, pre, header, block.transactions)
         except InvalidTransaction as error:
             return self._reject(block, f"an invalid transaction: {error}")
         if post.root != header.state_root:
             return self._reject(block, "executing it reaches another state root")
+        if not all(receipt.success for receipt in receipts):
+            return self._reject(block, "a transaction in it reverts (creators leave those out)")
         return post, receipts
 
     def _reject(self, block: Block, reason: str) -> NoReturn:
@@ -467,10 +477,11 @@ class ArchiveNode:
                 raise RemoteError("bad-evidence", "the block does not extend the final head")
             pre = head.state
         try:
-            post, _ = execute(self._engine, pre, header, block.transactions)
-        except InvalidTransaction:
+            self._authority.check(pre, block, record.roles.witnesses)
+            post, receipts = execute(self._engine, pre, header, block.transactions)
+        except (AuthorityError, InvalidTransaction):
             return False
-        return post.root == header.state_root
+        return post.root == header.state_root and all(receipt.success for receipt in receipts)
 
     def _role_of(self, chain: bytes, roles: ChainRoles, member: bytes) -> int:
         """The stake a member serves with: the note's CBDC its CBDC stake, every other member its
@@ -703,17 +714,21 @@ class ArchiveNode:
     ) -> None:
         """The record, with every archive node's signature, as a transaction of the Selection Chain."""
         chain = selection_chain_id(group.group)
-        tx = Transaction(
-            sender=self.address,
-            to=SELECTION_LOG,
-            data=encode_rlp([record.encode(), [signatures[n] for n in record.group]]),
-            gas_limit=30_000_000,
-        )
         try:
             head = self.store.head(chain)
             height, parent, state = head.block.header.height + 1, head.block.hash, head.state
         except UnknownChain:
             height, parent, state = 0, bytes(32), State({})
+        # The host signs the entry; the Selection Chain is never executed (its state stays empty), so
+        # the host's nonce is the height: one entry per block, in order.
+        tx = Transaction.signed(
+            self._secret,
+            chain,
+            height,
+            SELECTION_LOG,
+            encode_rlp([record.encode(), [signatures[n] for n in record.group]]),
+            30_000_000,
+        )
         header = Header(
             chain, height, parent, state.root, transactions_root((tx,)), int(self._clock()), self.poh.index, group.group
         )

@@ -16,11 +16,12 @@ from coincurve import PrivateKey
 from dle_vm.engine import Engine, default_engine
 from dle_vm.signature import address_of
 from offchain.dle.archive import ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode, Mainchain
+from offchain.dle.authority import NoteAuthority, RefundLog
 from offchain.dle.client import DleClient
 from offchain.dle.digests import Domains
 from offchain.dle.member import MemberNode, Timeouts
 from offchain.dle.messages import Outcome
-from offchain.dle.note import NoteTerms, role_change_transactions
+from offchain.dle.note import NoteTerms
 from offchain.dle.roles import ArchiveGroup
 from offchain.dle.store import ChainStore
 from offchain.dle.transport import InProcessNetwork
@@ -46,6 +47,8 @@ class LocalDle:
     members: dict[bytes, MemberNode] = field(default_factory=dict)
     group: ArchiveGroup | None = None
     epoch: int = 1
+    refunds: RefundLog | None = None
+    """Every node's view of the mainchain's re-fundings (none: every re-funding is refused)."""
 
     def add_archives(self, secrets: Sequence[bytes], *, cls: Callable[..., ArchiveNode] = ArchiveNode) -> None:
         addresses = sorted(address_of_secret(s) for s in secrets)
@@ -61,6 +64,7 @@ class LocalDle:
                 self.engine,
                 self.mainchain,
                 probe_timeout=min(1.0, self.timeouts.vote),
+                authority=NoteAuthority(self.engine, self.refunds),
             )
             self.archives[address] = node
             self.network.register(address, node.handle)
@@ -85,7 +89,7 @@ class LocalDle:
             self.domains,
             self.engine,
             timeouts=self.timeouts,
-            role_change_txs=role_change_transactions,
+            authority=NoteAuthority(self.engine, self.refunds),
         )
         self.members[address] = node
         self.network.register(address, node.handle)

@@ -37,10 +37,11 @@ from coincurve import PrivateKey
 
 from dle_vm.block import Block, Header, transactions_root
 from dle_vm.encoding import EncodingError
-from dle_vm.engine import BlockContext, Engine, InvalidTransaction, Receipt
+from dle_vm.engine import BlockContext, Engine, InvalidTransaction, Receipt, apply_transactions
 from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
+from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.messages import (
     EQUIVOCATION,
@@ -78,10 +79,6 @@ log = logging.getLogger("conet.dle.member")
 GroupOf = Callable[[int], ArchiveGroup]
 """The current epoch of an archive group (from the chain mirror, or fixed in tests)."""
 
-RoleChangeTxs = Callable[[Block, Sequence[bytes], Sequence[bytes]], Sequence[Transaction]]
-"""(genesis block, old witnesses, new witnesses) → the transactions a creator prepends after the
-witnesses changed (the note program's `replaceWitness`, note.role_change_transactions)."""
-
 
 class ConsensusFailed(RuntimeError):
     """A round could not finish within its attempts."""
@@ -105,8 +102,9 @@ class Timeouts:
 def execute(
     engine: Engine, state: State, header: Header, transactions: Sequence[Transaction]
 ) -> tuple[State, tuple[Receipt, ...]]:
-    """Run a block's transactions on `state` in the block's environment."""
-    return engine.apply(state, transactions, BlockContext.of(header))
+    """Run a block's signed transactions on `state` in the block's environment (signatures and nonces
+    checked: `apply_transactions`)."""
+    return apply_transactions(engine, state, transactions, BlockContext.of(header))
 
 
 def check_final(
@@ -174,10 +172,12 @@ class MemberNode:
         engine: Engine,
         *,
         timeouts: Timeouts | None = None,
-        role_change_txs: RoleChangeTxs | None = None,
+        authority: BlockAuthority | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._secret = secret
+        # Every block's system transactions are proven before this node re-executes or signs it.
+        self._authority = authority or NoteAuthority(engine)
         self.address = address_of(PrivateKey(secret).public_key)
         self._transport = transport
         self.store = store
@@ -185,12 +185,10 @@ class MemberNode:
         self._domains = domains
         self._engine = engine
         self.timeouts = timeouts or Timeouts()
-        self._role_change_txs = role_change_txs
         self._clock = clock
         self._pending: dict[tuple[bytes, int], _Pending] = {}
         self._seen_validation: dict[tuple[bytes, int, int], Header] = {}
         self._work: dict[bytes, _ChainWork] = {}
-        self._role_prefix: dict[bytes, tuple[Transaction, ...]] = {}
         self._poh: dict[bytes, int] = {}
         self._lock: dict[bytes, asyncio.Lock] = {}
         self._genesis_records: dict[bytes, RolesRecord] = {}
@@ -277,7 +275,7 @@ class MemberNode:
             self._check_equivocation(block, roles)
             if block.header.height != head.block.header.height + 1 or block.header.parent_hash != head.block.hash:
                 raise RemoteError("not-head", f"the head is at {head.block.header.height}")
-            post = self._reexecute(head.state, block)
+            post = self._reexecute(head.state, block, roles)
             vote = self._vote(block.header, roles, post, block.signatures[0])
             return vote.encode()
 
@@ -331,11 +329,20 @@ class MemberNode:
         asyncio.get_running_loop().create_task(self._report(roles, "report_fault", evidence.encode()))
         raise RemoteError("equivocation", "the creator already signed another block at this height")
 
-    def _reexecute(self, pre: State, block: Block) -> State:
+    def _reexecute(self, pre: State, block: Block, roles: ChainRoles) -> State:
         try:
-            post, _ = execute(self._engine, pre, block.header, block.transactions)
+            self._authority.check(pre, block, roles.witnesses)
+        except AuthorityError as error:
+            raise RemoteError("unauthorised", f"the block is not authorised: {error}") from error
+        try:
+            post, receipts = execute(self._engine, pre, block.header, block.transactions)
         except InvalidTransaction as error:
             raise RemoteError("invalid-block", f"invalid transaction: {error}") from error
+        failed = next((i for i, receipt in enumerate(receipts) if not receipt.success), None)
+        if failed is not None:
+            # Creators leave reverting transactions out; one in a block would move its sender's DLE nonce
+            # without its program nonce, and a sender's two nonces move together (note.NoteSigner).
+            raise RemoteError("invalid-block", f"transaction {failed} reverts")
         if post.root != block.header.state_root:
             raise RemoteError("invalid-block", "executing the block reaches another state root")
         return post
@@ -377,7 +384,7 @@ class MemberNode:
         seen = self._seen_validation.get(seen_key)
         if seen is not None and seen != block.header:
             raise RemoteError("equivocation", "the creator already asked to validate another block at this height")
-        self._reexecute(request.pre_state, block)
+        self._reexecute(request.pre_state, block, roles)
         self._seen_validation[seen_key] = block.header
         signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
         return Vote(block.header, signature).encode()
@@ -417,7 +424,7 @@ class MemberNode:
             if pending is not None and pending.header == block.header:
                 post = pending.post
             else:
-                post = self._reexecute(head.state, block)
+                post = self._reexecute(head.state, block, record.roles)
             # Group-committed with the node's other chains; held under the chain lock until durable.
             await self.store.append_async(chain, block, post, final.certificate)
             self._seen_validation = {
@@ -455,6 +462,14 @@ class MemberNode:
             raise RemoteError("not-creator", f"0x{roles.creator.hex()}")
         if not submit.transactions:
             raise RemoteError("bad-request", "no transactions")
+        for tx in submit.transactions:
+            # Refused here, one submitter at a time, so nobody's bad transaction costs the batch it joins.
+            if tx.is_system:
+                raise RemoteError("unauthorised", "system transactions are the protocol's own: nobody submits one")
+            if tx.chain_id != submit.chain:
+                raise RemoteError("invalid-transaction", "a transaction signed for another chain")
+            if tx.sender_or_none() is None:
+                raise RemoteError("invalid-transaction", "a transaction whose signature recovers no sender")
         work = self._work.setdefault(submit.chain, _ChainWork())
         job = _Job(submit.transactions, asyncio.get_running_loop().create_future())
         work.queue.append(job)
@@ -516,6 +531,8 @@ class MemberNode:
         """Answer the submitters of reverting transactions now; keep the rest (whole jobs only).
         Returns the kept transactions, and the execution itself when nothing was dropped (the
         common case: the block is then executed once, not twice)."""
+        self._drop_misnumbered(pre, jobs)
+        txs = tuple(tx for job in jobs for tx in job.transactions)
         try:
             executed = execute(self._engine, pre, header, prefix + txs)
         except InvalidTransaction as error:
@@ -538,6 +555,26 @@ class MemberNode:
             else:
                 kept.extend(job.transactions)
         return tuple(kept), (executed if len(kept) == len(txs) else None)
+
+    @staticmethod
+    def _drop_misnumbered(pre: State, jobs: list[_Job]) -> None:
+        """Answer the submitters whose transactions do not use their senders' next nonces (after the jobs
+        before them); the others stay in the batch in their order."""
+        next_nonce: dict[bytes, int] = {}
+        for job in list(jobs):
+            mine = dict(next_nonce)
+            wrong = None
+            for tx in job.transactions:
+                expected = mine.get(tx.sender, pre[tx.sender].nonce)
+                if tx.nonce != expected:
+                    wrong = f"sender 0x{tx.sender.hex()} used nonce {tx.nonce}, its next nonce is {expected}"
+                    break
+                mine[tx.sender] = expected + 1
+            if wrong is None:
+                next_nonce = mine
+            else:
+                job.done.set_exception(RemoteError("invalid-transaction", wrong))
+                jobs.remove(job)
 
     async def _round(
         self,
@@ -563,7 +600,12 @@ class MemberNode:
             roles = record.roles
             if roles.creator != self.address:
                 raise RemoteError("not-creator", f"0x{roles.creator.hex()}")
-            prefix = self._role_prefix.get(chain, ())
+            # The witness replacements the certified roles demand, computed from the state (so a new
+            # creator that learned of the change from a client, not from its own round, makes them too).
+            try:
+                prefix = self._authority.required(pre, chain, height, roles.witnesses)
+            except AuthorityError as error:
+                raise RemoteError("unauthorised", str(error)) from error
             timestamp = max(int(self._clock()), parent_time)
             draft = Header(
                 chain,
@@ -603,16 +645,11 @@ class MemberNode:
                 else:
                     await self._after_change(record.roles, outcome)
                 continue
-            self._role_prefix.pop(chain, None)
             return Outcome(outcome.block, outcome.certificate, receipts[len(prefix) :], outcome.exit_certificates)
         raise ConsensusFailed(f"no final block for chain 0x{chain.hex()[:12]} after {self.timeouts.attempts} attempts")
 
     async def _after_change(self, old: ChainRoles, new: RolesRecord) -> None:
         await self.adopt(new)
-        if new.roles.creator == self.address and self._role_change_txs is not None:
-            genesis = self.store.block(new.roles.chain, 0).block
-            prefix = tuple(self._role_change_txs(genesis, old.witnesses, new.roles.witnesses))
-            self._role_prefix[new.roles.chain] = self._role_prefix.get(new.roles.chain, ()) + prefix
 
     def _sign_header(self, header: Header) -> bytes:
         return sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
@@ -739,7 +776,9 @@ class MemberNode:
         record.verify(self._group_of(record.roles.group))
         if record.roles.creator != self.address or terms.cbdc != self.address or record.roles.chain != terms.chain:
             raise RemoteError("not-creator", "this node is not the note's CBDC")
-        outcome = await self.open_chain((terms.initialize(),), genesis_state(), record, uint(tick, "poh tick"))
+        outcome = await self.open_chain(
+            (terms.initialize(self._secret),), genesis_state(), record, uint(tick, "poh tick")
+        )
         return outcome.encode()
 
     async def _validate_genesis(self, body: bytes) -> bytes:
@@ -759,7 +798,7 @@ class MemberNode:
 
         if pre.root != genesis_state().root:
             raise RemoteError("bad-pre-state", "a note chain starts from the program's empty state")
-        post = self._reexecute(pre, block)
+        post = self._reexecute(pre, block, roles)
         if self.address in roles.witnesses:
             self._genesis_records[roles.chain] = record
         return self._vote(block.header, roles, post, block.signatures[0]).encode()

@@ -1,10 +1,12 @@
 """The CoNETCash note program as the DLE runs it: genesis, the signed user actions, and reading state.
 
 A note chain's state holds one account, the `NoteLedger` runtime (contracts/dle/NoteLedger.sol) at
-`PROGRAM`, with empty storage; the genesis block's one transaction is `initialize(terms)` sent by the
-CBDC. Every later transaction is a call to `PROGRAM` whose calldata carries a user's EIP-712 signature,
-checked inside the program (docs/protocols.md, "The note ledger"), so the DLE transaction's own
-`sender` proves nothing and is always the chain's creator of record (the CBDC).
+`PROGRAM`, with empty storage; the genesis block's one transaction is `initialize(terms)`, signed and
+sent by the CBDC. Every later user transaction is a call to `PROGRAM` signed by the user who acts (the
+holder, or the payee drawing on an authorization), with that user's DLE nonce; its calldata carries the
+user's EIP-712 message signature as well, checked inside the program (docs/protocols.md, "The note
+ledger"). The program's privileged calls (`refund`, `replaceWitness`) come only as system transactions,
+accepted with the proof `offchain/dle/authority.py` checks.
 
 Wallets build actions with `NoteSigner`; the roles read balances, nonces and exits with `NoteReader`
 (a view call through the engine on a state, never written back).
@@ -19,17 +21,18 @@ from typing import Any
 
 from eth_abi.abi import decode, encode
 
-from dle_vm.block import Block
 from dle_vm.encoding import RLPItem, fixed_bytes, list_of, rlp_list, uint, uint_bytes
 from dle_vm.engine import BlockContext, Engine, Log, Receipt
 from dle_vm.hashing import keccak
 from dle_vm.signature import sign
 from dle_vm.state import Account, State
-from dle_vm.transaction import Transaction
+from dle_vm.transaction import Message, Transaction
 
 __all__ = [
     "GAS_LIMIT",
     "PROGRAM",
+    "WITNESSES_SLOT",
+    "WITNESS_COUNT",
     "ExitCertificate",
     "NoteReader",
     "NoteSigner",
@@ -38,10 +41,17 @@ __all__ = [
     "chain_id_of",
     "genesis_state",
     "note_program",
+    "refund_transaction",
+    "role_change_transactions_on",
 ]
 
 PROGRAM = keccak(b"CoNETCash note program")[12:]
 """Where the program lives in every note chain's state: fixed, so it never collides with a precompile."""
+
+WITNESSES_SLOT = 7
+"""NoteLedger's `_witnesses` (address[5]) begins at this storage slot; tests/test_note_ledger.py holds
+it to the compiler's storage layout."""
+WITNESS_COUNT = 5
 
 GAS_LIMIT = 1_000_000
 """Gas given to every note transaction: a transfer uses ~90k, an exit ~120k."""
@@ -90,6 +100,17 @@ class Program:
         """Calldata of `name(args)`."""
         signature, inputs, _ = self._function(name)
         return keccak(signature.encode())[:4] + encode(inputs, list(args))
+
+    def decode_call(self, name: str, data: bytes) -> tuple[Any, ...]:
+        """The arguments of calldata `data` of `name` (addresses as 20 bytes); `ValueError` for other data."""
+        signature, inputs, _ = self._function(name)
+        if data[:4] != keccak(signature.encode())[:4]:
+            raise ValueError(f"not a call of {name}")
+        try:
+            values = decode(inputs, data[4:])
+        except Exception as error:  # eth_abi raises several kinds for malformed calldata
+            raise ValueError(f"malformed {name} calldata: {error}") from error
+        return tuple(bytes.fromhex(v[2:]) if kind == "address" else v for kind, v in zip(inputs, values, strict=True))
 
     def returns(self, name: str, output: bytes) -> tuple[Any, ...]:
         """The decoded return values of `name`."""
@@ -197,10 +218,10 @@ class NoteTerms:
             transfer_fee_bps=uint(fee, "transfer fee"),
         )
 
-    def initialize(self, program: Program | None = None) -> Transaction:
-        """The genesis block's transaction."""
+    def initialize(self, cbdc_secret: bytes, program: Program | None = None) -> Transaction:
+        """The genesis block's transaction, signed by the CBDC (`cbdc_secret`) with its first nonce."""
         data = (program or note_program()).call("initialize", self.as_tuple())
-        return Transaction(sender=self.cbdc, to=PROGRAM, data=data, gas_limit=GAS_LIMIT)
+        return Transaction.signed(cbdc_secret, self.chain, 0, PROGRAM, data, GAS_LIMIT)
 
     def domain_separator(self) -> bytes:
         """The EIP-712 domain every user message of this note is signed under."""
@@ -265,27 +286,74 @@ class NoteSigner:
         struct_hash = keccak(keccak(type_string.encode()) + encode(types, list(values)))
         return sign(secret, keccak(b"\x19\x01" + self.terms.domain_separator() + struct_hash))
 
-    def _tx(self, data: bytes) -> Transaction:
-        return Transaction(sender=self.terms.cbdc, to=PROGRAM, data=data, gas_limit=GAS_LIMIT)
+    def _tx(self, secret: bytes, data: bytes, nonce: int, tx_nonce: int | None) -> Transaction:
+        # The action's signer sends it: the DLE transaction is signed with the same key. Its DLE nonce
+        # is `tx_nonce`, by default the action's own nonce — the two move together while every one of
+        # the signer's transactions on the chain is a successful note action (reverting transactions
+        # never stay in a block a creator builds); a wallet that reads the head passes both.
+        return Transaction.signed(
+            secret, self.terms.chain, nonce if tx_nonce is None else tx_nonce, PROGRAM, data, GAS_LIMIT
+        )
 
-    def transfer(self, secret: bytes, holder: bytes, to: bytes, amount: int, nonce: int, expiry: int) -> Transaction:
+    def transfer(
+        self,
+        secret: bytes,
+        holder: bytes,
+        to: bytes,
+        amount: int,
+        nonce: int,
+        expiry: int,
+        *,
+        tx_nonce: int | None = None,
+    ) -> Transaction:
         values = [holder, to, amount, nonce, expiry]
-        return self._tx(self.program.call("transfer", *values, self._signed(secret, "Transfer", values)))
+        data = self.program.call("transfer", *values, self._signed(secret, "Transfer", values))
+        return self._tx(secret, data, nonce, tx_nonce)
 
-    def authorize(self, secret: bytes, holder: bytes, payee: bytes, limit: int, nonce: int, expiry: int) -> Transaction:
+    def authorize(
+        self,
+        secret: bytes,
+        holder: bytes,
+        payee: bytes,
+        limit: int,
+        nonce: int,
+        expiry: int,
+        *,
+        tx_nonce: int | None = None,
+    ) -> Transaction:
         values = [holder, payee, limit, nonce, expiry]
-        return self._tx(self.program.call("authorize", *values, self._signed(secret, "Authorize", values)))
+        data = self.program.call("authorize", *values, self._signed(secret, "Authorize", values))
+        return self._tx(secret, data, nonce, tx_nonce)
 
-    def revoke(self, secret: bytes, holder: bytes, authorization: int, nonce: int, expiry: int) -> Transaction:
+    def revoke(
+        self,
+        secret: bytes,
+        holder: bytes,
+        authorization: int,
+        nonce: int,
+        expiry: int,
+        *,
+        tx_nonce: int | None = None,
+    ) -> Transaction:
         values = [holder, authorization, nonce, expiry]
-        return self._tx(self.program.call("revoke", *values, self._signed(secret, "Revoke", values)))
+        data = self.program.call("revoke", *values, self._signed(secret, "Revoke", values))
+        return self._tx(secret, data, nonce, tx_nonce)
 
     def deduct(
-        self, secret: bytes, payee: bytes, holder: bytes, authorization: int, amount: int, nonce: int, expiry: int
+        self,
+        secret: bytes,
+        payee: bytes,
+        holder: bytes,
+        authorization: int,
+        amount: int,
+        nonce: int,
+        expiry: int,
+        *,
+        tx_nonce: int | None = None,
     ) -> Transaction:
         values = [payee, holder, authorization, amount, nonce, expiry]
         signature = self._signed(secret, "Deduct", values)
-        return self._tx(self.program.call("deduct", *values[1:], signature))
+        return self._tx(secret, self.program.call("deduct", *values[1:], signature), nonce, tx_nonce)
 
     def deduct_to(
         self,
@@ -297,19 +365,28 @@ class NoteSigner:
         amount: int,
         nonce: int,
         expiry: int,
+        *,
+        tx_nonce: int | None = None,
     ) -> Transaction:
         """The payee's (`secret`'s) deduction of `amount` from `holder` paid to `to` (an oDEX settlement leg)."""
         values = [payee, holder, authorization, to, amount, nonce, expiry]
         signature = self._signed(secret, "DeductTo", values)
-        return self._tx(self.program.call("deductTo", *values[1:], signature))
+        return self._tx(secret, self.program.call("deductTo", *values[1:], signature), nonce, tx_nonce)
 
-    def exit(self, secret: bytes, holder: bytes, receiver: bytes, amount: int, nonce: int, expiry: int) -> Transaction:
+    def exit(
+        self,
+        secret: bytes,
+        holder: bytes,
+        receiver: bytes,
+        amount: int,
+        nonce: int,
+        expiry: int,
+        *,
+        tx_nonce: int | None = None,
+    ) -> Transaction:
         values = [holder, receiver, amount, nonce, expiry]
-        return self._tx(self.program.call("exit", *values, self._signed(secret, "Exit", values)))
-
-    def replace_witness(self, index: int, witness: bytes) -> Transaction:
-        """The creator's record of a witness replaced after a timeout or a dissolution."""
-        return self._tx(self.program.call("replaceWitness", index, witness))
+        data = self.program.call("exit", *values, self._signed(secret, "Exit", values))
+        return self._tx(secret, data, nonce, tx_nonce)
 
 
 class NoteReader:
@@ -320,9 +397,9 @@ class NoteReader:
         self.program = program or note_program()
 
     def view(self, state: State, chain: bytes, name: str, *args: Any) -> tuple[Any, ...]:
-        tx = Transaction(sender=bytes(20), to=PROGRAM, data=self.program.call(name, *args), gas_limit=GAS_LIMIT)
+        call = Message(sender=bytes(20), to=PROGRAM, data=self.program.call(name, *args), gas_limit=GAS_LIMIT)
         context = BlockContext(chain_id=chain, height=0, timestamp=0)
-        (receipt,) = self._engine.apply(state, [tx], context)[1]
+        (receipt,) = self._engine.apply(state, [call], context)[1]
         if not receipt.success:
             raise ValueError(f"view {name} failed: {self.program.decode_error(receipt.output)}")
         return self.program.returns(name, receipt.output)
@@ -331,7 +408,30 @@ class NoteReader:
         return int(self.view(state, chain, "balanceOf", account)[0])
 
     def nonce(self, state: State, chain: bytes, signer: bytes) -> int:
+        """`signer`'s next nonce for the program's signed messages."""
         return int(self.view(state, chain, "nonces", signer)[0])
+
+    @staticmethod
+    def tx_nonce(state: State, sender: bytes) -> int:
+        """`sender`'s next DLE transaction nonce (its account nonce: `apply_transactions`)."""
+        return state[sender].nonce
+
+    @staticmethod
+    def witnesses(state: State) -> tuple[bytes, ...]:
+        """The fee-receiving witnesses the program holds, read from its storage (`WITNESSES_SLOT`; the
+        same as the `roles()` view, without running the EVM: members read it for every block)."""
+        return tuple(
+            state.storage_at(PROGRAM, WITNESSES_SLOT + i).to_bytes(32, "big")[12:] for i in range(WITNESS_COUNT)
+        )
+
+    def refund_count(self, state: State, chain: bytes) -> int:
+        """Re-fundings applied so far: the index the next `refund` carries."""
+        return int(self.view(state, chain, "refundCount")[0])
+
+    def terms(self, state: State, chain: bytes) -> tuple[int, bytes]:
+        """(note id, CoNETCash or vault address) the chain was opened for."""
+        note, _, _, cash = self.view(state, chain, "noteTerms")[:4]
+        return int(note), bytes.fromhex(cash[2:])
 
     def supply(self, state: State, chain: bytes) -> tuple[int, int]:
         """(funded, exited) in the note's units."""
@@ -339,16 +439,22 @@ class NoteReader:
         return int(funded), int(exited)
 
 
-def role_change_transactions(genesis: Block, old: Sequence[bytes], new: Sequence[bytes]) -> list[Transaction]:
-    """The `replaceWitness` calls a new creator prepends after the witnesses changed (the fee shares
-    follow the witnesses). The sender is the CBDC of record, the genesis transaction's sender."""
-    cbdc = genesis.transactions[0].sender
+def role_change_transactions_on(chain: bytes, old: Sequence[bytes], new: Sequence[bytes]) -> list[Transaction]:
+    """The `replaceWitness` system transactions that turn the program's witnesses `old` into the certified
+    roles' witnesses `new` (the fee shares follow the witnesses): a creator puts them first in its next
+    block, and every member and archive node computes the same list and accepts no other
+    (`offchain/dle/authority.py`)."""
     program = note_program()
     return [
-        Transaction(sender=cbdc, to=PROGRAM, data=program.call("replaceWitness", i, w), gas_limit=GAS_LIMIT)
+        Transaction.system(chain, PROGRAM, program.call("replaceWitness", i, w), GAS_LIMIT)
         for i, (before, w) in enumerate(zip(old, new, strict=True))
         if before != w
     ]
+
+
+def refund_transaction(chain: bytes, index: int, buyer: bytes, amount: int) -> Transaction:
+    """The system transaction that applies the `index`-th `NoteRefunded` of the note on its chain."""
+    return Transaction.system(chain, PROGRAM, note_program().call("refund", index, buyer, amount), GAS_LIMIT)
 
 
 def failed_reason(program: Program, receipt: Receipt) -> str | None:

@@ -66,11 +66,12 @@ from offchain.chain.mirror import (
 from offchain.chain.web3_contracts import ChainError, Sender, connect
 from offchain.dle import roulette
 from offchain.dle.archive import ArchiveNode
+from offchain.dle.authority import ChainRefundLog, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.local import address_of_secret
 from offchain.dle.mainchain import ArchiveGroups, ChainMainchain, NoArchiveGroup
 from offchain.dle.member import MemberNode, Timeouts
-from offchain.dle.note import NoteTerms, role_change_transactions
+from offchain.dle.note import NoteTerms
 from offchain.dle.pool_hook import VALIDATOR, WITNESS, PoolHook, PoolHookError, wait_for_assignment
 from offchain.dle.roles import WITNESS_COUNT
 from offchain.dle.store import ChainStore
@@ -218,6 +219,10 @@ class _Context:
     domains: Domains
     engine: Engine
     transport: HttpTransport
+
+    def authority(self) -> NoteAuthority:
+        """The proof check of system transactions, against this node's own reading of the mainchain."""
+        return NoteAuthority(self.engine, ChainRefundLog(self.chain, self.domains.cash))
 
     @classmethod
     def build(cls, config: NodeConfig) -> _Context:
@@ -453,6 +458,7 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
         context.domains,
         context.engine,
         context.mainchain,
+        authority=context.authority(),
     )
 
     async def admit(address: bytes, role: int) -> bool:
@@ -536,7 +542,7 @@ def _member_node(context: _Context) -> tuple[MemberNode, ChainStore]:
         context.domains,
         context.engine,
         timeouts=config.timeouts,
-        role_change_txs=role_change_transactions,
+        authority=context.authority(),
     )
     return node, store
 

@@ -51,7 +51,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from dle_vm.encoding import encode_rlp
-from dle_vm.engine import BlockContext, Engine, default_engine
+from dle_vm.engine import BlockContext, Engine, InvalidTransaction, apply_transactions, default_engine
 from dle_vm.hashing import keccak
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
@@ -483,9 +483,21 @@ class Settler:
         for leg in legs:
             expiry = now + self.message_ttl
             tx = signer.deduct_to(
-                self.secret, self.payee, leg.holder, leg.authorization, leg.to, leg.amount, nonce, expiry
+                self.secret,
+                self.payee,
+                leg.holder,
+                leg.authorization,
+                leg.to,
+                leg.amount,
+                nonce,
+                expiry,
+                tx_nonce=NoteReader.tx_nonce(state, self.payee),
             )
-            post, (receipt,) = self.engine.apply(state, [tx], context)
+            try:
+                post, (receipt,) = apply_transactions(self.engine, state, [tx], context)
+            except InvalidTransaction as error:
+                refused[leg.fill] = f"{leg.leg.value} leg: {error}"
+                continue
             if not receipt.success:
                 reason = self.program.decode_error(receipt.output)
                 refused[leg.fill] = f"{leg.leg.value} leg: {reason}"

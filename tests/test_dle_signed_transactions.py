@@ -1,0 +1,310 @@
+"""Signed DLE transactions, and the proof behind the program's privileged calls.
+
+First the VM's rules (`dle_vm.engine.apply_transactions`): the sender is who signed, for this chain,
+with its next nonce. Then the attacks of issue 12 on an in-process DLE (the same node classes the
+devnet runs): an outsider with no stake and no role sends the CBDC-only calls (`refund`,
+`replaceWitness`) as system transactions, under his own key, or by re-using somebody's signature; a
+creator slips a re-funding or a witness replacement into a block without the proof. Each fails with a
+clear error, and afterwards every balance, the supply and the roles are exactly as before, and no
+honest node is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_dle_consensus import ALICE, BUYER, VALUE, Note, key, open_note, run
+
+from dle_vm.block import Block, transactions_root
+from dle_vm.engine import BlockContext, InvalidTransaction, apply_transactions, default_engine
+from dle_vm.hashing import keccak
+from dle_vm.state import State
+from dle_vm.transaction import SYSTEM_SENDER, Transaction
+from offchain.dle.authority import AuthorityError, NoteAuthority, Refund
+from offchain.dle.client import DleError
+from offchain.dle.local import address_of_secret
+from offchain.dle.member import MemberNode
+from offchain.dle.note import (
+    GAS_LIMIT,
+    PROGRAM,
+    NoteReader,
+    genesis_state,
+    note_program,
+    refund_transaction,
+)
+
+MALLORY, CAROL = key("mallory"), key("carol")
+CHAIN = keccak(b"signed transaction test chain")
+OTHER_CHAIN = keccak(b"another chain")
+REFUSED = r"unauthorised|not authorised|rejected|no final block|not-creator"
+"""How a creator's own round ends when the group refuses its block (or replaced it meanwhile)."""
+
+
+# -- the VM's rules ----------------------------------------------------------------------------------
+
+
+def _call(to: bytes = PROGRAM) -> bytes:
+    return note_program().call("balanceOf", to)
+
+
+def test_the_sender_is_who_signed_and_a_changed_transaction_is_someone_elses() -> None:
+    tx = Transaction.signed(ALICE, CHAIN, 0, PROGRAM, _call(), GAS_LIMIT)
+    assert tx.sender == address_of_secret(ALICE)
+    assert Transaction.decode(tx.encode()).sender == tx.sender
+    tampered = replace(tx, data=_call(b"\x01" * 20))
+    assert tampered.sender != tx.sender  # nobody can alter a transaction and keep its sender
+    other_chain = replace(tx, chain_id=OTHER_CHAIN)
+    assert other_chain.sender != tx.sender
+    assert Transaction.system(CHAIN, PROGRAM, _call(), GAS_LIMIT).sender == SYSTEM_SENDER
+
+
+def test_apply_transactions_demands_this_chain_a_signature_and_the_next_nonce_in_order() -> None:
+    engine = default_engine()
+    pre = genesis_state()
+    context = BlockContext(CHAIN, 1, int(time.time()))
+    alice, bob = address_of_secret(ALICE), address_of_secret(BUYER)
+
+    def tx(secret: bytes, nonce: int, chain: bytes = CHAIN) -> Transaction:
+        return Transaction.signed(secret, chain, nonce, PROGRAM, _call(), GAS_LIMIT)
+
+    post, receipts = apply_transactions(engine, pre, [tx(ALICE, 0), tx(BUYER, 0), tx(ALICE, 1)], context)
+    assert len(receipts) == 3
+    assert (post[alice].nonce, post[bob].nonce) == (2, 1)
+    assert post.root != pre.root and pre[alice].nonce == 0
+    for txs, message in [
+        ([tx(ALICE, 1)], "used nonce 1, its next nonce is 0"),
+        ([tx(ALICE, 0), tx(ALICE, 0)], "used nonce 0, its next nonce is 1"),
+        ([tx(ALICE, 0, OTHER_CHAIN)], "signed for chain"),
+        ([replace(tx(ALICE, 0), signature=bytes(64) + b"\x1b")], "recovers no sender"),
+    ]:
+        with pytest.raises(InvalidTransaction, match=message):
+            apply_transactions(engine, pre, txs, context)
+    # On the post-state the next nonces follow on; a system transaction moves no nonce.
+    system = Transaction.system(CHAIN, PROGRAM, _call(), GAS_LIMIT)
+    again, _ = apply_transactions(engine, post, [tx(ALICE, 2), system], context)
+    assert again[alice].nonce == 3 and again[SYSTEM_SENDER].nonce == 0
+
+
+# -- the proof of system transactions, unit by unit --------------------------------------------------
+
+
+@dataclass
+class Refunds:
+    """A node's view of the mainchain's `NoteRefunded` events (in the devnet: its own RPC reading)."""
+
+    events: dict[tuple[bytes, int], list[Refund]] = field(default_factory=dict)
+
+    def refunds(self, asset: bytes, note: int) -> Sequence[Refund]:
+        return self.events.get((asset, note), [])
+
+
+def _block_on(note: Note, transactions: Sequence[Transaction]) -> tuple[State, Block]:
+    """The final head's state and an (unsigned) block on it carrying `transactions`."""
+    head = next(iter(note.dle.archives.values())).store.head(note.chain)
+    parent = head.block
+    header = replace(
+        parent.header,
+        height=parent.header.height + 1,
+        parent_hash=parent.hash,
+        transactions_root=transactions_root(transactions),
+    )
+    return head.state, Block(header, tuple(transactions))
+
+
+def test_the_authority_proves_refunds_against_the_mainchain_and_replacements_against_the_roles(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        note = await open_note(tmp_path)
+        engine = note.dle.engine
+        witnesses = note.terms.witnesses
+        view = Refunds()
+        authority = NoteAuthority(engine, view)
+        refund = refund_transaction(note.chain, 0, address_of_secret(CAROL), 5)
+        pre, block = _block_on(note, [refund])
+        with pytest.raises(AuthorityError, match="shows 0 re-fundings"):
+            authority.check(pre, block, witnesses)
+        with pytest.raises(AuthorityError, match="no mainchain view"):
+            NoteAuthority(engine).check(pre, block, witnesses)
+        view.events[(note.terms.cash, note.terms.note)] = [Refund(address_of_secret(MALLORY), 5)]
+        with pytest.raises(AuthorityError, match="differs from the mainchain"):
+            authority.check(pre, block, witnesses)
+        view.events[(note.terms.cash, note.terms.note)] = [Refund(address_of_secret(CAROL), 5)]
+        authority.check(pre, block, witnesses)  # proven (the program itself still demands a fully exited note)
+        # A witness replacement nobody certified, or one too few after a certified change.
+        newcomer = address_of_secret(key("newcomer"))
+        replace_call = note_program().call("replaceWitness", 2, newcomer)
+        injected = Transaction.system(note.chain, PROGRAM, replace_call, GAS_LIMIT)
+        pre, block = _block_on(note, [injected])
+        with pytest.raises(AuthorityError, match="not exactly those"):
+            authority.check(pre, block, witnesses)
+        certified = (*witnesses[:2], newcomer, *witnesses[3:])
+        authority.check(pre, block, certified)
+        pre, empty = _block_on(note, [note.transfer(BUYER, ALICE, 1)])
+        with pytest.raises(AuthorityError, match="not exactly those"):
+            authority.check(pre, empty, certified)
+        # A system transaction after a user one, or of any other call, is never accepted.
+        user = note.transfer(BUYER, ALICE, 1)
+        for txs, message in [
+            ([user, injected], "after a user transaction"),
+            ([Transaction.system(note.chain, PROGRAM, _call(), GAS_LIMIT)], "other than"),
+        ]:
+            pre, block = _block_on(note, txs)
+            with pytest.raises(AuthorityError, match=message):
+                authority.check(pre, block, certified)
+
+    run(scenario())
+
+
+# -- the attacks on a running DLE ----------------------------------------------------------------------
+
+
+def _snapshot(note: Note) -> list[Any]:
+    """What must not move: every archive node's head (height, hash), the supply and balances, the roles."""
+    reader = NoteReader(note.dle.engine)
+    out: list[Any] = []
+    for archive in note.dle.archives.values():
+        head = archive.store.head(note.chain)
+        out.append((head.block.header.height, head.block.hash, reader.supply(head.state, note.chain)))
+        out.append([reader.balance(head.state, note.chain, address_of_secret(k)) for k in (BUYER, ALICE, MALLORY)])
+        out.append(reader.witnesses(head.state))
+        out.append(archive.roles(note.chain).roles)
+    return out
+
+
+def test_an_outsider_cannot_send_the_cbdc_only_calls(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        note = await open_note(tmp_path)
+        await note.pay(BUYER, ALICE, 1_000)
+        before = _snapshot(note)
+        program = note_program()
+        mallory = address_of_secret(MALLORY)
+        refund_call = program.call("refund", 0, mallory, VALUE)
+        replace_call = program.call("replaceWitness", 0, mallory)
+        honest = note.transfer(BUYER, ALICE, 1)  # signed by the buyer, never submitted by the buyer
+        attempts = [
+            # As a system transaction: nobody submits one.
+            (refund_transaction(note.chain, 0, mallory, VALUE), "system transactions are the protocol's own"),
+            (Transaction.system(note.chain, PROGRAM, replace_call, GAS_LIMIT), "system transactions"),
+            # Under his own key: the program sees Mallory, not the system.
+            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, refund_call, GAS_LIMIT), "NotSystem"),
+            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, replace_call, GAS_LIMIT), "NotSystem"),
+            # The buyer's signature on other calldata: the sender is then nobody's key.
+            (replace(honest, data=refund_call, nonce=0), "NotSystem"),
+            # Signed for another chain.
+            (Transaction.signed(MALLORY, OTHER_CHAIN, 0, PROGRAM, refund_call, GAS_LIMIT), "another chain"),
+        ]
+        for tx, message in attempts:
+            with pytest.raises(DleError, match=message):
+                await note.client.submit(note.chain, [tx])
+        assert _snapshot(note) == before
+        assert note.mainchain.faults == []
+        note.check_conservation()
+
+    run(scenario())
+
+
+class Injecting(NoteAuthority):
+    """A creator's authority that puts `extra` system transactions in front of its next block."""
+
+    extra: tuple[Transaction, ...] = ()
+
+    def required(self, pre: State, chain: bytes, height: int, witnesses: Sequence[bytes]) -> tuple[Transaction, ...]:
+        return (*super().required(pre, chain, height, witnesses), *self.extra)
+
+
+def _injecting_cbdc(note_refunds: Refunds) -> Any:
+    def make(*args: Any, **kwargs: Any) -> MemberNode:
+        engine = args[5]
+        return MemberNode(*args, **{**kwargs, "authority": Injecting(engine, note_refunds)})
+
+    return make
+
+
+def test_a_creator_cannot_slip_an_unproven_refund_or_witness_change_into_a_block(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        view = Refunds()
+        note = await open_note(tmp_path, member_cls={"cbdc": _injecting_cbdc(view)}, refunds=view)
+        await note.pay(BUYER, ALICE, 1_000)
+        cbdc = note.dle.members[address_of_secret(key("cbdc"))]
+        authority = cbdc._authority
+        assert isinstance(authority, Injecting)
+        mallory = address_of_secret(MALLORY)
+        program = note_program()
+        # The mainchain shows a re-funding — to Carol: the creator's version pays Mallory.
+        view.events[(note.terms.cash, note.terms.note)] = [Refund(address_of_secret(CAROL), 10)]
+        for injected in (
+            refund_transaction(note.chain, 0, mallory, 10),
+            Transaction.system(note.chain, PROGRAM, program.call("replaceWitness", 0, mallory), GAS_LIMIT),
+        ):
+            authority.extra = (injected,)
+            paid = note.balance(ALICE)
+            try:
+                # Refused by every witness; the group judges the creator, dissolves, and a new group may
+                # then carry the transfer alone.
+                await note.client.submit(note.chain, [note.transfer(BUYER, ALICE, 1)])
+                paid += 1
+            except DleError:
+                note.nonces[address_of_secret(BUYER)] -= 1  # the refused transfer never landed
+            reader = NoteReader(note.dle.engine)
+            for archive in note.dle.archives.values():
+                state = archive.store.head(note.chain).state
+                assert reader.balance(state, note.chain, mallory) == 0
+                assert mallory not in reader.witnesses(state)
+                assert reader.refund_count(state, note.chain) == 0
+                assert reader.supply(state, note.chain) == (VALUE, 0)
+            assert note.balance(ALICE) == paid
+            note.check_conservation()
+        # Only the creator that signed the unauthorised block is reported, never a witness that refused it.
+        assert note.mainchain.faults and {offender for offender, _, _ in note.mainchain.faults} == {cbdc.address}
+
+    run(scenario())
+
+
+def test_a_proven_refund_is_applied_once_and_a_wrong_one_never(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        view = Refunds()
+        # Each refused block dissolves the group and draws a new one from the pool: keep it deep.
+        note = await open_note(tmp_path, refunds=view, witnesses=30, validators=20)
+        # The buyer exits the whole note: it is pooled on the mainchain, and may be re-funded.
+        expiry = int(time.time()) + 3600
+        buyer = address_of_secret(BUYER)
+        exit_tx = note.signer.exit(BUYER, buyer, buyer, VALUE, 0, expiry)
+        outcome = await note.client.submit(note.chain, [exit_tx])
+        assert outcome.receipts[0].success
+        carol = address_of_secret(CAROL)
+
+        def creator() -> MemberNode:
+            # A creator that signed a refused block is judged and replaced: ask whoever creates now, and
+            # let it try once (each refused attempt dissolves the group and draws a new one).
+            node = note.dle.members[next(iter(note.dle.archives.values())).roles(note.chain).roles.creator]
+            node.timeouts = replace(node.timeouts, attempts=1)
+            return node
+
+        view.events[(note.terms.cash, note.terms.note)] = [Refund(carol, 20_000_000)]
+        reader = NoteReader(note.dle.engine)
+        for wrong in (
+            refund_transaction(note.chain, 0, address_of_secret(MALLORY), 20_000_000),
+            refund_transaction(note.chain, 0, carol, 20_000_001),
+            refund_transaction(note.chain, 1, carol, 20_000_000),
+        ):
+            with pytest.raises(Exception, match=REFUSED):
+                await creator()._round(note.chain, (wrong,))
+        for archive in note.dle.archives.values():
+            state = archive.store.head(note.chain).state
+            assert reader.refund_count(state, note.chain) == 0 and reader.balance(state, note.chain, carol) == 0
+        await creator()._round(note.chain, (refund_transaction(note.chain, 0, carol, 20_000_000),))
+        with pytest.raises(Exception, match=REFUSED):
+            await creator()._round(note.chain, (refund_transaction(note.chain, 0, carol, 20_000_000),))
+        for archive in note.dle.archives.values():
+            state = archive.store.head(note.chain).state
+            assert reader.refund_count(state, note.chain) == 1
+            assert reader.balance(state, note.chain, carol) == 20_000_000
+            assert reader.supply(state, note.chain) == (VALUE + 20_000_000, VALUE)
+
+    run(scenario())
