@@ -17,13 +17,14 @@ from coincurve import PrivateKey
 from conftest import group_of, group_signatures, stake
 
 from dle_vm.hashing import keccak
-from dle_vm.signature import address_of, sign
+from dle_vm.signature import address_of, recover, sign
 from offchain.chain.deployer import CONET, Role
 from offchain.chain.dle import FaultKind
 from offchain.dle.digests import Domains
-from offchain.dle.transport import InProcessNetwork
+from offchain.dle.transport import InProcessNetwork, RemoteError
 from offchain.odex.book import OrderBook
 from offchain.odex.group import (
+    ENDORSE,
     Batch,
     BatchRefused,
     BatchStore,
@@ -33,6 +34,7 @@ from offchain.odex.group import (
     Input,
     InputKind,
     WrongBatch,
+    _encode_endorse,
     book_chain_id,
     certify,
     evidence_hash,
@@ -113,13 +115,21 @@ def make_group(
     chain = book_chain_id(domains, VAULT, MARKET)
     network = InProcessNetwork()
     addresses = [address_of(PrivateKey(s).public_key) for s in secrets]
+    group = tuple(addresses)
     creator = creator_class(
-        secrets[0], addresses[0], MARKET, DOMAIN, domains, chain, transport=network.transport(addresses[0])
+        secrets[0],
+        addresses[0],
+        MARKET,
+        DOMAIN,
+        domains,
+        chain,
+        members=group,
+        transport=network.transport(addresses[0]),
     )
     members = []
     for index, (secret, address) in enumerate(zip(secrets[1:], addresses[1:], strict=True), start=1):
         cls = (member_classes or {}).get(index, BookMember)
-        member = cls(secret, address, MARKET, DOMAIN, domains, chain)
+        member = cls(secret, address, MARKET, DOMAIN, domains, chain, members=group)
         network.register(address, member.handle)
         members.append(member)
     return Group(network, creator, members, domains, chain)
@@ -381,7 +391,7 @@ def test_a_restarted_member_rebuilds_its_book_from_its_store_and_catches_up(tmp_
 
     # It comes back from its store: the book it had at height 1, not the refused batch.
     back = BookMember(
-        away.secret, away.address, MARKET, DOMAIN, group.domains, group.chain,
+        away.secret, away.address, MARKET, DOMAIN, group.domains, group.chain, members=tuple(group.order),
         store=BatchStore(tmp_path / f"{away.address.hex()}.sqlite"),
     )  # fmt: skip
     assert back.height == 1 and back.book.state_digest() == group.creator.book.state_digest()
@@ -395,7 +405,9 @@ def test_a_restarted_member_rebuilds_its_book_from_its_store_and_catches_up(tmp_
     # The other member missed nothing; take it down and bring it back behind by two batches.
     other = group.members[1]
     group.network.unregister(other.address)
-    fresh = BookMember(other.secret, other.address, MARKET, DOMAIN, group.domains, group.chain)
+    fresh = BookMember(
+        other.secret, other.address, MARKET, DOMAIN, group.domains, group.chain, members=tuple(group.order)
+    )
     group.network.register(fresh.address, fresh.handle)
     group.members[1] = fresh
     assert fresh.height == 0
@@ -422,3 +434,35 @@ def test_the_book_says_when_a_sweep_would_drop_an_expired_order() -> None:
     expiry = _decode(entry).order.expiry
     assert not book.expired(expiry) and book.expired(expiry + 1)
     assert book.expire(expiry + 1) == [_decode(entry).order.hash(DOMAIN)] and not book.expired(expiry + 1)
+
+
+def test_a_member_signs_only_batches_its_own_groups_creator_proposed() -> None:
+    group = make_group(secrets_of(3))
+    member, other = group.members
+    for entry in crossing_inputs():
+        group.creator.admit(entry)
+    batch, _ = group.creator.propose()
+    digest = member.digest(batch)
+    before = member.book.state_digest()
+    mallory = keccak(b"odex group stranger")
+
+    def ask(node: BookMember, members: list[bytes], signer: bytes) -> bytes:
+        return asyncio.run(node.handle(ENDORSE, _encode_endorse(members, batch, sign(signer, digest))))
+
+    # A stranger, and a member that is not the creator, propose the creator's very batch: never signed.
+    for signer in (mallory, other.secret):
+        with pytest.raises(RemoteError, match="not-creator"):
+            ask(member, group.order, signer)
+    # Another group (the stranger as creator), or a member configured with no group at all.
+    stranger_group = [address_of(PrivateKey(mallory).public_key), *group.order[1:]]
+    with pytest.raises(RemoteError, match="wrong-group"):
+        ask(member, stranger_group, mallory)
+    lone = BookMember(member.secret, member.address, MARKET, DOMAIN, group.domains, group.chain)
+    with pytest.raises(RemoteError, match="no-group"):
+        ask(lone, group.order, group.creator.secret)
+    assert member.height == 0 and member.book.state_digest() == before
+    # The creator's own request is signed, and the batch becomes final only with every signature.
+    signature = ask(member, group.order, group.creator.secret)
+    assert recover(digest, signature) == member.address
+    final = group.seal(batch)
+    assert member.height == other.height == 1 and final.batch == batch

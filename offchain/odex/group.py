@@ -306,7 +306,8 @@ class BookMember:
     chain: bytes
     final: list[FinalBatch] = field(default_factory=list)
     members: tuple[bytes, ...] = ()
-    """The group in signing order; set by the creator's first batch (a role record in a full DLE)."""
+    """The group in signing order, the creator first, as this member was configured (a member with no
+    group signs nothing). Not yet drawn and certified by an archive group: a fixed set (issue 12)."""
     store: BatchStore | None = None
     """Where final batches are kept across restarts; None keeps them in memory only."""
 
@@ -350,14 +351,27 @@ class BookMember:
         self._replica.finalize(final.batch)
         self.final.append(final)
 
+    def authenticate(self, body: bytes) -> Batch:
+        """The batch of an `odex.endorse` request, if it comes from this member's group's creator:
+        `RemoteError` otherwise (checked before any other work is done for the request)."""
+        try:
+            members, batch, creator_signature = _decode_endorse(body)
+        except WrongBatch as error:
+            raise RemoteError("wrong-batch", str(error)) from error
+        if not self.members:
+            raise RemoteError("no-group", "this member knows no group: it signs no batch")
+        if members != self.members:
+            raise RemoteError("wrong-group", "the batch names another group than this member's")
+        # Only the book's creator proposes: a batch from anyone else is never signed.
+        if not _signed_by(self.digest(batch), creator_signature, self.members[0]):
+            raise RemoteError("not-creator", "the batch is not signed by the book's creator")
+        return batch
+
     async def handle(self, method: str, body: bytes) -> bytes:
         """The member's `Handler` on the DLE transport."""
         try:
             if method == ENDORSE:
-                members, batch = _decode_endorse(body)
-                if self.members and members != self.members:
-                    raise RemoteError("wrong-group", "the batch names another group than this member's")
-                self.members = members
+                batch = self.authenticate(body)
                 if batch.height > self.height + 1:
                     raise RemoteError(BEHIND, str(self.height))
                 return self.endorse(batch)
@@ -369,16 +383,17 @@ class BookMember:
         raise RemoteError("unknown-method", f"no method {method}")
 
 
-def _encode_endorse(members: Sequence[bytes], batch: Batch) -> bytes:
-    return encode_rlp([list(members), batch.encode()])
+def _encode_endorse(members: Sequence[bytes], batch: Batch, creator_signature: bytes) -> bytes:
+    return encode_rlp([list(members), batch.encode(), creator_signature])
 
 
-def _decode_endorse(body: bytes) -> tuple[tuple[bytes, ...], Batch]:
+def _decode_endorse(body: bytes) -> tuple[tuple[bytes, ...], Batch, bytes]:
     try:
-        members, batch = rlp_list(decode_rlp(body), 2, "endorse")
+        members, batch, signature = rlp_list(decode_rlp(body), 3, "endorse")
         return (
             tuple(fixed_bytes(m, 20, "member") for m in list_of(members, "members")),
             Batch.decode(raw_bytes(batch, "batch")),
+            fixed_bytes(signature, SIGNATURE_SIZE, "creator signature"),
         )
     except EncodingError as error:
         raise WrongBatch(f"malformed endorse request: {error}") from error
@@ -442,11 +457,14 @@ class BookCreator(BookMember):
             raise RuntimeError("the creator needs a transport")
         transport = self.transport
         self.members = tuple(members)
-        request = _encode_endorse(members, batch)
+        if not self.members or self.members[0] != self.address:
+            raise RuntimeError("the creator is the first of the book's members")
+        own = self.endorse(batch)
+        request = _encode_endorse(members, batch, own)
 
         async def ask(member: bytes) -> bytes:
             if member == self.address:
-                return self.endorse(batch)
+                return own
             try:
                 return await transport.call(member, ENDORSE, request, timeout=self.timeout)
             except RemoteError as error:

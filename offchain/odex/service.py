@@ -51,7 +51,6 @@ from typing import Any
 
 from aiohttp import web
 
-from dle_vm.encoding import EncodingError, decode_rlp, raw_bytes, rlp_list
 from dle_vm.engine import default_engine
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.dle import DleChainClient
@@ -72,7 +71,6 @@ from offchain.odex.group import (
     BookMember,
     Input,
     InputKind,
-    WrongBatch,
     book_chain_id,
 )
 from offchain.odex.order import Order, OrderDomain, OrderError, Side, SignedCancel, SignedOrder, market_id
@@ -575,21 +573,20 @@ def _dle_handler(
         if member is None:
             raise RemoteError("unknown-method", f"the book's creator serves no {method}")
         if method == ENDORSE and receipts is not None:
-            await _check_receipts(body, receipts)
+            # The creator's signature first: nobody else gets the receipts checked on the mainchain.
+            await _check_receipts(member.authenticate(body), receipts)
         return await member.handle(method, body)
 
     return handle
 
 
-async def _check_receipts(body: bytes, receipts: ReceiptAssets) -> None:
+async def _check_receipts(batch: Batch, receipts: ReceiptAssets) -> None:
     """A member signs no batch with an order drawing on a receipt of the wrong asset: the matching program
-    cannot see it, so the creator's admission check is repeated here (malformed bodies and orders are
-    left to the replay, which refuses them)."""
+    cannot see it, so the creator's admission check is repeated here (malformed orders are left to the
+    replay, which refuses them)."""
     try:
-        _members, batch_bytes = rlp_list(decode_rlp(body), 2, "endorse")
-        batch = Batch.decode(raw_bytes(batch_bytes, "batch"))
         orders = [SignedOrder.decode(e.payload).order for e in batch.inputs if e.kind is InputKind.ORDER]
-    except (EncodingError, WrongBatch, OrderError):
+    except OrderError:
         return
     for order in orders:
         try:
