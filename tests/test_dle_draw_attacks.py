@@ -19,14 +19,15 @@ from typing import Any
 
 import pytest
 
-from dle_vm.encoding import RLPItem, decode_rlp, encode_rlp, raw_bytes, rlp_list
+from dle_vm.encoding import RLPItem, decode_rlp, encode_rlp, raw_bytes, rlp_list, uint_bytes
 from dle_vm.hashing import keccak
+from dle_vm.signature import recover
 from offchain.dle import roulette
-from offchain.dle.archive import ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode, selection_chain_id
+from offchain.dle.archive import ROLE_CBDC, ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode, selection_chain_id
 from offchain.dle.digests import Domains
 from offchain.dle.local import LocalDle, address_of_secret
 from offchain.dle.member import Timeouts
-from offchain.dle.note import NoteTerms
+from offchain.dle.note import NoteTerms, chain_id_of
 from offchain.dle.pool import Candidate, PoolSnapshot
 from offchain.dle.transport import RemoteError
 
@@ -315,5 +316,78 @@ def test_an_unstaked_candidate_is_passed_over_and_cannot_be_forced_in(tmp_path: 
             eligible=everyone,
         )  # fmt: skip
         await refused_everywhere(cosigners, "endorse_draw", forced.encode(), "below the minimum")
+
+    run(scenario())
+
+
+# -- the CBDC of a new note is drawn too ------------------------------------------------------------
+
+
+def cbdc_group(tmp_path: Path, mainchain: StakeMainchain | None = None) -> tuple[LocalDle, list[bytes]]:
+    dle = group_of(tmp_path, mainchain)
+    cbdcs = [address_of_secret(key(f"staked cbdc {i}")) for i in range(4)]
+    for cbdc in cbdcs:
+        dle.join_pool(cbdc, ROLE_CBDC)
+    return dle, cbdcs
+
+
+def signers(certificate: bytes, digest: bytes) -> list[bytes]:
+    return [recover(digest, certificate[i : i + 65]) for i in range(0, len(certificate), 65)]
+
+
+def test_the_cbdc_of_an_order_is_drawn_and_certified_by_the_whole_group(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        dle, cbdcs = cbdc_group(tmp_path)
+        host = dle.host(chain_id_of(DOMAINS.mainchain_id, DOMAINS.cash, 9))
+        record, certificate = await host.draw_cbdc(9)
+        roulette.check(record)
+        (pick,) = record.chosen
+        assert pick.role == ROLE_CBDC and pick.address in cbdcs
+        assert record.chain_id == int.from_bytes(chain_id_of(DOMAINS.mainchain_id, DOMAINS.cash, 9), "big")
+        group = sorted(dle.archives)
+        assert signers(certificate, DOMAINS.cbdc_draw(9, pick.address, record.hash, 0)) == group
+        # The certificate names the drawn CBDC only: for any other it is nobody's signature.
+        for other in cbdcs:
+            if other != pick.address:
+                assert not set(signers(certificate, DOMAINS.cbdc_draw(9, other, record.hash, 0))) & set(group)
+        for node in dle.archives.values():
+            assert record in selection_records(node)  # anyone can re-run the `selection` of the fill
+
+    run(scenario())
+
+
+def test_a_host_that_redraws_an_orders_cbdc_gets_no_certificate(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        dle, _ = cbdc_group(tmp_path)
+        chain = chain_id_of(DOMAINS.mainchain_id, DOMAINS.cash, 9)
+        host = dle.host(chain)
+        first, _ = await host.draw_cbdc(9)
+        # It runs the draw again, hoping for a CBDC it colludes with: the draw itself goes through (it is
+        # recorded for all to see), but no archive node certifies any draw of order 9 but the first.
+        second, _ = await host.run_draw(chain, [roulette.Slot(ROLE_CBDC, 1)], ())
+        body = encode_rlp([uint_bytes(9), second.hash])
+        for node in dle.archives.values():
+            with pytest.raises(RemoteError, match="was drawn by"):
+                await node.handle("endorse_cbdc_draw", body)
+        # Nor does the first draw certify another order.
+        for node in dle.archives.values():
+            with pytest.raises(RemoteError, match="no CBDC draw for order 10"):
+                await node.handle("endorse_cbdc_draw", encode_rlp([uint_bytes(10), first.hash]))
+
+    run(scenario())
+
+
+def test_an_unstaked_or_full_cbdc_is_not_drawn(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        mainchain = StakeMainchain(capacities={ROLE_CBDC: 0})
+        dle, cbdcs = cbdc_group(tmp_path, mainchain)
+        host = dle.host(chain_id_of(DOMAINS.mainchain_id, DOMAINS.cash, 9))
+        with pytest.raises(RemoteError, match="holds 0 eligible candidates of role 0"):
+            await host.draw_cbdc(9)  # every CBDC's capacity is taken: nobody is drawn
+        mainchain.capacities.clear()
+        mainchain.unstaked.update(cbdcs[1:])
+        record, _ = await host.draw_cbdc(10)
+        assert [p.address for p in record.chosen] == [cbdcs[0]]
+        assert set(record.ineligible) <= set(cbdcs[1:])
 
     run(scenario())

@@ -70,7 +70,7 @@ from offchain.dle.messages import (
     Rejection,
     TimeoutReport,
 )
-from offchain.dle.note import ExitCertificate, NoteTerms, genesis_state
+from offchain.dle.note import ExitCertificate, NoteTerms, chain_id_of, genesis_state
 from offchain.dle.poh import ProofOfHistory
 from offchain.dle.pool import WaitingPool
 from offchain.dle.roles import (
@@ -137,6 +137,9 @@ class Mainchain(Protocol):
     ) -> int: ...
 
 
+_CBDC_SLOTS = (roulette.Slot(ROLE_CBDC, 1),)
+"""A CBDC draw: one CBDC for the note an order becomes."""
+
 _KEPT_DRAWS = 1024
 """Draws a node remembers while they run; an abandoned one is forgotten once this many are newer."""
 
@@ -196,6 +199,8 @@ class ArchiveNode:
         self.pool = WaitingPool(self.poh)
         self._accepted: dict[tuple[bytes, int, int], bytes] = {}
         self._draws: dict[bytes, _DrawState] = {}
+        self._cbdc_draws: dict[int, roulette.DrawRecord] = {}
+        """chain id -> the first CBDC draw this node took into its Selection Chain for it."""
         self._host_lock: dict[bytes, asyncio.Lock] = {}
         self._pending_state: dict[tuple[bytes, bytes], State] = {}
         self._genesis: dict[bytes, RolesRecord] = {}
@@ -779,6 +784,8 @@ class ArchiveNode:
         except roulette.RouletteError as error:
             raise RemoteError("bad-draw", f"the record is not signed by the whole group: {error}") from error
         del self._draws[record.draw_id]
+        if record.slots == _CBDC_SLOTS:
+            self._cbdc_draws.setdefault(record.chain_id, record)  # the first CBDC draw of a chain is its draw
         self._append_selection(self._group(), record, dict(zip(record.group, signatures, strict=True)))
         # Drawn members serve and rejoin at the back: a node serves many chains within its capacity.
         for pick in (*record.chosen, *record.standbys):
@@ -825,6 +832,38 @@ class ArchiveNode:
         roulette.verify_signatures(record, signatures)
         await self._ask_all("draw_final", encode_rlp([record.encode(), [signatures[n] for n in record.group]]))
         return record, picks
+
+    async def draw_cbdc(self, order: int) -> tuple[roulette.DrawRecord, bytes]:
+        """Draw the CBDC that is to fill CoNETCash order `order` from the staked CBDCs waiting in the
+        pool, like any draw (snapshot first, every node re-checks stake and capacity), and have every
+        archive node of the group certify it: (record, certificate over `Domains.cbdc_draw(order,
+        cbdc, record hash, group)`, signatures sorted by signer, for the fill)."""
+        chain = chain_id_of(self._domains.mainchain_id, self._domains.cash, order)
+        record, picks = await self.run_draw(chain, _CBDC_SLOTS, ())
+        signatures = await self._endorse_all("endorse_cbdc_draw", encode_rlp([uint_bytes(order), record.hash]))
+        (cbdc,) = picks[ROLE_CBDC]
+        digest = self._domains.cbdc_draw(order, cbdc, record.hash, self._group().group)
+        for node, signature in signatures.items():
+            if _recover(digest, signature) != node:
+                raise RemoteError("bad-signature", f"0x{node.hex()} did not certify the CBDC draw")
+        return record, join_certificate(signatures)
+
+    async def _endorse_cbdc_draw(self, body: bytes) -> bytes:
+        """Certify the CBDC draw of an order: only a record this node endorsed and keeps in its own
+        Selection Chain, drawn for that order's chain, of exactly one CBDC."""
+        order_item, selection_item = rlp_list(decode_rlp(body), 2, "CBDC draw")
+        order, selection = uint(order_item, "order"), fixed_bytes(selection_item, 32, "selection")
+        chain = int.from_bytes(chain_id_of(self._domains.mainchain_id, self._domains.cash, order), "big")
+        record = self._cbdc_draws.get(chain)
+        if record is None:
+            raise RemoteError("bad-draw", f"no CBDC draw for order {order} in this node's Selection Chain")
+        if record.hash != selection:
+            # Only the first: a host that re-ran the draw until a CBDC it likes came up gets nothing.
+            raise RemoteError("bad-draw", f"order {order}'s CBDC was drawn by 0x{record.hash.hex()}, not this draw")
+        if len(record.chosen) != 1:
+            raise RemoteError("bad-draw", "the draw found no eligible CBDC")
+        drawn = record.chosen[0].address
+        return sign(self._secret, self._domains.cbdc_draw(order, drawn, selection, self._group().group))
 
     def _append_selection(
         self, group: ArchiveGroup, record: roulette.DrawRecord, signatures: dict[bytes, bytes]
@@ -966,6 +1005,7 @@ _METHODS: dict[str, str] = {
     "draw_reveal": "_draw_reveal",
     "endorse_draw": "_endorse_draw",
     "draw_final": "_draw_final",
+    "endorse_cbdc_draw": "_endorse_cbdc_draw",
     "endorse_genesis_roles": "_endorse_genesis_roles",
     "expect_genesis": "_expect_genesis",
     "endorse_registration": "_endorse_registration",
