@@ -391,3 +391,24 @@ def test_an_unstaked_or_full_cbdc_is_not_drawn(tmp_path: Path) -> None:
         assert set(record.ineligible) <= set(cbdcs[1:])
 
     run(scenario())
+
+
+def test_a_restarted_archive_node_still_certifies_only_the_first_cbdc_draw(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        dle, _ = cbdc_group(tmp_path)
+        chain = chain_id_of(DOMAINS.mainchain_id, DOMAINS.cash, 9)
+        host = dle.host(chain)
+        first, _ = await host.draw_cbdc(9)
+        second, _ = await host.run_draw(chain, [roulette.Slot(ROLE_CBDC, 1)], ())
+        for address, node in list(dle.archives.items()):
+            # The same store, a fresh process: what it certifies comes from its Selection Chain.
+            restarted = ArchiveNode(
+                key_of[address], dle.network.transport(address), node.store, lambda: dle.group_of(0), DOMAINS,
+                dle.engine, dle.mainchain,
+            )  # fmt: skip
+            with pytest.raises(RemoteError, match="was drawn by"):
+                await restarted.handle("endorse_cbdc_draw", encode_rlp([uint_bytes(9), second.hash]))
+            assert await restarted.handle("endorse_cbdc_draw", encode_rlp([uint_bytes(9), first.hash]))
+
+    key_of = {address_of_secret(key(f"archive {i}")): key(f"archive {i}") for i in range(3)}
+    run(scenario())

@@ -201,6 +201,7 @@ class ArchiveNode:
         self._draws: dict[bytes, _DrawState] = {}
         self._cbdc_draws: dict[int, roulette.DrawRecord] = {}
         """chain id -> the first CBDC draw this node took into its Selection Chain for it."""
+        self._cbdc_draws_loaded = False
         self._host_lock: dict[bytes, asyncio.Lock] = {}
         self._pending_state: dict[tuple[bytes, bytes], State] = {}
         self._genesis: dict[bytes, RolesRecord] = {}
@@ -785,6 +786,7 @@ class ArchiveNode:
             raise RemoteError("bad-draw", f"the record is not signed by the whole group: {error}") from error
         del self._draws[record.draw_id]
         if record.slots == _CBDC_SLOTS:
+            self._load_cbdc_draws()
             self._cbdc_draws.setdefault(record.chain_id, record)  # the first CBDC draw of a chain is its draw
         self._append_selection(self._group(), record, dict(zip(record.group, signatures, strict=True)))
         # Drawn members serve and rejoin at the back: a node serves many chains within its capacity.
@@ -854,6 +856,7 @@ class ArchiveNode:
         order_item, selection_item = rlp_list(decode_rlp(body), 2, "CBDC draw")
         order, selection = uint(order_item, "order"), fixed_bytes(selection_item, 32, "selection")
         chain = int.from_bytes(chain_id_of(self._domains.mainchain_id, self._domains.cash, order), "big")
+        self._load_cbdc_draws()
         record = self._cbdc_draws.get(chain)
         if record is None:
             raise RemoteError("bad-draw", f"no CBDC draw for order {order} in this node's Selection Chain")
@@ -864,6 +867,21 @@ class ArchiveNode:
             raise RemoteError("bad-draw", "the draw found no eligible CBDC")
         drawn = record.chosen[0].address
         return sign(self._secret, self._domains.cbdc_draw(order, drawn, selection, self._group().group))
+
+    def _load_cbdc_draws(self) -> None:
+        """Once per process: the first CBDC draw of each chain from this node's own Selection Chain, so
+        a restart does not let a second draw of an order count as its first."""
+        if self._cbdc_draws_loaded:
+            return
+        chain = selection_chain_id(self._group().group)
+        if chain in self.store.chains():
+            for height in range(self.store.height(chain) + 1):
+                for tx in self.store.block(chain, height).block.transactions:
+                    record_bytes, _ = rlp_list(decode_rlp(tx.data), 2, "selection entry")
+                    record = roulette.DrawRecord.decode(raw_bytes(record_bytes, "draw record"))
+                    if record.slots == _CBDC_SLOTS:
+                        self._cbdc_draws.setdefault(record.chain_id, record)
+        self._cbdc_draws_loaded = True
 
     def _append_selection(
         self, group: ArchiveGroup, record: roulette.DrawRecord, signatures: dict[bytes, bytes]
