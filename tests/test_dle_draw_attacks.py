@@ -256,9 +256,8 @@ def test_an_unendorsed_or_partly_signed_record_is_not_kept(tmp_path: Path) -> No
         dle = group_of(tmp_path)
         host, cosigners = host_and_cosigners(dle)
         snapshot, randomness = await honest_rounds(dle, host, keccak(b"final"))
-        record = roulette.draw(
-            chain_id=1, randomness=randomness, snapshot=snapshot, slots=SLOTS, eligible=host._eligibility()
-        )
+        eligible = host._eligibility(host.serving())
+        record = roulette.draw(chain_id=1, randomness=randomness, snapshot=snapshot, slots=SLOTS, eligible=eligible)
         signatures = await ask(dle, "endorse_draw", record.encode())
         partial: list[RLPItem] = [signatures[n] for n in record.group]
         partial[0] = partial[1]

@@ -725,14 +725,15 @@ class ArchiveNode:
             roulette.check(record)
         except roulette.RouletteError as error:
             raise RemoteError("bad-draw", f"the record does not re-run: {error}") from error
-        await asyncio.to_thread(self._check_verdicts, record)
+        # The store is read here, on the loop's thread (it may hold writes not yet committed); only the
+        # mainchain calls go to a worker thread.
+        await asyncio.to_thread(self._check_verdicts, record, self._eligibility(self.serving()))
         state.endorsed = record.hash
         return roulette.sign_record(record, self._secret)
 
-    def _check_verdicts(self, record: roulette.DrawRecord) -> None:
+    def _check_verdicts(self, record: roulette.DrawRecord, eligible: roulette.Eligible) -> None:
         """Every drawn candidate is eligible and every one listed ineligible is not, by this node's own
         mainchain view and the chains it keeps (blocking: mainchain calls)."""
-        eligible = self._eligibility()
         for pick in (*record.chosen, *record.standbys):
             if not eligible(pick.address, pick.role):
                 raise RemoteError(
@@ -757,10 +758,9 @@ class ArchiveNode:
             count.update((validator, ROLE_VALIDATOR) for validator in roles.validators)
         return count
 
-    def _eligibility(self) -> roulette.Eligible:
-        """eligible(address, role): the stake meets the role's minimum and serves fewer chains in the
-        role than Staking's capacity (stake / capacity unit) allows. Blocking: mainchain calls."""
-        serving = self.serving()
+    def _eligibility(self, serving: Counter[tuple[bytes, int]]) -> roulette.Eligible:
+        """eligible(address, role): the stake meets the role's minimum and `serving` counts fewer chains
+        in the role than Staking's capacity (stake / capacity unit) allows. Blocking: mainchain calls."""
         cache: dict[tuple[bytes, int], bool] = {}
 
         def eligible(address: bytes, role: int) -> bool:
@@ -811,13 +811,14 @@ class ArchiveNode:
         reveal = encode_rlp([draw_id, list(randomness.commitments())])
         for node, value in (await self._ask_all("draw_reveal", reveal)).items():
             randomness.reveal(node, value)
+        eligible = self._eligibility(self.serving())
         record = await asyncio.to_thread(
             lambda: roulette.draw(
                 chain_id=int.from_bytes(chain, "big"),
                 randomness=randomness,
                 snapshot=snapshot,
                 slots=slots,
-                eligible=self._eligibility(),
+                eligible=eligible,
                 excluded=excluded,
             )
         )
