@@ -85,6 +85,17 @@ contract CoNETCash is ERC721, CertifiedExits, ReentrancyGuardTransient {
         uint96 backing;
     }
 
+    /// @notice An archive group's certificate that `cbdc` is the CBDC the roulette drew for order
+    /// `id`; `selection` is the hash of that draw's record in the group's Selection Chain.
+    struct CbdcDraw {
+        uint256 id;
+        address cbdc;
+        bytes32 selection;
+        uint256 group;
+    }
+
+    bytes32 private constant _CBDC_DRAW_TYPEHASH =
+        keccak256("CbdcDraw(uint256 id,address cbdc,bytes32 selection,uint256 group)");
     uint256 private constant _BPS = 10_000;
     uint256 private constant _CONET_DECIMALS = 18;
 
@@ -369,6 +380,12 @@ contract CoNETCash is ERC721, CertifiedExits, ReentrancyGuardTransient {
     function earningsOf(address cbdc, address stablecoin) external view returns (Earnings memory) {
         uint16 coin = _coinIds[stablecoin];
         return coin == 0 ? Earnings(0, 0) : _earnings[cbdc][coin];
+    }
+
+    /// @notice The EIP-712 digest an archive group signs to certify the CBDC drawn for an order
+    /// (docs/protocols.md "CoNETCash fill").
+    function cbdcDrawDigest(CbdcDraw calldata draw) external view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_CBDC_DRAW_TYPEHASH, draw)));
     }
 
     /// @notice The CoNET a CBDC burns to fill an order of `amount` `stablecoin` at today's prices.

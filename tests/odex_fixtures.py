@@ -52,6 +52,9 @@ class RecordingMainchain:
     def meets_minimum(self, address: bytes, role: int) -> bool:
         return True
 
+    def capacity(self, address: bytes, role: int) -> int:
+        return 1_000_000
+
     def register_chain(self, *args: Any) -> None:
         self.registered.append(args)
 

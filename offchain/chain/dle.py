@@ -46,6 +46,7 @@ _LIVE = 2  # CoNETCash.Status.Live
 _DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 _GENESIS_TYPE = b"ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)"
 _BLOCK_TYPE = b"BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)"
+_CBDC_DRAW_TYPE = b"CbdcDraw(uint256 id,address cbdc,bytes32 selection,uint256 group)"
 _EXIT_TYPE = (
     b"ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,"
     b"uint256 amount,uint256 nonce)"
@@ -203,6 +204,16 @@ class Digests:
     def exit(self, certificate: ExitCertificate) -> bytes:
         """CoNETCash.exitDigest: an exit of a note chain."""
         return _typed(self._cash_separator, _exit_struct_hash(certificate))
+
+    def cbdc_draw(self, order: int, cbdc: str, selection: bytes, group: int) -> bytes:
+        """The archive group's certificate that `cbdc` is the CBDC drawn for order `order` by the draw
+        whose record hash is `selection` (EIP-712 "CbdcDraw" in the CoNETCash domain; what
+        `CoNETCash.fill` is to verify, docs/protocols.md "CoNETCash fill")."""
+        struct = encode(
+            ["bytes32", "uint256", "address", "bytes32", "uint256"],
+            [keccak(_CBDC_DRAW_TYPE), order, cbdc, selection, group],
+        )
+        return _typed(self._cash_separator, keccak(struct))
 
     def vault_exit(self, certificate: ExitCertificate) -> bytes:
         """OdexVault.exitDigest: an exit of a receipt chain (`certificate.note` is the receipt id).

@@ -13,8 +13,10 @@ DESIGN §5. An archive node
   by re-executing before it co-signs the FaultReport that slashes the offender on the mainchain and
   the new roles of a freshly drawn group (old members excluded); an archive node's signed rejection
   dissolves the group the same way, without slashing;
-- draws groups with the verifiable roulette (commit and reveal from every archive node of the group,
-  the record signed by all) and appends every record to the group's Selection Chain;
+- draws groups with the verifiable roulette (the host's pool snapshot first, checked by every archive
+  node against its own pool, then commit and reveal from every archive node of the group, the record
+  signed by all after each re-checked it) and every archive node appends every record to its copy of
+  the group's Selection Chain;
 - opens note chains: draws the group, has the CBDC produce the genesis block, and registers the chain
   on the mainchain with the group's ChainGenesis certificate.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
@@ -34,7 +37,17 @@ from typing import NoReturn, Protocol
 from coincurve import PrivateKey
 
 from dle_vm.block import Block, Header, transactions_root
-from dle_vm.encoding import EncodingError, decode_rlp, encode_rlp, fixed_bytes, raw_bytes, rlp_list, uint, uint_bytes
+from dle_vm.encoding import (
+    EncodingError,
+    decode_rlp,
+    encode_rlp,
+    fixed_bytes,
+    list_of,
+    raw_bytes,
+    rlp_list,
+    uint,
+    uint_bytes,
+)
 from dle_vm.engine import Engine, InvalidTransaction, Receipt
 from dle_vm.hashing import keccak
 from dle_vm.signature import BadSignature, address_of, recover, sign
@@ -58,7 +71,7 @@ from offchain.dle.messages import (
     Rejection,
     TimeoutReport,
 )
-from offchain.dle.note import ExitCertificate, NoteTerms, genesis_state
+from offchain.dle.note import ExitCertificate, NoteTerms, chain_id_of, genesis_state
 from offchain.dle.poh import ProofOfHistory
 from offchain.dle.pool import WaitingPool
 from offchain.dle.roles import (
@@ -99,6 +112,10 @@ class Mainchain(Protocol):
 
     def meets_minimum(self, address: bytes, role: int) -> bool: ...
 
+    def capacity(self, address: bytes, role: int) -> int:
+        """How many chains `address` may serve at once in `role` (Staking.capacity)."""
+        ...
+
     def register_chain(
         self, asset: bytes, asset_id: int, genesis_hash: bytes, group: int, epoch: int, certificate: bytes
     ) -> None: ...
@@ -119,6 +136,24 @@ class Mainchain(Protocol):
         epoch: int,
         certificate: bytes,
     ) -> int: ...
+
+
+_CBDC_SLOTS = (roulette.Slot(ROLE_CBDC, 1),)
+"""A CBDC draw: one CBDC for the note an order becomes."""
+
+_KEPT_DRAWS = 1024
+"""Draws a node remembers while they run; an abandoned one is forgotten once this many are newer."""
+
+
+@dataclass
+class _DrawState:
+    """What this node committed to in one draw: its secret, the host's snapshot it checked, the
+    commitments it revealed against, and the record it endorsed."""
+
+    secret: bytes
+    snapshot_hash: bytes
+    commitments: tuple[bytes, ...] | None = None
+    endorsed: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -167,7 +202,10 @@ class ArchiveNode:
         self.poh = ProofOfHistory()
         self.pool = WaitingPool(self.poh)
         self._accepted: dict[tuple[bytes, int, int], bytes] = {}
-        self._secrets: dict[bytes, bytes] = {}
+        self._draws: dict[bytes, _DrawState] = {}
+        self._cbdc_draws: dict[int, roulette.DrawRecord] = {}
+        """chain id -> the first CBDC draw this node took into its Selection Chain for it."""
+        self._cbdc_draws_loaded = False
         self._host_lock: dict[bytes, asyncio.Lock] = {}
         self._pending_state: dict[tuple[bytes, bytes], State] = {}
         self._genesis: dict[bytes, RolesRecord] = {}
@@ -637,50 +675,154 @@ class ArchiveNode:
         return self._group().host_of(chain)
 
     # -- the roulette -----------------------------------------------------------------------------
+    #
+    # Four rounds, host -> every archive node of the group (the host answers its own through `handle`):
+    #   draw_commit(draw id, snapshot)   each node checks the snapshot against its own pool, commits;
+    #   draw_reveal(draw id, commitments) each node finds its own commitment in the list, reveals;
+    #   endorse_draw(record)             each node re-runs the record, checks it holds the snapshot and
+    #                                    the commitments it saw before revealing, and re-checks every
+    #                                    stake and capacity verdict against its own mainchain view;
+    #   draw_final(record, signatures)   each node verifies the whole group signed, appends the record
+    #                                    to its own Selection Chain and moves the drawn to the back.
+    # So the snapshot is fixed before any secret is out, and no stake verdict is the host's word alone.
 
     async def _draw_commit(self, body: bytes) -> bytes:
-        draw_id = fixed_bytes(body, 32, "draw id")
-        if draw_id in self._secrets:
+        draw_id_item, snapshot_item = rlp_list(decode_rlp(body), 2, "draw commit")
+        draw_id = fixed_bytes(draw_id_item, 32, "draw id")
+        if draw_id in self._draws:
             raise RemoteError("bad-request", "already committed to this draw")
-        self._secrets[draw_id] = roulette.new_secret()
-        return roulette.commitment(self._secrets[draw_id], self.address, draw_id)
+        snapshot = roulette.snapshot_from_rlp(snapshot_item)
+        try:
+            roulette.check_snapshot(snapshot, self.pool.order())
+        except roulette.RouletteError as error:
+            raise RemoteError("bad-snapshot", f"refused the host's pool snapshot: {error}") from error
+        while len(self._draws) >= _KEPT_DRAWS:
+            del self._draws[next(iter(self._draws))]  # abandoned draws: the oldest goes first
+        state = _DrawState(roulette.new_secret(), roulette.snapshot_hash(snapshot))
+        self._draws[draw_id] = state
+        return roulette.commitment(state.secret, self.address, draw_id)
 
     async def _draw_reveal(self, body: bytes) -> bytes:
-        secret = self._secrets.get(fixed_bytes(body, 32, "draw id"))
-        if secret is None:
+        draw_id_item, commitments_item = rlp_list(decode_rlp(body), 2, "draw reveal")
+        draw_id = fixed_bytes(draw_id_item, 32, "draw id")
+        commitments = tuple(fixed_bytes(c, 32, "commitment") for c in list_of(commitments_item, "commitments"))
+        state = self._draws.get(draw_id)
+        if state is None:
             raise RemoteError("bad-request", "no commitment to this draw")
-        return secret
+        group = self._group().members
+        if len(commitments) != len(group) or self.address not in group:
+            raise RemoteError("bad-draw", "the commitments are not one per member of this group")
+        if commitments[group.index(self.address)] != roulette.commitment(state.secret, self.address, draw_id):
+            raise RemoteError("bad-draw", "the commitments do not hold this node's own")
+        if state.commitments is not None and state.commitments != commitments:
+            raise RemoteError("bad-draw", "other commitments than this node revealed against before")
+        state.commitments = commitments
+        return state.secret
 
     async def _endorse_draw(self, body: bytes) -> bytes:
         record = roulette.DrawRecord.decode(body)
-        roulette.check(record)
+        state = self._draws.get(record.draw_id)
+        if state is None or state.commitments is None:
+            raise RemoteError("bad-draw", "this node has not revealed for this draw")
         if record.group != self._group().members:
-            raise RemoteError("bad-request", "the draw is not this group's")
-        index = record.group.index(self.address)
-        if record.reveals[index] != self._secrets.get(record.draw_id):
-            raise RemoteError("bad-request", "the record does not hold this node's reveal")
+            raise RemoteError("bad-draw", "the draw is not this group's")
+        if record.snapshot_hash != state.snapshot_hash:
+            raise RemoteError("bad-draw", "the record's pool snapshot is not the one committed before the reveals")
+        if record.commitments != state.commitments:
+            raise RemoteError("bad-draw", "the record's commitments are not the ones revealed against")
+        if record.reveals[record.group.index(self.address)] != state.secret:
+            raise RemoteError("bad-draw", "the record does not hold this node's reveal")
+        try:
+            roulette.check(record)
+        except roulette.RouletteError as error:
+            raise RemoteError("bad-draw", f"the record does not re-run: {error}") from error
+        # The store is read here, on the loop's thread (it may hold writes not yet committed); only the
+        # mainchain calls go to a worker thread.
+        await asyncio.to_thread(self._check_verdicts, record, self._eligibility(self.serving()))
+        state.endorsed = record.hash
         return roulette.sign_record(record, self._secret)
+
+    def _check_verdicts(self, record: roulette.DrawRecord, eligible: roulette.Eligible) -> None:
+        """Every drawn candidate is eligible and every one listed ineligible is not, by this node's own
+        mainchain view and the chains it keeps (blocking: mainchain calls)."""
+        for pick in (*record.chosen, *record.standbys):
+            if not eligible(pick.address, pick.role):
+                raise RemoteError(
+                    "bad-draw",
+                    f"0x{pick.address.hex()} is drawn as role {pick.role} but its stake is below the minimum "
+                    "or its capacity is taken",
+                )
+        roles = {candidate.address: candidate.role for candidate in record.snapshot}
+        for address in record.ineligible:
+            if eligible(address, roles[address]):
+                raise RemoteError("bad-draw", f"0x{address.hex()} is listed ineligible but may serve")
+
+    def serving(self) -> Counter[tuple[bytes, int]]:
+        """(address, role) -> how many chains of this group the address serves in that role now: the
+        creators, witnesses and validator rosters of every chain this node keeps or expects."""
+        count: Counter[tuple[bytes, int]] = Counter()
+        records = [self._records.decode(meta) for meta in map(self.store.meta, self.store.chains()) if meta]
+        for record in (*records, *self._genesis.values()):
+            roles = record.roles
+            count[(roles.creator, ROLE_CBDC)] += 1
+            count.update((witness, ROLE_WITNESS) for witness in roles.witnesses)
+            count.update((validator, ROLE_VALIDATOR) for validator in roles.validators)
+        return count
+
+    def _eligibility(self, serving: Counter[tuple[bytes, int]]) -> roulette.Eligible:
+        """eligible(address, role): the stake meets the role's minimum and `serving` counts fewer chains
+        in the role than Staking's capacity (stake / capacity unit) allows. Blocking: mainchain calls."""
+        cache: dict[tuple[bytes, int], bool] = {}
+
+        def eligible(address: bytes, role: int) -> bool:
+            key = (address, role)
+            if key not in cache:
+                cache[key] = self._mainchain.meets_minimum(address, role) and serving[key] < (
+                    self._mainchain.capacity(address, role)
+                )
+            return cache[key]
+
+        return eligible
+
+    async def _draw_final(self, body: bytes) -> bytes:
+        record_bytes, signatures_item = rlp_list(decode_rlp(body), 2, "draw final")
+        record = roulette.DrawRecord.decode(raw_bytes(record_bytes, "draw record"))
+        state = self._draws.get(record.draw_id)
+        if state is None or state.endorsed != record.hash:
+            raise RemoteError("bad-draw", "this node did not endorse this record")
+        signatures = [raw_bytes(sig, "signature") for sig in list_of(signatures_item, "signatures")]
+        try:
+            roulette.verify_signatures(record, signatures)
+        except roulette.RouletteError as error:
+            raise RemoteError("bad-draw", f"the record is not signed by the whole group: {error}") from error
+        del self._draws[record.draw_id]
+        if record.slots == _CBDC_SLOTS:
+            self._load_cbdc_draws()
+            self._cbdc_draws.setdefault(record.chain_id, record)  # the first CBDC draw of a chain is its draw
+        self._append_selection(self._group(), record, dict(zip(record.group, signatures, strict=True)))
+        # Drawn members serve and rejoin at the back: a node serves many chains within its capacity.
+        for pick in (*record.chosen, *record.standbys):
+            if pick.address in self.pool:
+                self.pool.leave(pick.address)
+                self.pool.join(pick.address, pick.role)
+        return b""
 
     async def run_draw(
         self, chain: bytes, slots: Sequence[roulette.Slot], excluded: Sequence[bytes]
     ) -> tuple[roulette.DrawRecord, dict[int, tuple[bytes, ...]]]:
-        """Draw members for `chain` from this node's pool; the record goes to the Selection Chain."""
+        """Draw members for `chain` from this node's pool; the record goes to every archive node's
+        Selection Chain. The snapshot is taken, and sent to every node, before any commitment."""
         group = self._group()
-        draw_id = keccak(chain + self.poh.hash)
-        randomness = roulette.CommitReveal(draw_id, group.members)
-        for node, value in (await self._ask_all("draw_commit", draw_id)).items():
-            randomness.commit(node, value)
-        for node, value in (await self._ask_all("draw_reveal", draw_id)).items():
-            randomness.reveal(node, value)
         snapshot = self.pool.snapshot()
-        eligible_cache: dict[tuple[bytes, int], bool] = {}
-
-        def eligible(address: bytes, role: int) -> bool:
-            key = (address, role)
-            if key not in eligible_cache:
-                eligible_cache[key] = self._mainchain.meets_minimum(address, role)
-            return eligible_cache[key]
-
+        draw_id = keccak(chain + self.poh.hash + snapshot.hash)
+        randomness = roulette.CommitReveal(draw_id, group.members)
+        commit = encode_rlp([draw_id, [candidate.to_rlp() for candidate in snapshot.candidates]])
+        for node, value in (await self._ask_all("draw_commit", commit)).items():
+            randomness.commit(node, value)
+        reveal = encode_rlp([draw_id, list(randomness.commitments())])
+        for node, value in (await self._ask_all("draw_reveal", reveal)).items():
+            randomness.reveal(node, value)
+        eligible = self._eligibility(self.serving())
         record = await asyncio.to_thread(
             lambda: roulette.draw(
                 chain_id=int.from_bytes(chain, "big"),
@@ -702,17 +844,63 @@ class ArchiveNode:
             picks[role] = chosen + tuple(p.address for p in record.standbys if p.role == role)
         signatures = await self._ask_all("endorse_draw", record.encode())
         roulette.verify_signatures(record, signatures)
-        self._append_selection(group, record, signatures)
-        # Drawn members serve and rejoin at the back: a node serves many chains within its capacity.
-        for address in {p.address: p.role for p in (*record.chosen, *record.standbys)}.items():
-            self.pool.leave(address[0])
-            self.pool.join(address[0], address[1])
+        await self._ask_all("draw_final", encode_rlp([record.encode(), [signatures[n] for n in record.group]]))
         return record, picks
+
+    async def draw_cbdc(self, order: int) -> tuple[roulette.DrawRecord, bytes]:
+        """Draw the CBDC that is to fill CoNETCash order `order` from the staked CBDCs waiting in the
+        pool, like any draw (snapshot first, every node re-checks stake and capacity), and have every
+        archive node of the group certify it: (record, certificate over `Domains.cbdc_draw(order,
+        cbdc, record hash, group)`, signatures sorted by signer, for the fill)."""
+        chain = chain_id_of(self._domains.mainchain_id, self._domains.cash, order)
+        record, picks = await self.run_draw(chain, _CBDC_SLOTS, ())
+        signatures = await self._endorse_all("endorse_cbdc_draw", encode_rlp([uint_bytes(order), record.hash]))
+        (cbdc,) = picks[ROLE_CBDC]
+        digest = self._domains.cbdc_draw(order, cbdc, record.hash, self._group().group)
+        for node, signature in signatures.items():
+            if _recover(digest, signature) != node:
+                raise RemoteError("bad-signature", f"0x{node.hex()} did not certify the CBDC draw")
+        return record, join_certificate(signatures)
+
+    async def _endorse_cbdc_draw(self, body: bytes) -> bytes:
+        """Certify the CBDC draw of an order: only a record this node endorsed and keeps in its own
+        Selection Chain, drawn for that order's chain, of exactly one CBDC."""
+        order_item, selection_item = rlp_list(decode_rlp(body), 2, "CBDC draw")
+        order, selection = uint(order_item, "order"), fixed_bytes(selection_item, 32, "selection")
+        chain = int.from_bytes(chain_id_of(self._domains.mainchain_id, self._domains.cash, order), "big")
+        self._load_cbdc_draws()
+        record = self._cbdc_draws.get(chain)
+        if record is None:
+            raise RemoteError("bad-draw", f"no CBDC draw for order {order} in this node's Selection Chain")
+        if record.hash != selection:
+            # Only the first: a host that re-ran the draw until a CBDC it likes came up gets nothing.
+            raise RemoteError("bad-draw", f"order {order}'s CBDC was drawn by 0x{record.hash.hex()}, not this draw")
+        if len(record.chosen) != 1:
+            raise RemoteError("bad-draw", "the draw found no eligible CBDC")
+        drawn = record.chosen[0].address
+        return sign(self._secret, self._domains.cbdc_draw(order, drawn, selection, self._group().group))
+
+    def _load_cbdc_draws(self) -> None:
+        """Once per process: the first CBDC draw of each chain from this node's own Selection Chain, so
+        a restart does not let a second draw of an order count as its first."""
+        if self._cbdc_draws_loaded:
+            return
+        chain = selection_chain_id(self._group().group)
+        if chain in self.store.chains():
+            for height in range(self.store.height(chain) + 1):
+                for tx in self.store.block(chain, height).block.transactions:
+                    record_bytes, _ = rlp_list(decode_rlp(tx.data), 2, "selection entry")
+                    record = roulette.DrawRecord.decode(raw_bytes(record_bytes, "draw record"))
+                    if record.slots == _CBDC_SLOTS:
+                        self._cbdc_draws.setdefault(record.chain_id, record)
+        self._cbdc_draws_loaded = True
 
     def _append_selection(
         self, group: ArchiveGroup, record: roulette.DrawRecord, signatures: dict[bytes, bytes]
     ) -> None:
-        """The record, with every archive node's signature, as a transaction of the Selection Chain."""
+        """The record, with every archive node's signature, as a transaction of this node's copy of the
+        Selection Chain. Each archive node appends in the order the records reach it, so the copies
+        hold the same group-signed records while their block headers are each node's own."""
         chain = selection_chain_id(group.group)
         try:
             head = self.store.head(chain)
@@ -733,7 +921,6 @@ class ArchiveNode:
             chain, height, parent, state.root, transactions_root((tx,)), int(self._clock()), self.poh.index, group.group
         )
         block = Block(header, (tx,))
-        # The host's own record of the draws it ran; every member checked and signed the record itself.
         if height == 0:
             self.store.create_chain(block, state, b"".join(signatures[n] for n in record.group), b"")
         else:
@@ -851,6 +1038,8 @@ _METHODS: dict[str, str] = {
     "draw_commit": "_draw_commit",
     "draw_reveal": "_draw_reveal",
     "endorse_draw": "_endorse_draw",
+    "draw_final": "_draw_final",
+    "endorse_cbdc_draw": "_endorse_cbdc_draw",
     "endorse_genesis_roles": "_endorse_genesis_roles",
     "expect_genesis": "_expect_genesis",
     "endorse_registration": "_endorse_registration",

@@ -87,6 +87,10 @@ class Domains:
             )
         )
 
+    def cbdc_draw(self, order: int, cbdc: bytes, selection: bytes, group: int) -> bytes:
+        """The archive group's consent that `cbdc` was drawn to fill CoNETCash order `order`."""
+        return self._digests.cbdc_draw(order, to_checksum_address(cbdc), selection, group)
+
     def fault(
         self, chain: bytes, height: int, offender: bytes, role: int, kind: int, evidence_hash: bytes, reporter: bytes
     ) -> bytes:

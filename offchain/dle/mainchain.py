@@ -31,9 +31,13 @@ from offchain.chain.dle import DleChainClient, FaultReport
 from offchain.chain.web3_contracts import load_contract
 from offchain.dle.roles import ArchiveGroup
 
-__all__ = ["ArchiveGroups", "ChainMainchain", "MainchainAdapterError", "NoArchiveGroup"]
+__all__ = ["UNLIMITED_CAPACITY", "ArchiveGroups", "ChainMainchain", "MainchainAdapterError", "NoArchiveGroup"]
 
 log = logging.getLogger("conet.dle.mainchain")
+
+
+UNLIMITED_CAPACITY = 2**256 - 1
+"""The capacity of a role whose capacity unit is not set."""
 
 
 class MainchainAdapterError(RuntimeError):
@@ -58,6 +62,14 @@ class ChainMainchain:
 
     def meets_minimum(self, address: bytes, role: int) -> bool:
         return bool(self.client.staking.functions.meetsMinimum(_checksum(address), int(role)).call())
+
+    def capacity(self, address: bytes, role: int) -> int:
+        """Staking.capacity: stake / the role's capacity unit; a role with no unit set has no limit
+        (the call would revert CapacityUnitNotSet)."""
+        staking = self.client.staking.functions
+        if int(staking.capacityUnit(int(role)).call()) == 0:
+            return UNLIMITED_CAPACITY
+        return int(staking.capacity(_checksum(address), int(role)).call())
 
     def register_chain(
         self, asset: bytes, asset_id: int, genesis_hash: bytes, group: int, epoch: int, certificate: bytes

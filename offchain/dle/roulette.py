@@ -29,6 +29,9 @@ and `rerun` recomputes the draw from the record alone. The record cannot prove t
 candidate really lacked stake: a verifier with chain access checks `meetsMinimum` for those at the
 draw's block.
 
+The snapshot is fixed before any secret: the host sends it first and every archive node checks it
+against its own pool (`check_snapshot`) and signs only a record that holds it (offchain/dle/archive.py).
+
 No I/O here: the archive node gathers commitments, reveals and signatures over its transport.
 """
 
@@ -77,8 +80,10 @@ __all__ = [
     "RevealMismatch",
     "RouletteError",
     "Slot",
+    "SnapshotMismatch",
     "UnknownNode",
     "check",
+    "check_snapshot",
     "commitment",
     "draw",
     "new_secret",
@@ -88,6 +93,8 @@ __all__ = [
     "select",
     "shuffle",
     "sign_record",
+    "snapshot_from_rlp",
+    "snapshot_hash",
     "verify_signatures",
 ]
 
@@ -146,6 +153,10 @@ class BadGroupSignature(NodeError):
 
 class DrawMismatch(RouletteError):
     """A record whose stored outcome is not what re-running it computes."""
+
+
+class SnapshotMismatch(RouletteError):
+    """A host's pool snapshot that is not this archive node's own view of the pool."""
 
 
 def new_secret() -> bytes:
@@ -348,6 +359,42 @@ def _candidate_from(item: RLPItem) -> Candidate:
     return Candidate(address=address_, role=role_, stamp=stamp)
 
 
+def snapshot_from_rlp(item: RLPItem) -> tuple[Candidate, ...]:
+    """The candidate list of a snapshot as `encode_candidates` lays it out (a draw commit carries it)."""
+    return tuple(_candidate_from(entry) for entry in list_of(item, "snapshot"))
+
+
+def snapshot_hash(candidates: Sequence[Candidate]) -> bytes:
+    """keccak256(encode_candidates(candidates)): the `snapshot_hash` of a record drawn from them."""
+    return keccak(encode_candidates(candidates))
+
+
+def check_snapshot(candidates: Sequence[Candidate], own: Iterable[Candidate]) -> None:
+    """A co-signer's check of the host's snapshot against its own pool, before it commits: the same
+    candidates in the same roles (none left out, none added) and listed in the host's PoH stamp order.
+    Every candidate waits at every archive node of the group, so an honest host's pool holds what this
+    node's holds; stamps are the host's own, so only their order is checkable here. Raises
+    `SnapshotMismatch`."""
+    previous = -1
+    listed: dict[bytes, int] = {}
+    for candidate in candidates:
+        if candidate.address in listed:
+            raise SnapshotMismatch(f"0x{candidate.address.hex()} is listed twice")
+        if candidate.stamp.index <= previous:
+            raise SnapshotMismatch(f"0x{candidate.address.hex()} is out of PoH order")
+        previous = candidate.stamp.index
+        listed[candidate.address] = candidate.role
+    mine = {candidate.address: candidate.role for candidate in own}
+    for address, role in mine.items():
+        if address not in listed:
+            raise SnapshotMismatch(f"0x{address.hex()} waits in this node's pool but the snapshot leaves it out")
+        if listed[address] != role:
+            raise SnapshotMismatch(f"0x{address.hex()} waits as role {role}, the snapshot says {listed[address]}")
+    for address in listed:
+        if address not in mine:
+            raise SnapshotMismatch(f"0x{address.hex()} is in the snapshot but not in this node's pool")
+
+
 @dataclass(frozen=True)
 class DrawRecord:
     """Everything a draw used and produced; its `hash` is what the archive group signs."""
@@ -426,7 +473,7 @@ class DrawRecord:
                 for slot in list_of(slots, "slots")
             ),
             snapshot_hash=fixed_bytes(snapshot_hash, HASH_SIZE, "snapshot hash"),
-            snapshot=tuple(_candidate_from(item) for item in list_of(snapshot, "snapshot")),
+            snapshot=snapshot_from_rlp(snapshot),
             commitments=tuple(fixed_bytes(c, HASH_SIZE, "commitment") for c in list_of(commitments, "commitments")),
             reveals=tuple(fixed_bytes(r, SECRET_SIZE, "reveal") for r in list_of(reveals, "reveals")),
             seed=uint(seed, "seed"),
