@@ -907,8 +907,8 @@ class ArchiveNode:
             height, parent, state = head.block.header.height + 1, head.block.hash, head.state
         except UnknownChain:
             height, parent, state = 0, bytes(32), State({})
-        # The host signs the entry; the Selection Chain is never executed (its state stays empty), so
-        # the host's nonce is the height: one entry per block, in order.
+        # This node signs the entry of its own copy; the Selection Chain is never executed (its state
+        # stays empty), so the node's nonce is the height: one entry per block, in order.
         tx = Transaction.signed(
             self._secret,
             chain,
