@@ -100,7 +100,7 @@ class Odex:
         )
         terms = receipt_terms(issued, mainchain_id=MAINCHAIN_ID, vault=VAULT, cbdc=address_of_secret(key("cbdc")))
         await self.dle.open_note(terms)
-        client = self.dle.client(submit_timeout=5.0)
+        client = self.dle.client(issued.owner, submit_timeout=5.0)
         roles = (await client.roles(terms.chain)).roles
         wallet = NoteChain(
             receipt,
@@ -138,7 +138,7 @@ class Odex:
 
     def settler(self, journal: Path, **kwargs: Any) -> Settler:
         return Settler(
-            self.dle.client(submit_timeout=5.0), DOMAINS, BOOK, SettlementJournal(journal), self.dle.engine, **kwargs
+            self.dle.client(address_of_secret(BOOK), submit_timeout=5.0), DOMAINS, BOOK, SettlementJournal(journal), self.dle.engine, **kwargs
         )
 
 

@@ -162,7 +162,7 @@ async def open_note(
     )
     genesis = await dle.open_note(terms)
     assert genesis.block.header.height == 0
-    client = dle.client(submit_timeout=3.0)
+    client = dle.client(terms.holder, submit_timeout=3.0)
     roles = (await client.roles(terms.chain)).roles
     full = replace(terms, witnesses=roles.witnesses, validators_pool=roles.validators[0])
     return Note(dle, mainchain, full, client, NoteSigner(full, note_program()))

@@ -73,7 +73,7 @@ class Http(Harness):
         self.transports: list[HttpTransport] = []
 
     async def up(self, address: bytes, handler: Handler) -> None:
-        runner, port = await serve(handler, max_body=LIMIT)
+        runner, port = await serve(handler, address=None, max_body=LIMIT)
         self.runners[address] = runner
         self.directory[address] = f"http://127.0.0.1:{port}"
 
@@ -438,7 +438,7 @@ def test_http_status_mapping() -> None:
 
 def test_http_server_limits_and_paths() -> None:
     async def main() -> None:
-        runner, port = await serve(echo, max_body=1000)
+        runner, port = await serve(echo, address=None, max_body=1000)
         url = f"http://127.0.0.1:{port}"
         try:
             # the caller allows more than this server: the server refuses with 413 body-too-large
@@ -472,7 +472,7 @@ def test_http_handler_bug_and_non_bytes() -> None:
         return "text"  # type: ignore[return-value]
 
     async def main() -> None:
-        runner = web.AppRunner(http_app(wrong_type))
+        runner = web.AppRunner(http_app(wrong_type, address=None))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         try:
@@ -497,7 +497,7 @@ def test_http_timeouts_bound_a_silent_server_and_refused_ports() -> None:
 
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        free_runner, free_port = await serve(echo)
+        free_runner, free_port = await serve(echo, address=None)
         await free_runner.cleanup()  # a port that was just bound and is now closed
         try:
             async with HttpTransport({BOB: f"http://127.0.0.1:{port}", CAROL: f"http://127.0.0.1:{free_port}"}) as t:

@@ -54,6 +54,7 @@ from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
 from offchain.dle import roulette
+from offchain.dle.auth import ArchiveAccess, as_caller
 from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.member import check_final, execute
@@ -212,6 +213,8 @@ class ArchiveNode:
         self._records = DecodedRecords()
         self.slashed: list[tuple[bytes, int, int]] = []
         """(offender, role, amount) of every report this node submitted."""
+        self.access = ArchiveAccess(group, self._known_roles, self._head_state, engine)
+        """Who may call which method (offchain/dle/auth.py): checked before every handler."""
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -221,9 +224,23 @@ class ArchiveNode:
             raise RemoteError("unknown-method", f"no method {method!r}")
         handler: Callable[[bytes], Awaitable[bytes]] = getattr(self, name)
         try:
+            self.access.check(method, body)
             return await handler(body)
         except (EncodingError, RolesError) as error:
             raise RemoteError("bad-request", f"{method}: {error}") from error
+
+    def _known_roles(self, chain: bytes) -> RolesRecord | None:
+        """The chain's roles as this node holds them: stored, or expected for a genesis; None if neither."""
+        try:
+            return self.roles(chain)
+        except UnknownChain:
+            return self._genesis.get(chain)
+
+    def _head_state(self, chain: bytes) -> State | None:
+        try:
+            return self.store.head(chain).state
+        except UnknownChain:
+            return None
 
     async def _ping(self, body: bytes) -> bytes:
         return self.address
@@ -598,7 +615,7 @@ class ArchiveNode:
 
         async def one(node: bytes) -> bytes:
             if node == self.address:
-                return await self.handle(method, body)
+                return await as_caller(self.address, self.handle(method, body))
             return await self._transport.call(node, method, body, timeout=self._call_timeout)
 
         answers = await asyncio.gather(*(one(node) for node in group.members))

@@ -26,7 +26,10 @@ from offchain.dle.roles import ArchiveGroup
 from offchain.dle.store import ChainStore
 from offchain.dle.transport import InProcessNetwork
 
-__all__ = ["LocalDle", "address_of_secret"]
+__all__ = ["OUTSIDER", "LocalDle", "address_of_secret"]
+
+OUTSIDER = b"\xc1" * 20
+"""An address with no key, no stake and no role."""
 
 
 def address_of_secret(secret: bytes) -> bytes:
@@ -117,9 +120,10 @@ class LocalDle:
         (the draw picks them) and the validators' pool is the first drawn validator."""
         return await self.host(terms.chain).open_note(terms)
 
-    def client(self, **kwargs: object) -> DleClient:
-        address = b"\xc1" * 20
-        return DleClient(self.network.transport(address), self.group_of, self.domains, **kwargs)  # type: ignore[arg-type]
+    def client(self, caller: bytes = OUTSIDER, **kwargs: object) -> DleClient:
+        """A client calling as `caller` (20 bytes): nodes answer it only as far as their authorisation
+        tables admit that address (a holder, a member, an archive node); the default is nobody's."""
+        return DleClient(self.network.transport(caller), self.group_of, self.domains, **kwargs)  # type: ignore[arg-type]
 
     def kill(self, address: bytes) -> None:
         self.network.unregister(address)

@@ -41,6 +41,7 @@ from dle_vm.engine import BlockContext, Engine, InvalidTransaction, Receipt, app
 from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
+from offchain.dle.auth import MemberAccess, as_caller
 from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.messages import (
@@ -194,6 +195,8 @@ class MemberNode:
         self._genesis_records: dict[bytes, RolesRecord] = {}
         self._records = DecodedRecords()
         self.rounds = 0
+        self.access = MemberAccess(group_of, self._known_roles, self._roles_for)
+        """Who may call which method (offchain/dle/auth.py): checked before every handler."""
 
     # -- dispatch ---------------------------------------------------------------------------------
 
@@ -203,9 +206,16 @@ class MemberNode:
             raise RemoteError("unknown-method", f"no method {method!r}")
         handler: Callable[[bytes], Awaitable[bytes]] = getattr(self, name)
         try:
+            await self.access.check(method, body)
             return await handler(body)
         except EncodingError as error:
             raise RemoteError("bad-request", f"malformed {method}: {error}") from error
+
+    def _known_roles(self, chain: bytes) -> RolesRecord | None:
+        try:
+            return self.roles(chain)
+        except UnknownChain:
+            return None
 
     async def _ping(self, body: bytes) -> bytes:
         return self.address
@@ -755,7 +765,7 @@ class MemberNode:
         """A call whose failure is an answer: the round classifies it."""
         if peer == self.address:
             try:
-                return await self.handle(method, body)
+                return await as_caller(self.address, self.handle(method, body))
             except RemoteError as error:
                 return error
         try:

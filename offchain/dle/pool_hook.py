@@ -327,7 +327,12 @@ class PoolHook:
     async def _join(self, request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > _MAX_JOIN_BODY:
             return _error(413, "body-too-large", f"a join request is at most {_MAX_JOIN_BODY} bytes")
-        raw = await request.content.read(_MAX_JOIN_BODY + 1)
+        try:
+            # The whole body, bounded: under `transport.http_app` its guard has already read it within
+            # the server's body timeout; a body over the app's limit is refused there.
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, "body-too-large", f"a join request is at most {_MAX_JOIN_BODY} bytes")
         if len(raw) > _MAX_JOIN_BODY:
             return _error(413, "body-too-large", f"a join request is at most {_MAX_JOIN_BODY} bytes")
         try:
