@@ -165,7 +165,7 @@ async def in_process(notes: int, transfers: int) -> tuple[float, int, Counter[st
         dle.add_validators([VALIDATOR])
         for note in range(1, notes + 1):
             await dle.open_note(terms_of(note))
-        client = dle.client(submit_timeout=120.0)
+        client = dle.client(address_of_secret(ARCHIVES[0]), submit_timeout=120.0)
         engine_calls = _count_engine(dle)
         COUNTS.clear()
         seconds, finals = await load(client, notes, transfers)
@@ -196,11 +196,12 @@ def worker(spec_path: str) -> None:
     engine = RevmEngine()
 
     async def main() -> None:
-        transport = HttpTransport(directory)
         runners = []
         for secret_hex in spec["nodes"]:
             secret = bytes.fromhex(secret_hex)
             address = address_of_secret(secret)
+            # Each node signs its requests with its own key (offchain/dle/auth.py).
+            transport = HttpTransport(directory, secret=secret)
             store = ChainStore(Path(spec["data"]) / f"{address.hex()[:8]}.sqlite")
             node: ArchiveNode | MemberNode
             if secret in ARCHIVES:
@@ -211,7 +212,7 @@ def worker(spec_path: str) -> None:
             else:
                 node = MemberNode(secret, transport, store, lambda _g: GROUP, DOMAINS, engine, timeouts=TIMEOUTS)
             port = int(directory[address].rsplit(":", 1)[1])
-            runners.append(await serve(node.handle, "127.0.0.1", port))
+            runners.append(await serve(node.handle, "127.0.0.1", port, address=address))
         print("READY", flush=True)
         await asyncio.Event().wait()
 
@@ -251,7 +252,9 @@ async def over_http(groups: list[list[bytes]], notes: int, transfers: int) -> tu
                 assert process.stdout is not None
                 line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 120)
                 assert line.startswith("READY"), line
-            async with HttpTransport(directory) as transport:
+            # One client drives every note, so it reads as the bench's operator: an archive node of the
+            # group (a holder's wallet would sign as the holder, and read only its own notes).
+            async with HttpTransport(directory, secret=ARCHIVES[0]) as transport:
                 host = {a: a for a in GROUP.members}
                 del host
                 for note in range(1, notes + 1):

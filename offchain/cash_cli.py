@@ -65,7 +65,7 @@ class _Wallet(DevnetWallet):
         """Run `work` on note `note`'s chain over the devnet's HTTP transport."""
 
         async def run() -> T:
-            async with self.client.transport() as transport:
+            async with self.client.transport(self.secret) as transport:
                 return await work(self.client.note_chain(transport, note))
 
         return asyncio.run(run())

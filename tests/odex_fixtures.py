@@ -138,7 +138,12 @@ class Odex:
 
     def settler(self, journal: Path, **kwargs: Any) -> Settler:
         return Settler(
-            self.dle.client(address_of_secret(BOOK), submit_timeout=5.0), DOMAINS, BOOK, SettlementJournal(journal), self.dle.engine, **kwargs
+            self.dle.client(address_of_secret(BOOK), submit_timeout=5.0),
+            DOMAINS,
+            BOOK,
+            SettlementJournal(journal),
+            self.dle.engine,
+            **kwargs,
         )
 
 

@@ -794,8 +794,15 @@ class DevnetClient:
     def contract(self, name: str, address: str | None = None) -> Contract:
         return load_contract(self.w3, name, address or self.state.contracts[name])
 
-    def transport(self, own_address: bytes | None = None) -> HttpTransport:
-        return HttpTransport(self.state.directory_map(), own_address=own_address)
+    def transport(self, secret: bytes | None = None) -> HttpTransport:
+        """With `secret`, a wallet's transport: every request signed by it (nodes answer it as far as it
+        is a participant). Without, the operator's: each request signed by the key of the node it is
+        sent to (the devnet derives every node's key from its name), which that node admits as one of
+        its own group — for status, conservation checks and benchmarks, never for a wallet."""
+        if secret is not None:
+            return HttpTransport(self.state.directory_map(), secret=secret)
+        keys = {bytes.fromhex(n.address[2:]): node_key(n.name) for n in self.state.nodes}
+        return HttpTransport(self.state.directory_map(), secret=keys.get)
 
     def chain_of(self, note: int) -> tuple[bytes, int]:
         """Note `note`'s chain id and the archive group that keeps it; DevnetError when not open."""

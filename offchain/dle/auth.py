@@ -314,11 +314,11 @@ class ArchiveAccess:
         """Members of the chain's earlier roles this node saw (in memory: lost on a restart)."""
 
     def check(self, method: str, body: bytes) -> None:
-        """Raise `Unauthenticated`/`Forbidden` unless the caller may call `method` with `body` (an
-        unknown method passes: the dispatcher refuses it as unknown-method)."""
+        """Raise `Unauthenticated`/`Forbidden` unless the caller may call `method` with `body`. A method
+        missing from the table is for peers only (a method added later is never open by omission)."""
         who = caller()
-        rule = self.TABLE.get(method)
-        if rule is None or rule is Rule.ANYONE:
+        rule = self.TABLE.get(method, Rule.PEER)
+        if rule is Rule.ANYONE:
             return
         # A peer is admitted by every rule except MEMBER (a block's accept and final come from its
         # creator; a peer never sends them).
@@ -395,7 +395,10 @@ class MemberAccess:
     async def _check(self, method: str, body: bytes) -> None:
         who = caller()
         rule = self.TABLE.get(method)
-        if rule is None or rule is Rule.ANYONE:
+        if rule is None:
+            # Never open by omission; and an outsider learns nothing of which methods exist.
+            raise _forbid(method, who, "no such method for this caller")
+        if rule is Rule.ANYONE:
             return
         if rule is Rule.CREATOR:
             creator = await self._creator(method, body)

@@ -21,7 +21,9 @@ Each process is one node serving the DLE wire protocol (`transport.http_app`: `P
 - **cbdc**: a member node (the notes' creator) plus an order filler: it fills open CoNETCash orders
   (`fill(id, selection)`, signed by its key) as they appear.
 
-Every node also answers `GET /devnet/info` (JSON: address, chains, and for an archive node its group
+Every DLE request a node serves or sends is signed (offchain/dle/auth.py): each node signs with its
+own key and answers only callers its authorisation table admits. Every node also answers
+`GET /devnet/info` (JSON: address, chains, and for an archive node its group
 and pool) for `conet devnet status`. The config file is JSON, written by `offchain/devnet/dle.py`;
 see `NodeConfig`. SIGTERM or SIGINT stops the node cleanly.
 """
@@ -75,7 +77,7 @@ from offchain.dle.note import NoteTerms
 from offchain.dle.pool_hook import VALIDATOR, WITNESS, PoolHook, PoolHookError, wait_for_assignment
 from offchain.dle.roles import WITNESS_COUNT
 from offchain.dle.store import ChainStore
-from offchain.dle.transport import HttpTransport, http_app
+from offchain.dle.transport import HttpTransport, http_app, start_guarded
 from offchain.odex.receipts import ReceiptIssued as OdexReceipt
 from offchain.odex.receipts import receipt_terms
 
@@ -244,7 +246,7 @@ class _Context:
             # Receipt chains' exits are certified in the vault's domain.
             None if vault is None else bytes.fromhex(vault.address[2:]),
         )
-        transport = HttpTransport(config.directory, own_address=address)
+        transport = HttpTransport(config.directory, secret=secret)
         return cls(
             config, secret, address, w3, book, chain, ChainMainchain(chain), ArchiveGroups(chain), domains,
             default_engine(), transport,
@@ -492,7 +494,7 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
             }
         )
 
-    app = http_app(node.handle)
+    app = http_app(node.handle, address=node.address)
     hook.add_routes(app)
     app.router.add_get("/devnet/info", info)
     tasks = [asyncio.create_task(opener.run()), asyncio.create_task(_refresh_groups(context))]
@@ -563,7 +565,7 @@ def _member_app(
             }
         )
 
-    app = http_app(node.handle)
+    app = http_app(node.handle, address=node.address)
     app.router.add_get("/devnet/info", info)
     return app
 
@@ -653,10 +655,9 @@ async def serve_until_stopped(
 ) -> None:
     """Serve `app` until `stop` is set, running `tasks` beside it: a task that dies stops the process
     with ServiceError rather than leaving a node that answers but no longer works. Shared by every node
-    process (the DLE's here, the oDEX book's in offchain/odex/service.py)."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    process (the DLE's here, the oDEX book's in offchain/odex/service.py). The server runs behind
+    `transport.ServerLimits` (bounded connections, idle and slow-body timeouts)."""
+    runner, _site = await start_guarded(app, host, port)
     log.info("%s (%s) serving on http://%s:%d", name, kind, host, port)
     running = [asyncio.ensure_future(task) for task in tasks]
     try:

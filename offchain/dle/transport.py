@@ -308,21 +308,22 @@ class HttpTransport:
     (re-read on every call, so a node that moves is found at its new URL).
 
     With `secret` every request is signed by that key (auth.sign_request) and `own_address` is its
-    address; without it requests go unsigned, which a DLE node refuses with 401 (`own_address` then
-    only names the caller in `X-DLE-From`, for a server that does not authenticate)."""
+    address; `secret` may also be a function peer -> key (a devnet operator's tools sign each request
+    as the node they call, whose key the devnet holds). Without it requests go unsigned, which a DLE
+    node refuses with 401 (`own_address` then only names the caller in `X-DLE-From`)."""
 
     def __init__(
         self,
         directory: Directory,
         *,
-        secret: bytes | None = None,
+        secret: bytes | Callable[[bytes], bytes | None] | None = None,
         own_address: bytes | None = None,
         max_body: int = DEFAULT_MAX_BODY,
         connection_limit: int = 256,
     ) -> None:
         self._directory = directory
         self._secret = secret
-        if secret is not None:
+        if isinstance(secret, bytes):
             derived = address_of(PrivateKey(secret).public_key)
             if own_address is not None and own_address != derived:
                 raise ValueError("own_address is not the address of secret")
@@ -331,6 +332,16 @@ class HttpTransport:
         self.max_body = max_body
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
+
+    def _signer(self, peer: bytes) -> tuple[bytes, bytes] | None:
+        """(key, address) to sign a request to `peer` with, or None to send it unsigned."""
+        if self._secret is None:
+            return None
+        if isinstance(self._secret, bytes):
+            assert self._own is not None
+            return self._secret, self._own
+        key = self._secret(peer)
+        return None if key is None else (key, address_of(PrivateKey(key).public_key))
 
     @property
     def own_address(self) -> bytes | None:
@@ -377,8 +388,9 @@ class HttpTransport:
             raise PeerUnavailable(peer, "not in the directory")
         url = f"{base.rstrip('/')}/dle/{method}"
         headers = {"Content-Type": "application/octet-stream"}
-        if self._secret is not None and self._own is not None:
-            headers.update(sign_request(self._secret, self._own, method, peer, body))
+        signer = self._signer(peer)
+        if signer is not None:
+            headers.update(sign_request(signer[0], signer[1], method, peer, body))
         try:
             # One bound on everything: connecting, sending, waiting, reading.
             async with asyncio.timeout(timeout):

@@ -138,7 +138,7 @@ class OdexWallet(DevnetWallet):
         chain, group = self.receipt_chain(receipt)
 
         async def run() -> T:
-            async with self.client.transport() as transport:
+            async with self.client.transport(self.secret) as transport:
                 wallet = NoteChain.connect(
                     transport, self.client.groups.group_of, self.client.domains, receipt, chain, group
                 )
@@ -158,7 +158,7 @@ class OdexWallet(DevnetWallet):
 
         async def run() -> list[tuple[int, bytes, int, int]]:
             out = []
-            async with self.client.transport() as transport:
+            async with self.client.transport(self.secret) as transport:
                 for r in wanted:
                     group = self.client.chain.chain_record(r.chain).group
                     wallet = NoteChain.connect(

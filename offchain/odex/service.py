@@ -55,6 +55,7 @@ from dle_vm.engine import default_engine
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.dle import DleChainClient
 from offchain.chain.web3_contracts import connect, load_contract
+from offchain.dle.auth import Forbidden, caller
 from offchain.dle.client import DleClient
 from offchain.dle.digests import Domains
 from offchain.dle.local import address_of_secret
@@ -218,7 +219,7 @@ class _Context:
         chain = DleChainClient.from_address_book(w3, book)
         return cls(
             config, secret, address, chain, ArchiveGroups(chain), domains, OrderDomain(mainchain_id, vault), market,
-            book_chain_id(domains, vault, market), HttpTransport(config.directory, own_address=address),
+            book_chain_id(domains, vault, market), HttpTransport(config.directory, secret=secret),
         )  # fmt: skip
 
 
@@ -565,11 +566,18 @@ def _refusal(error: Refused) -> web.Response:
 
 
 def _dle_handler(
-    address: bytes, member: BookMember | None, receipts: ReceiptAssets | None = None
+    address: bytes, members: Sequence[bytes], member: BookMember | None, receipts: ReceiptAssets | None = None
 ) -> Callable[[str, bytes], Awaitable[bytes]]:
+    """The book node's DLE entry point: `ping` for any authenticated caller; everything else only from
+    the book's own members (its peers), whoever else signs the request (403)."""
+    peers = frozenset(members)
+
     async def handle(method: str, body: bytes) -> bytes:
+        who = caller()
         if method == "ping":
             return address
+        if who not in peers:
+            raise Forbidden("forbidden", f"0x{who.hex()} is no member of this book; only members call {method}")
         if member is None:
             raise RemoteError("unknown-method", f"the book's creator serves no {method}")
         if method == ENDORSE and receipts is not None:
@@ -614,7 +622,7 @@ async def _creator(context: _Context, stop: asyncio.Event) -> None:
 
     def make_settler() -> tuple[Settler, HttpTransport, SettlementJournal]:
         # Built on the settlement thread: its transport, loop and SQLite connection belong to it.
-        transport = HttpTransport(config.directory, own_address=context.address)
+        transport = HttpTransport(config.directory, secret=context.secret)
         journal = SettlementJournal(config.data_dir / "settlement.sqlite")
         client = DleClient(
             transport,
@@ -650,7 +658,7 @@ async def _creator(context: _Context, stop: asyncio.Event) -> None:
     async def info(request: web.Request) -> web.Response:
         return web.json_response(_info(context, "creator", service.info()))
 
-    app = http_app(_dle_handler(context.address, None))
+    app = http_app(_dle_handler(context.address, config.members, None), address=context.address)
     app.router.add_post("/odex/order", order)
     app.router.add_post("/odex/cancel", cancel)
     app.router.add_get("/odex/book", book)
@@ -696,7 +704,9 @@ async def _member(context: _Context, stop: asyncio.Event) -> None:
             )
         )
 
-    app = http_app(_dle_handler(context.address, member, ReceiptAssets(context)))
+    app = http_app(
+        _dle_handler(context.address, context.config.members, member, ReceiptAssets(context)), address=context.address
+    )
     app.router.add_get("/devnet/info", info)
     await _serve(app, context.config, stop, [])
 

@@ -54,7 +54,7 @@ from offchain.dle.client import DleClient, DleError
 from offchain.dle.digests import Domains
 from offchain.dle.note import NoteReader, NoteSigner, note_program
 from offchain.dle.roles import ArchiveGroup, RolesError
-from offchain.dle.transport import HttpTransport, Transport, TransportError
+from offchain.dle.transport import Transport, TransportError
 from offchain.dle.wallet import NoteChain, WalletError
 from offchain.si.ecies import KeyPair
 from offchain.si.registration import (
@@ -177,7 +177,7 @@ class NoteChains:
             return record.asset_id, record.group
 
         note_program()  # loaded (compiled if stale) here, in a thread, not at the first registration
-        transport = HttpTransport(client.state.directory_map())
+        transport = client.transport()
         return cls(
             transport, client.groups, client.domains, locate, submit_timeout=submit_timeout, close=transport.aclose
         )
