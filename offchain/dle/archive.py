@@ -213,7 +213,13 @@ class ArchiveNode:
         self._records = DecodedRecords()
         self.slashed: list[tuple[bytes, int, int]] = []
         """(offender, role, amount) of every report this node submitted."""
-        self.access = ArchiveAccess(group, self._known_roles, self._head_state, engine)
+        self.access = ArchiveAccess(
+            group,
+            self._known_roles,
+            self._head_state,
+            engine,
+            lambda chain, start: [stored.block for stored in store.blocks(chain, start)],
+        )
         """Who may call which method (offchain/dle/auth.py): checked before every handler."""
 
     # -- dispatch ---------------------------------------------------------------------------------

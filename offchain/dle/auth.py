@@ -28,10 +28,11 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from enum import Enum
 from typing import TypeVar
 
+from dle_vm.block import Block
 from dle_vm.encoding import EncodingError, decode_rlp, encode_rlp, fixed_bytes, raw_bytes, rlp_list, uint_bytes
 from dle_vm.engine import Engine
 from dle_vm.hashing import keccak
@@ -253,6 +254,17 @@ class Rule(Enum):
     rollbacks, finals, genesis openings sent to a member."""
 
 
+def _addresses_in(calldata: bytes) -> set[bytes]:
+    """The 20-byte addresses among an ABI call's 32-byte argument words (a word with 12 zero bytes
+    before a non-zero tail). Small integers look alike and are admitted too: nobody holds their keys."""
+    found = set()
+    for offset in range(4, len(calldata) - 31, 32):
+        word = calldata[offset : offset + 32]
+        if word[:12] == bytes(12) and any(word[12:]):
+            found.add(word[12:])
+    return found
+
+
 def _forbid(method: str, who: bytes, why: str) -> Forbidden:
     return Forbidden("forbidden", f"0x{who.hex()} may not call {method}: {why}")
 
@@ -277,7 +289,12 @@ class ArchiveAccess:
 
     `group()` is the node's archive group (its members are its peers), `known_roles(chain)` the chain's
     current (or pending genesis) roles record or None, `head_state(chain)` the final head's state or
-    None; participants are found by the note program's views on that state."""
+    None, `blocks(chain, start)` the final blocks from height `start` on.
+
+    A participant is an address the chain's final history names: the sender of one of its
+    transactions, or an address among a transaction's call arguments (the genesis holder and CBDC,
+    a transfer's receiver, an authorization's payee, an exit's receiver), or an account holding a
+    balance in the head state. Anyone else — an outsider, a member of another chain — is refused."""
 
     TABLE: Mapping[str, Rule] = {
         "ping": Rule.ANYONE,
@@ -305,11 +322,15 @@ class ArchiveAccess:
         known_roles: Callable[[bytes], RolesRecord | None],
         head_state: Callable[[bytes], State | None],
         engine: Engine,
+        blocks: Callable[[bytes, int], Sequence[Block]],
     ) -> None:
         self._group = group
         self._known_roles = known_roles
         self._head_state = head_state
+        self._blocks = blocks
         self._reader = NoteReader(engine)
+        self._named: dict[bytes, tuple[int, set[bytes]]] = {}
+        """Per chain: (the next height to scan, the addresses its history names so far)."""
         self._former: dict[bytes, set[bytes]] = {}
         """Members of the chain's earlier roles this node saw (in memory: lost on a restart)."""
 
@@ -346,14 +367,30 @@ class ArchiveAccess:
         raise _forbid(method, who, "only the chain's participants, members and archive nodes")
 
     def _participant(self, chain: bytes, who: bytes) -> bool:
-        """A holder (a balance), a payee paid, or anyone whose signature the chain has applied (a nonce)."""
+        if who in self._names(chain):
+            return True
         state = self._head_state(chain)
         if state is None:
             return False
         try:
-            return self._reader.balance(state, chain, who) > 0 or self._reader.nonce(state, chain, who) > 0
-        except Exception:  # a chain without the note program (a Selection Chain): no participants
+            return self._reader.balance(state, chain, who) > 0
+        except Exception:  # a chain without the note program (a Selection Chain): no balances
             return False
+
+    def _names(self, chain: bytes) -> set[bytes]:
+        """The addresses the chain's final blocks name, scanned once per block (cached in memory)."""
+        start, names = self._named.get(chain, (0, set()))
+        try:
+            new = self._blocks(chain, start)
+        except Exception:  # an unknown chain names nobody
+            return names
+        for block in new:
+            for tx in block.transactions:
+                names.add(tx.sender)
+                names.update(_addresses_in(tx.data))
+            start = block.header.height + 1
+        self._named[chain] = (start, names)
+        return names
 
 
 class MemberAccess:
