@@ -54,6 +54,7 @@ from offchain.chain.deployer import CONET, Role
 from offchain.chain.dle import DleChainClient
 from offchain.chain.web3_contracts import ChainError, Sender, connect, load_contract
 from offchain.devnet.anvil import CHAIN_ID, DEV_MNEMONIC, HARDFORK, AnvilError, anvil_binary, free_port, rpc
+from offchain.dle.auth import sign_request
 from offchain.dle.conservation import (
     ConservationReport,
     ReceiptReport,
@@ -349,18 +350,23 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _http(url: str, body: bytes | None = None, timeout: float = 2.0) -> bytes:
+def _http(url: str, body: bytes | None = None, timeout: float = 2.0, headers: dict[str, str] | None = None) -> bytes:
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("Content-Type", "application/octet-stream")
+    for name, value in (headers or {}).items():
+        request.add_header(name, value)
     with urllib.request.urlopen(request, timeout=timeout) as response:
         data: bytes = response.read()
         return data
 
 
 def _ping(node: NodeRecord) -> bool:
+    address = bytes.fromhex(node.address[2:])
+    # Signed as the node itself (the launcher holds every node's key): a node answers only signed requests.
+    headers = sign_request(node_key(node.name), address, "ping", address, b"")
     try:
-        return _http(f"{node.url}/dle/ping", b"", timeout=1.0) == bytes.fromhex(node.address[2:])
+        return _http(f"{node.url}/dle/ping", b"", timeout=1.0, headers=headers) == address
     except (OSError, urllib.error.URLError):
         return False
 
