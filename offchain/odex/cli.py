@@ -164,7 +164,15 @@ class OdexWallet(DevnetWallet):
                     wallet = NoteChain.connect(
                         transport, self.client.groups.group_of, self.client.domains, r.receipt, r.chain, group
                     )
-                    out.append((r.receipt, bytes.fromhex(r.asset[2:]), await wallet.balance(self.address), r.fee_bps))
+                    try:
+                        units = await wallet.balance(self.address)
+                    except DleError as error:
+                        if error.code != "forbidden":
+                            raise
+                        # The archive node answers only a chain's participants, and anyone holding a
+                        # balance there is one: refused means this wallet holds nothing on that chain.
+                        units = 0
+                    out.append((r.receipt, bytes.fromhex(r.asset[2:]), units, r.fee_bps))
             return out
 
         return asyncio.run(run())
