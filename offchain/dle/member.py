@@ -212,10 +212,11 @@ class MemberNode:
             raise RemoteError("bad-request", f"malformed {method}: {error}") from error
 
     def _known_roles(self, chain: bytes) -> RolesRecord | None:
+        """The chain's roles as this node holds them: stored, or of the genesis it validated; or None."""
         try:
             return self.roles(chain)
         except UnknownChain:
-            return None
+            return self._genesis_records.get(chain)
 
     async def _ping(self, body: bytes) -> bytes:
         return self.address
