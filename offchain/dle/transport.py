@@ -49,7 +49,7 @@ from aiohttp import web
 from coincurve import PrivateKey
 
 from dle_vm.signature import address_of
-from offchain.dle.auth import CALLER, FROM_HEADER, AuthError, RequestVerifier, sign_request
+from offchain.dle.auth import ANONYMOUS, CALLER, FROM_HEADER, AuthError, RequestVerifier, sign_request
 
 __all__ = [
     "ADDRESS_SIZE",
@@ -660,8 +660,8 @@ def http_app(
             if refused is not None:
                 return refused
             body = await request.read()
-            if verifier is not None:
-                CALLER.set(verifier.verify(method, request.headers, body))
+            # Without a verifier the caller is nobody (never the trusted None of a direct call).
+            CALLER.set(ANONYMOUS if verifier is None else verifier.verify(method, request.headers, body))
             response = await handler(method, body)
         except web.HTTPRequestEntityTooLarge:
             return _json_error(413, "body-too-large", f"over the limit of {max_body} bytes")

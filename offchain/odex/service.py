@@ -576,7 +576,7 @@ def _dle_handler(
         who = caller()
         if method == "ping":
             return address
-        if who not in peers:
+        if who is not None and who not in peers:  # None: called directly in this process
             raise Forbidden("forbidden", f"0x{who.hex()} is no member of this book; only members call {method}")
         if member is None:
             raise RemoteError("unknown-method", f"the book's creator serves no {method}")
