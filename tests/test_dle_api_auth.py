@@ -39,6 +39,7 @@ from offchain.dle.local import OUTSIDER, address_of_secret
 from offchain.dle.messages import Commit, Final, Proposal, TimeoutReport
 from offchain.dle.roles import RolesRecord
 from offchain.dle.transport import HttpTransport, RemoteError, ServerLimits, http_app, serve, start_guarded
+from offchain.odex.service import _dle_handler
 
 MALLORY = key("mallory")
 """A real key with no stake, no role and no coin."""
@@ -405,6 +406,29 @@ def test_a_slow_body_is_cut_with_408_and_a_huge_one_refused_with_413() -> None:
             assert answer.startswith(b"HTTP/1.1 413")
             writer.close()
             assert site.open_connections <= 1
+        finally:
+            await runner.cleanup()
+
+    run(scenario(), 30)
+
+
+def test_an_odex_book_node_serves_only_its_members() -> None:
+    """The book's DLE entry point over a real socket: a stranger's endorse is refused (403) before
+    the member sees it; a member passes the check (and meets the member's own refusals)."""
+    creator, member = key("book creator"), key("book member")
+    node = address_of_secret(member)
+    handler = _dle_handler(node, [address_of_secret(creator), node], None)
+
+    async def scenario() -> None:
+        runner, port = await serve(handler, address=node)
+        directory = {node: f"http://127.0.0.1:{port}"}
+        try:
+            async with HttpTransport(directory, secret=MALLORY) as stranger:
+                assert await stranger.call(node, "ping", b"", timeout=5) == node
+                assert (await refused(stranger.call(node, "endorse", b"\xc0", timeout=5))).code == "forbidden"
+            async with HttpTransport(directory, secret=creator) as own:
+                # Past the membership check: this node runs no BookMember, so the method is unknown.
+                assert (await refused(own.call(node, "endorse", b"\xc0", timeout=5))).code == "unknown-method"
         finally:
             await runner.cleanup()
 
