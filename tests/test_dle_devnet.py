@@ -331,13 +331,14 @@ async def _open(
 
 
 async def _pay(dle: LocalDle, terms: NoteTerms, nonce: int) -> None:
-    roles = (await dle.client().roles(terms.chain)).roles
-    full = replace(terms, witnesses=roles.witnesses, validators_pool=roles.validators[0])
     buyer = key("buyer")
+    # The holder asks: an archive node answers a chain's participants, not strangers.
+    roles = (await dle.client(address_of_secret(buyer)).roles(terms.chain)).roles
+    full = replace(terms, witnesses=roles.witnesses, validators_pool=roles.validators[0])
     tx = NoteSigner(full, note_program()).transfer(
         buyer, address_of_secret(buyer), address_of_secret(key("alice")), 1_000, nonce, int(time.time()) + 3600
     )
-    outcome = await dle.client(submit_timeout=5.0).submit(terms.chain, [tx])
+    outcome = await dle.client(address_of_secret(buyer), submit_timeout=5.0).submit(terms.chain, [tx])
     assert all(r.success for r in outcome.receipts)
 
 

@@ -702,8 +702,7 @@ class MemberNode:
                 if isinstance(answer, RemoteError) and answer.code in ("stale-roles", "equivocation"):
                     # Someone else moved on, or a witness caught this creator's key signing twice and
                     # reported it: either way the archive group decides, and the round follows.
-                    await asyncio.sleep(self.timeouts.vote / 10)
-                    return await self._fetch_roles(roles)
+                    return await self._newer_roles(roles)
                 evidence = Evidence(REFUSED, roles.version, member, block, reason=str(answer))
                 return await self._report(roles, "report_fault", evidence.encode(), record=True)
             vote = Vote.decode(answer)
@@ -746,6 +745,18 @@ class MemberNode:
         others = [w for w in roles.witnesses] + list(group.members)
         await asyncio.gather(*(self._call(peer, "final", final.encode(), self.timeouts.final) for peer in others))
         return _FinalOutcome(signed, certificate, exits)
+
+    async def _newer_roles(self, roles: ChainRoles) -> RolesRecord:
+        """The roles after the archive group decided (a slash on the mainchain takes a while): poll the
+        host until a newer version than `roles` appears, for at most the archive timeout."""
+        deadline = time.monotonic() + self.timeouts.archive
+        pause = self.timeouts.vote / 10
+        while True:
+            await asyncio.sleep(pause)
+            record = await self._fetch_roles(roles)
+            if record.roles.version > roles.version or time.monotonic() >= deadline:
+                return record
+            pause = min(pause * 2, 1.0)
 
     async def _fetch_roles(self, roles: ChainRoles) -> RolesRecord:
         host = self._group_of(roles.group).host_of(roles.chain)
