@@ -68,7 +68,7 @@ lint: setup
 	$(BIN)/ruff format --check offchain dle_vm scripts tests bench toolchain
 	$(BIN)/mypy
 	$(BIN)/python toolchain/standard_json.py .build/standard-input.json
-	$(BIN)/slither .build/standard-input.json --compile-force-framework solc-json --solc $(SOLC) \
+	$(BIN)/python toolchain/slither_check.py $(BIN)/slither .build/standard-input.json --compile-force-framework solc-json --solc $(SOLC) \
 		--config-file slither.config.json
 
 bench: setup
