@@ -515,3 +515,28 @@ def test_sigkill_mid_append_leaves_a_consistent_chain(store: ChainStore, path: P
             assert stored.state.root == stored.block.header.state_root
             assert stored.certificate == b"c%d" % stored.height
         reopened.close()
+
+
+def test_a_signed_block_is_kept_once_per_height_durably(store: ChainStore, path: Path) -> None:
+    import asyncio
+
+    from offchain.dle.store import ANY_VERSION
+
+    first, second = b"\x01" * 32, b"\x02" * 32
+
+    async def sign() -> list[bytes]:
+        return [
+            await store.sign_once(CHAIN, 0, first),  # a genesis: no chain row needed
+            await store.sign_once(CHAIN, 0, second),
+            await store.sign_once(CHAIN, 0, second, 3),  # a member's record, per roles version
+            await store.sign_once(CHAIN, 0, first, 3),
+        ]
+
+    assert asyncio.run(sign()) == [first, first, second, second]
+    reopened = ChainStore(path)
+    assert reopened.signed(CHAIN, 0) == first and reopened.signed(CHAIN, 0, 3) == second
+    assert reopened.signed(CHAIN, 1) is None
+    assert not reopened.release_signed(CHAIN, 0, second, ANY_VERSION)  # only the block recorded there
+    assert reopened.release_signed(CHAIN, 0, first)
+    assert asyncio.run(reopened.sign_once(CHAIN, 0, second)) == second
+    reopened.close()

@@ -5,11 +5,14 @@ DESIGN §5. An archive node
   exactly its members' signatures (creator, 5 witnesses, the validator drawn from the roster by the
   parent hash), re-executes to the state root its header claims, its timestamp does not run backwards
   or ahead of this node's clock by more than `max_drift`, its PoH tick does not precede the parent's,
-  and no other block was accepted at that height under the same roles. It stamps the header into its
+  and this node signed no other block at that height under any roles (kept durably in the chain
+  store; only another archive node's signed rejection of that block releases it, and a signed block
+  left unfinished is certified by the group and made final instead). It stamps the header into its
   Proof of History, signs the block digest and every exit certificate in it;
 - stores a block once the whole group signed it (`final`);
-- for the chains it hosts (`ArchiveGroup.host_of`), turns reports into role changes: a timeout (probed
-  by every archive node before it co-signs), or evidence of a fault, which every archive node judges
+- for the chains it hosts (`ArchiveGroup.host_of`), or when the host does not act, turns reports into
+  role changes: a timeout (the rule's result on each co-signer's own head, probed by every archive node
+  before it co-signs), or evidence of a fault, which every archive node judges
   by re-executing before it co-signs the FaultReport that slashes the offender on the mainchain and
   the new roles of a freshly drawn group (old members excluded); an archive node's signed rejection
   dissolves the group the same way, without slashing;
@@ -18,7 +21,8 @@ DESIGN §5. An archive node
   signed by all after each re-checked it) and every archive node appends every record to its copy of
   the group's Selection Chain;
 - opens note chains: draws the group, has the CBDC produce the genesis block, and registers the chain
-  on the mainchain with the group's ChainGenesis certificate.
+  on the mainchain with the group's ChainGenesis certificate — every archive node checking the terms
+  against its own mirror of the minting event (`MintedAssets`) first.
 
 The mainchain is handed in as a `Mainchain` (offchain/chain/dle.py's client in production); calls to it
 run in a worker thread.
@@ -31,7 +35,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import NoReturn, Protocol
 
 from coincurve import PrivateKey
@@ -72,7 +76,7 @@ from offchain.dle.messages import (
     Rejection,
     TimeoutReport,
 )
-from offchain.dle.note import ExitCertificate, NoteTerms, chain_id_of, genesis_state
+from offchain.dle.note import PROGRAM, ExitCertificate, NoteTerms, chain_id_of, genesis_state, note_program
 from offchain.dle.poh import ProofOfHistory
 from offchain.dle.pool import WaitingPool
 from offchain.dle.roles import (
@@ -86,7 +90,16 @@ from offchain.dle.roles import (
 from offchain.dle.store import ChainStore, NotExtendingHead, UnknownChain
 from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
 
-__all__ = ["ROLE_CBDC", "ROLE_VALIDATOR", "ROLE_WITNESS", "ArchiveNode", "Mainchain", "Verdict", "selection_chain_id"]
+__all__ = [
+    "ROLE_CBDC",
+    "ROLE_VALIDATOR",
+    "ROLE_WITNESS",
+    "ArchiveNode",
+    "Mainchain",
+    "MintedAssets",
+    "Verdict",
+    "selection_chain_id",
+]
 
 log = logging.getLogger("conet.dle.archive")
 
@@ -157,6 +170,22 @@ class _DrawState:
     endorsed: bytes | None = None
 
 
+class MintedAssets(Protocol):
+    """The mainchain's minting events as this archive node's OWN mirror of them sees them (the service:
+    offchain/chain/mirror.py; in-process: `offchain.dle.local.MintLedger`). A chain opens only on terms
+    this answers: CoNETCash's `NoteMinted` for a note, OdexVault's `ReceiptIssued` for a receipt."""
+
+    async def terms(self, cash: bytes, asset_id: int) -> NoteTerms | None:
+        """The genesis terms the minting event of asset `asset_id` of contract `cash` gives (note or
+        receipt id, mainchain id, contract, value, holder, CBDC, fee rate), with no witnesses and a zero
+        validators' pool (the draw fills those in); None when no such event is mirrored."""
+        ...
+
+
+def _without_draw(terms: NoteTerms) -> NoteTerms:
+    return replace(terms, witnesses=(), validators_pool=bytes(20))
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What the evidence proves: who is at fault (None: nobody is slashed) and the FaultReport kind
@@ -185,6 +214,7 @@ class ArchiveNode:
         call_timeout: float = 30.0,
         authority: BlockAuthority | None = None,
         clock: Callable[[], float] = time.time,
+        minted: MintedAssets | None = None,
     ) -> None:
         self._secret = secret
         # System transactions are proven against this node's own view before it accepts a block.
@@ -202,7 +232,6 @@ class ArchiveNode:
         self._clock = clock
         self.poh = ProofOfHistory()
         self.pool = WaitingPool(self.poh)
-        self._accepted: dict[tuple[bytes, int, int], bytes] = {}
         self._draws: dict[bytes, _DrawState] = {}
         self._cbdc_draws: dict[int, roulette.DrawRecord] = {}
         """chain id -> the first CBDC draw this node took into its Selection Chain for it."""
@@ -210,6 +239,16 @@ class ArchiveNode:
         self._host_lock: dict[bytes, asyncio.Lock] = {}
         self._pending_state: dict[tuple[bytes, bytes], State] = {}
         self._genesis: dict[bytes, RolesRecord] = {}
+        self._genesis_terms: dict[bytes, NoteTerms] = {}
+        """The terms of each chain whose genesis roles this node endorsed (checked against `minted`)."""
+        self._signed_blocks: dict[tuple[bytes, int], Block] = {}
+        """The block behind each `store.signed` entry not yet final here (for `_finalize_signed`)."""
+        self._endorsed_roles: dict[tuple[bytes, int], tuple[bytes, float]] = {}
+        """(chain, version) → the digest of the role set this node signed for that version, and when."""
+        self._finalize_tried: dict[tuple[bytes, int], float] = {}
+        """(chain, height) → when this node last asked the group to certify the block it signed there."""
+        self.minted = minted
+        """Where genesis terms are checked; None refuses every new chain (no mirror, no genesis)."""
         self._records = DecodedRecords()
         self.slashed: list[tuple[bytes, int, int]] = []
         """(offender, role, amount) of every report this node submitted."""
@@ -330,12 +369,23 @@ class ArchiveNode:
             except UnknownChain:
                 raise RemoteError("unknown-chain", "this archive node does not keep the chain") from None
             pre, parent = head.state, head.block.header
-        key = (chain, block.header.height, record.roles.version)
-        if self._accepted.get(key, block.hash) != block.hash:
-            self._reject(block, "another block was accepted at this height")
+        height = block.header.height
+        # One block per height, whatever the roles version: what this node signed is kept durably (the
+        # chain store) and outlives role changes and restarts; only a proven rejection releases it.
+        signed = self.store.signed(chain, height)
+        if signed is not None and signed != block.hash:
+            final = await self._finalize_signed(chain, height, signed)
+            raise RemoteError(
+                "signed-other", self._signed_other(chain, height, signed) + ("; it is final now" if final else "")
+            )
+        if height == 0:
+            self._check_genesis_block(block)
         post, receipts = self.quality(block, record, pre, parent)
-        self._accepted[key] = block.hash
+        signed = await self.store.sign_once(chain, height, block.hash)
+        if signed != block.hash:  # another block at this height won the race while this one executed
+            raise RemoteError("signed-other", self._signed_other(chain, height, signed))
         self._pending_state[(chain, block.hash)] = post
+        self._signed_blocks[(chain, height)] = block
         exits = [
             sign(self._secret, self._domains.exit(certificate.encode()))
             for receipt in receipts
@@ -344,6 +394,94 @@ class ArchiveNode:
         stamp = self.poh.stamp(block.hash)
         signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
         return Acceptance(signature, tuple(exits), stamp.index).encode()
+
+    async def _finalize_signed(self, chain: bytes, height: int, signed: bytes) -> bool:
+        """The block this node signed at `height` may hold every archive signature already (its creator
+        crashed, or withheld `final`, after the group accepted it): ask every archive node for its
+        signature over it; with all of them the block is final — here, at every archive node and at
+        the chain's current members — and the chain goes on from it. True when it is final now."""
+        block = self._signed_blocks.get((chain, height))
+        if block is None or block.hash != signed or height == 0:
+            return False
+        # At most once per probe timeout: a stream of other blocks at the height is no amplifier.
+        now = time.monotonic()
+        if now < self._finalize_tried.get((chain, height), 0.0) + self._probe_timeout:
+            return False
+        self._finalize_tried[(chain, height)] = now
+        try:
+            if self.store.height(chain) != height - 1:
+                return self.store.height(chain) >= height
+        except UnknownChain:
+            return False
+        group = self._group()
+        body = encode_rlp([chain, uint_bytes(height), signed])
+
+        async def one(node: bytes) -> bytes:
+            if node == self.address:
+                return await self._certify(body)
+            return await self._transport.call(node, "certify", body, timeout=self._probe_timeout)
+
+        answers = await asyncio.gather(*(one(node) for node in group.members), return_exceptions=True)
+        signatures = {node: a for node, a in zip(group.members, answers, strict=True) if isinstance(a, bytes)}
+        if len(signatures) != len(group.members):
+            log.info("block 0x%s at %d of 0x%s is not certified by every archive node", signed.hex()[:8], height,
+                     chain.hex()[:12])  # fmt: skip
+            return False
+        final = Final(block, join_certificate(signatures))
+        await self.store_final(final)
+        self._signed_blocks.pop((chain, height), None)
+        self._finalize_tried.pop((chain, height), None)
+        roles = self.roles(chain).roles
+        peers = {*group.members, roles.creator, *roles.witnesses} - {self.address}  # who stores the chain
+        await asyncio.gather(*(self._quiet(peer, "final", final.encode()) for peer in peers))
+        log.info("block 0x%s at %d of 0x%s was certified and left unfinished: final now", signed.hex()[:8], height,
+                 chain.hex()[:12])  # fmt: skip
+        return True
+
+    async def _certify(self, body: bytes) -> bytes:
+        """An archive peer's question: did this node sign that block at that height? Its signature
+        again if so (the same digest signed again is no second block)."""
+        chain_item, height_item, hash_item = rlp_list(decode_rlp(body), 3, "certify")
+        chain, height = fixed_bytes(chain_item, 32, "chain"), uint(height_item, "height")
+        block_hash = fixed_bytes(hash_item, 32, "block hash")
+        if self.store.signed(chain, height) != block_hash:
+            raise RemoteError("not-signed", "this archive node did not sign that block at that height")
+        return sign(self._secret, self._domains.block(chain, height, block_hash))
+
+    @staticmethod
+    def _signed_other(chain: bytes, height: int, signed: bytes) -> str:
+        return (
+            f"this archive node signed block 0x{signed.hex()} at height {height} of chain 0x{chain.hex()[:12]}; "
+            "it signs no other block there unless a rejection of that block is shown"
+        )
+
+    def _check_genesis_block(self, block: Block) -> None:
+        """A genesis block is exactly `initialize(terms)` on the terms this node endorsed, which it
+        checked against its own mirror of the minting event (`_endorse_genesis_roles`)."""
+        terms = self._genesis_terms.get(block.header.chain_id)
+        if terms is None:
+            raise RemoteError("unknown-chain", "this archive node endorsed no genesis terms for this chain")
+        expected = note_program().call("initialize", terms.as_tuple())
+        txs = block.transactions
+        if len(txs) != 1 or txs[0].to != PROGRAM or txs[0].data != expected or txs[0].sender != terms.cbdc:
+            self._reject(block, "the genesis block does not initialize the note's endorsed terms")
+
+    async def _release(self, body: bytes) -> bytes:
+        """Forget a block this node signed that can never be final: another archive node of the group
+        signed its rejection (kind REJECTED evidence). An archive node that signs both a block and its
+        rejection is provably faulty; an honest one never does, so the block lacks its signature forever."""
+        evidence = Evidence.decode(body)
+        rejection = evidence.rejection
+        block = evidence.block
+        if evidence.kind != REJECTED or rejection is None or rejection.block_hash != block.hash:
+            raise RemoteError("bad-evidence", "a release needs an archive node's signed rejection of the block")
+        signer = _recover(Rejection.digest(block.hash), rejection.signature)
+        if signer not in self._group().members:
+            raise RemoteError("bad-evidence", "the rejection is not signed by an archive node of the group")
+        if signer == self.address:
+            return b""  # this node rejected the block: it never signed it
+        self.store.release_signed(block.header.chain_id, block.header.height, block.hash)
+        return b""
 
     def _genesis_roles(self, block: Block) -> RolesRecord:
         record = self._genesis.get(block.header.chain_id)
@@ -363,11 +501,18 @@ class ArchiveNode:
             if chain in self.store.chains():
                 return
             record = self._genesis_roles(block)
+            self._check_genesis_block(block)
         else:
             record = self.roles(chain)
             if block.header.height <= self.store.height(chain):
                 return
+        signed = self.store.signed(chain, block.header.height)
+        if signed is not None and signed != block.hash:
+            # Certified by the group while this node signed another block there: impossible for an honest
+            # group; keep what this node signed and say so.
+            raise RemoteError("signed-other", self._signed_other(chain, block.header.height, signed))
         post = self._pending_state.pop((chain, block.hash), None)
+        self._signed_blocks.pop((chain, block.header.height), None)
         # An archive node that accepted the block recovered its member signatures then.
         check_final(
             block, final.certificate, record.roles, self._group(), self._domains, members_checked=post is not None
@@ -398,39 +543,75 @@ class ArchiveNode:
             if report.roles_version < record.roles.version:
                 return record.encode()  # already handled
             roles = record.roles
+            if report.member not in roles.members():
+                raise RemoteError("not-member", "the reported node is not a member of the chain")
             if not await self._unreachable(report.member):
                 raise RemoteError("alive", f"0x{report.member.hex()} answers; no timeout")
-            last_validator = roles.validator_for(self.store.head(report.chain).block.header.parent_hash)
-            roles = await self._refill_roster(roles, last_validator)
-            if report.member == roles.creator:
-                new = roles.after_creator_timeout(last_validator)
-            elif report.member in roles.witnesses:
-                new = roles.after_witness_timeout(report.member, last_validator)
-            elif report.member in roles.validators:
-                new = roles.with_roster(v for v in roles.validators if v != report.member)
-            else:
-                raise RemoteError("not-member", "the reported node is not a member of the chain")
-            justification = encode_rlp([b"timeout", report.member])
+            refill = b""
+            if self._needs_refill(roles, report.member):
+                draw, _ = await self.run_draw(
+                    roles.chain,
+                    [roulette.Slot(ROLE_VALIDATOR, 1, VALIDATOR_ROSTER - 1)],
+                    (*roles.members(), *roles.excluded),
+                )
+                refill = draw.encode()
+            new = self._after_timeout(roles, report.member, refill)
+            justification = encode_rlp([b"timeout", report.member, refill])
             return (await self._enact(record, new, justification)).encode()
 
-    async def _refill_roster(self, roles: ChainRoles, leaving: bytes) -> ChainRoles:
-        """Promoting the last validator must leave one in the roster; draw more first if not."""
-        if [v for v in roles.validators if v != leaving]:
-            return roles
-        record, picks = await self.run_draw(
-            roles.chain, [roulette.Slot(ROLE_VALIDATOR, 1, VALIDATOR_ROSTER - 1)], (*roles.members(), *roles.excluded)
-        )
-        del record
-        return ChainRoles(
-            roles.chain,
-            roles.group,
-            roles.version,
-            roles.creator,
-            roles.witnesses,
-            (*roles.validators, *picks[ROLE_VALIDATOR]),
-            roles.excluded,
-            roles.draw_hash,
-        )
+    def _last_validator(self, roles: ChainRoles) -> bytes:
+        try:
+            head = self.store.head(roles.chain)
+        except UnknownChain:
+            raise RemoteError("unknown-chain", "no final block yet: a genesis is re-drawn, not changed") from None
+        return roles.validator_for(head.block.header.parent_hash)
+
+    def _in_selection_chain(self, record: bytes, depth: int = 64) -> bool:
+        """Whether draw record `record` is among the newest `depth` records this node took into its copy
+        of the group's Selection Chain (every archive node does, once the whole group signed it)."""
+        chain = selection_chain_id(self._group().group)
+        try:
+            height = self.store.height(chain)
+        except UnknownChain:
+            return False
+        for stored in reversed(self.store.blocks(chain, max(0, height - depth + 1))):
+            for tx in stored.block.transactions:
+                kept, _ = rlp_list(decode_rlp(tx.data), 2, "selection record")
+                if kept == record:
+                    return True
+        return False
+
+    def _needs_refill(self, roles: ChainRoles, member: bytes) -> bool:
+        """Promoting the last validator (or dropping a timed-out one) must leave one in the roster."""
+        leaving = member if member in roles.validators else self._last_validator(roles)
+        return not [v for v in roles.validators if v != leaving]
+
+    def _after_timeout(self, roles: ChainRoles, member: bytes, refill: bytes) -> ChainRoles:
+        """The paper's rule for `member`'s timeout, on this node's own view of the chain's head (DESIGN
+        §5): creator → the first witness creates and the last block's validator takes its witness
+        place; witness → removed, the last block's validator takes its place; validator → left out of
+        the roster. `refill` is the draw that refilled an emptied roster (b"" when none was needed)."""
+        if self._needs_refill(roles, member) != bool(refill):
+            raise RemoteError("wrong-roles", "a roster refill is drawn exactly when the rule would empty the roster")
+        last = self._last_validator(roles) if member not in roles.validators else member
+        if refill:
+            draw = roulette.DrawRecord.decode(refill)
+            roulette.check(draw)
+            if draw.group != self._group().members or draw.chain_id != int.from_bytes(roles.chain, "big"):
+                raise RemoteError("wrong-roles", "the refill draw is not this group's for this chain")
+            if not {*roles.members(), *roles.excluded} <= set(draw.excluded):
+                raise RemoteError("wrong-roles", "the refill draw did not exclude the chain's members")
+            if not self._in_selection_chain(refill):
+                raise RemoteError("wrong-roles", "the refill draw is not in this node's Selection Chain")
+            drawn = tuple(p.address for p in (*draw.chosen, *draw.standbys) if p.role == ROLE_VALIDATOR)
+            roles = replace(roles, validators=(*roles.validators, *drawn))
+        if member == roles.creator:
+            return roles.after_creator_timeout(last)
+        if member in roles.witnesses:
+            return roles.after_witness_timeout(member, last)
+        if member in roles.validators:
+            return roles.with_roster(v for v in roles.validators if v != member)
+        raise RemoteError("not-member", "the reported node is not a member of the chain")
 
     async def _unreachable(self, member: bytes) -> bool:
         try:
@@ -472,6 +653,12 @@ class ArchiveNode:
             certificate = join_certificate({node: sig[65:] for node, sig in signatures.items()})
             roles_certificate = join_certificate({node: sig[:65] for node, sig in signatures.items()})
             new_record = RolesRecord(new, roles_certificate)
+            if evidence.kind == REJECTED:
+                # The rejected block can never be final: every archive node that signed it may sign
+                # the block the new roles produce at that height.
+                await asyncio.gather(
+                    *(self._quiet_all(node, "release", evidence.encode()) for node in self._group().members)
+                )
             await self._slash(evidence, verdict, certificate)
             await self._install(record, new_record)
             return new_record.encode()
@@ -615,6 +802,15 @@ class ArchiveNode:
         except (PeerTimeout, PeerUnavailable, RemoteError) as error:
             log.info("0x%s did not take %s: %s", peer.hex()[:8], method, error)
 
+    async def _quiet_all(self, node: bytes, method: str, body: bytes) -> None:
+        if node != self.address:
+            await self._quiet(node, method, body)
+            return
+        try:
+            await self.handle(method, body)
+        except RemoteError as error:
+            log.info("this node did not take %s: %s", method, error)
+
     async def _endorse_all(self, method: str, body: bytes) -> dict[bytes, bytes]:
         """Every archive node's endorsement (this node's own included): 100% or nothing."""
         group = self._group()
@@ -630,20 +826,38 @@ class ArchiveNode:
     # -- endorsements (every archive node) --------------------------------------------------------
 
     async def _endorse_roles(self, body: bytes) -> bytes:
+        """Co-sign a timeout role change only if it is the rule's result on this node's own view, for a
+        member this node's own probe finds unreachable, and the only set this node signs for that
+        version."""
         new_bytes, justification = rlp_list(decode_rlp(body), 2, "roles endorsement")
         new = ChainRoles.decode(raw_bytes(new_bytes, "roles"))
-        reason, member = rlp_list(decode_rlp(raw_bytes(justification, "justification")), 2, "timeout justification")
+        reason, member_item, refill = rlp_list(
+            decode_rlp(raw_bytes(justification, "justification")), 3, "timeout justification"
+        )
         if raw_bytes(reason, "reason") != b"timeout":
             raise RemoteError("bad-request", "unknown justification")
+        member = fixed_bytes(member_item, 20, "member")
         current = self.roles(new.chain).roles
         if new.version != current.version + 1:
             raise RemoteError("stale-roles", "the change does not follow the current roles")
-        if not await self._unreachable(raw_bytes(member, "member")):
+        # Concurrent coordinators (a host that seemed silent, and the next archive node) with two refill
+        # draws: one set per version while the first attempt can still complete. After that, a set that
+        # never got every signature must not freeze the chain, and one that did moved the version on.
+        endorsed = self._endorsed_roles.get((new.chain, new.version))
+        if endorsed is not None and endorsed[0] != new.digest and time.monotonic() < endorsed[1]:
+            raise RemoteError("wrong-roles", f"this node signed another role set for version {new.version}")
+        if member not in current.members():
+            raise RemoteError("not-member", "the reported node is not a member of the chain")
+        expected = self._after_timeout(current, member, raw_bytes(refill, "refill draw"))
+        if new != expected:
+            raise RemoteError("wrong-roles", "the proposed roles are not what the timeout rule gives")
+        if not await self._unreachable(member):
             raise RemoteError("alive", "the member answers this archive node")
+        self._endorsed_roles[(new.chain, new.version)] = (new.digest, time.monotonic() + 2 * self._call_timeout)
         return sign(self._secret, new.digest)
 
     async def _rollback(self, body: bytes) -> bytes:
-        """The host's new roles for a chain: keep them, and forget acceptances under older ones."""
+        """The host's new roles for a chain: keep them (newer versions only)."""
         record = RolesRecord.decode(body)
         record.verify(self._group())
         chain = record.roles.chain
@@ -652,8 +866,8 @@ class ArchiveNode:
                 self.store.set_meta(chain, record.encode())
         elif chain in self._genesis and record.roles.version > self._genesis[chain].roles.version:
             self._genesis[chain] = record
-        for key in [k for k in self._accepted if k[0] == chain and k[2] < record.roles.version]:
-            del self._accepted[key]
+        # What this node signed under older roles stays signed (store.signed): a block of an older
+        # version that every archive node signed is certified whatever roles came after it.
         return b""
 
     async def _endorse_fault(self, body: bytes) -> bytes:
@@ -1017,25 +1231,60 @@ class ArchiveNode:
             raise RemoteError("bad-request", "the roles do not come from this group's draw")
         if roles.creator != terms.cbdc or roles.chain != terms.chain or tuple(terms.witnesses) != roles.witnesses:
             raise RemoteError("bad-request", "the roles do not match the note's terms")
+        if terms.validators_pool != roles.validators[0]:
+            raise RemoteError("bad-request", "the validators' pool is not the first drawn validator")
         if roles.chain in self.store.chains():
             raise RemoteError("bad-request", "the chain is open already")
+        await self._check_minted(terms)
+        # The latest endorsed draw's terms (an earlier open may have failed); the genesis block itself
+        # is signed once per chain (store.signed at height 0).
+        self._genesis_terms[roles.chain] = terms
         return sign(self._secret, roles.digest)
+
+    async def _check_minted(self, terms: NoteTerms) -> None:
+        """Refuse unless this node's own mirror of the mainchain holds the minting event of exactly
+        these terms (the draw's witnesses and validators' pool aside)."""
+        label = f"asset #{terms.note} of 0x{terms.cash.hex()}"
+        if terms.mainchain_id != self._domains.mainchain_id:
+            raise RemoteError("wrong-terms", f"{label}: mainchain {terms.mainchain_id} is not this deployment's")
+        if terms.cash not in (self._domains.cash, self._domains.vault):
+            raise RemoteError("wrong-terms", f"{label}: the contract is neither CoNETCash nor OdexVault")
+        if self.minted is None:
+            raise RemoteError("unknown-asset", f"{label}: this archive node has no mirror of the mainchain")
+        expected = await self.minted.terms(terms.cash, terms.note)
+        if expected is None:
+            raise RemoteError("unknown-asset", f"{label} was never minted (no minting event in this node's mirror)")
+        offered = _without_draw(terms)
+        if offered != _without_draw(expected):
+            wrong = [f.name for f in fields(NoteTerms) if getattr(offered, f.name) != getattr(expected, f.name)]
+            raise RemoteError("wrong-terms", f"{label}: {', '.join(wrong)} differ from the minting event")
 
     async def _expect_genesis(self, body: bytes) -> bytes:
         record = RolesRecord.decode(body)
         record.verify(self._group())
+        # A certificate this node signed means it checked the terms; still, only chains it endorsed.
+        if record.roles.chain not in self._genesis_terms:
+            raise RemoteError("unknown-chain", "this archive node endorsed no genesis terms for this chain")
         self._genesis[record.roles.chain] = record
         return b""
 
     async def _endorse_registration(self, body: bytes) -> bytes:
-        chain_item, cash, note = rlp_list(decode_rlp(body), 3, "registration")
+        chain_item, cash_item, note_item = rlp_list(decode_rlp(body), 3, "registration")
         chain = fixed_bytes(chain_item, 32, "chain")
-        stored = self.store.block(chain, 0)  # only a chain this node holds as final
+        cash, note = fixed_bytes(cash_item, 20, "cash"), uint(note_item, "note")
+        if chain_id_of(self._domains.mainchain_id, cash, note) != chain:
+            raise RemoteError("wrong-terms", "the chain id is not the asset's")
+        try:
+            stored = self.store.block(chain, 0)  # only a chain this node holds as final
+        except UnknownChain:
+            raise RemoteError("unknown-chain", "this archive node holds no final genesis of the chain") from None
+        # The stored genesis passed `_check_genesis_block` (terms checked against the mirror) when this
+        # node signed or stored it; the asset must still be one the mirror knows.
+        if self.minted is None or await self.minted.terms(cash, note) is None:
+            raise RemoteError("unknown-asset", f"asset #{note} of 0x{cash.hex()} was never minted")
         return sign(
             self._secret,
-            self._domains.genesis(
-                chain, stored.block.hash, fixed_bytes(cash, 20, "cash"), uint(note, "note"), self._group().group
-            ),
+            self._domains.genesis(chain, stored.block.hash, cash, note, self._group().group),
         )
 
 
@@ -1066,4 +1315,6 @@ _METHODS: dict[str, str] = {
     "endorse_genesis_roles": "_endorse_genesis_roles",
     "expect_genesis": "_expect_genesis",
     "endorse_registration": "_endorse_registration",
+    "release": "_release",
+    "certify": "_certify",
 }

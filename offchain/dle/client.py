@@ -3,9 +3,10 @@
 A wallet never trusts the node it talks to: it checks the roles record against the archive group's
 certificate and every outcome against its members' and archive group's signatures before reporting a
 transfer as final. When the creator does not answer, the client reports the timeout to the chain's
-host archive node, which (after probing the creator itself) promotes the first witness, and the same
-signed transactions are submitted again: nonces make a transaction count once however often it is
-sent, so nothing final is lost and nothing is applied twice.
+host archive node (then to the other archive nodes in turn, if the host does not act), which (after
+every archive node probed the creator itself) promotes the first witness, and the same signed
+transactions are submitted again: nonces make a transaction count once however often it is sent, so
+nothing final is lost and nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -90,6 +91,22 @@ class DleClient:
         except (PeerTimeout, PeerUnavailable) as error:
             raise DleError("archive-unavailable", str(error)) from error
 
+    async def _report_timeout(self, chain: bytes, group_id: int, report: bytes) -> None:
+        """To the host archive node, then to every other archive node of the group in turn (each probes
+        and coordinates itself), so a host that buries the report does not keep a dead creator."""
+        group = self._group_of(group_id)
+        start = group.members.index(group.host_of(chain))
+        failure = DleError("archive-unavailable", "the archive group has no member")
+        for node in group.members[start:] + group.members[:start]:
+            try:
+                await self._transport.call(node, "report_timeout", report, timeout=self._archive_timeout)
+                return
+            except RemoteError as error:
+                failure = DleError(error.code, error.message)
+            except (PeerTimeout, PeerUnavailable) as error:
+                failure = DleError("archive-unavailable", str(error))
+        raise failure
+
     async def submit(self, chain: bytes, transactions: Sequence[Transaction]) -> Outcome:
         """Submit and wait until final; raises `DleError` with the reason when refused."""
         body = Submit(chain, tuple(transactions)).encode()
@@ -103,7 +120,7 @@ class DleClient:
                 last = error
                 report = TimeoutReport(chain, record.roles.version, creator).encode()
                 try:
-                    await self._archive("report_timeout", report)
+                    await self._report_timeout(chain, record.roles.group, report)
                 except DleError as refused:
                     if refused.code != "alive":
                         raise

@@ -8,7 +8,7 @@ faulty one, and benchmarks measure the protocol without sockets.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coincurve import PrivateKey
@@ -26,7 +26,7 @@ from offchain.dle.roles import ArchiveGroup
 from offchain.dle.store import ChainStore
 from offchain.dle.transport import InProcessNetwork
 
-__all__ = ["OUTSIDER", "LocalDle", "address_of_secret"]
+__all__ = ["OUTSIDER", "LocalDle", "MintLedger", "address_of_secret"]
 
 OUTSIDER = b"\xc1" * 20
 """An address with no key, no stake and no role."""
@@ -34,6 +34,26 @@ OUTSIDER = b"\xc1" * 20
 
 def address_of_secret(secret: bytes) -> bytes:
     return address_of(PrivateKey(secret).public_key)
+
+
+class MintLedger:
+    """The mainchain's minting events as an in-process DLE plays them (`archive.MintedAssets`): `mint`
+    records an asset's terms as its `NoteMinted` or `ReceiptIssued` would, and an archive node handed
+    this ledger opens a chain only on the terms recorded here. A test gives one archive node a ledger
+    of its own to model a mirror that saw other events."""
+
+    def __init__(self) -> None:
+        self._terms: dict[tuple[bytes, int], NoteTerms] = {}
+
+    def mint(self, terms: NoteTerms) -> None:
+        """Record the minting of `terms`' asset (idempotent; ValueError when minted with other terms)."""
+        key = (terms.cash, terms.note)
+        plain = replace(terms, witnesses=(), validators_pool=bytes(20))
+        if self._terms.setdefault(key, plain) != plain:
+            raise ValueError(f"asset #{terms.note} of 0x{terms.cash.hex()} was minted with other terms")
+
+    async def terms(self, cash: bytes, asset_id: int) -> NoteTerms | None:
+        return self._terms.get((cash, asset_id))
 
 
 @dataclass
@@ -52,8 +72,17 @@ class LocalDle:
     epoch: int = 1
     refunds: RefundLog | None = None
     """Every node's view of the mainchain's re-fundings (none: every re-funding is refused)."""
+    mints: MintLedger = field(default_factory=MintLedger)
+    """What every archive node (unless handed its own) reads as the mainchain's minting events."""
 
-    def add_archives(self, secrets: Sequence[bytes], *, cls: Callable[..., ArchiveNode] = ArchiveNode) -> None:
+    def add_archives(
+        self,
+        secrets: Sequence[bytes],
+        *,
+        cls: Callable[..., ArchiveNode] = ArchiveNode,
+        mints: dict[bytes, MintLedger] | None = None,
+    ) -> None:
+        """Archive group 0 of these keys; `mints` gives some of them (by address) a ledger of their own."""
         addresses = sorted(address_of_secret(s) for s in secrets)
         self.group = ArchiveGroup(0, self.epoch, tuple(addresses))
         for secret in secrets:
@@ -68,6 +97,7 @@ class LocalDle:
                 self.mainchain,
                 probe_timeout=min(1.0, self.timeouts.vote),
                 authority=NoteAuthority(self.engine, self.refunds),
+                minted=(mints or {}).get(address, self.mints),
             )
             self.archives[address] = node
             self.network.register(address, node.handle)
@@ -116,8 +146,10 @@ class LocalDle:
         return self.archives[self._current_group().host_of(chain)]
 
     async def open_note(self, terms: NoteTerms) -> Outcome:
-        """Draw the note's group and produce its genesis block; the terms' witnesses are ignored
-        (the draw picks them) and the validators' pool is the first drawn validator."""
+        """Mint the note on the mainchain (`mints`), then have its host draw the group and produce the
+        genesis block; the terms' witnesses are ignored (the draw picks them) and the validators' pool
+        is the first drawn validator."""
+        self.mints.mint(terms)
         return await self.host(terms.chain).open_note(terms)
 
     def client(self, caller: bytes = OUTSIDER, **kwargs: object) -> DleClient:

@@ -287,7 +287,7 @@ class MemberNode:
             if block.header.height != head.block.header.height + 1 or block.header.parent_hash != head.block.hash:
                 raise RemoteError("not-head", f"the head is at {head.block.header.height}")
             post = self._reexecute(head.state, block, roles)
-            vote = self._vote(block.header, roles, post, block.signatures[0])
+            vote = await self._vote(block.header, roles, post, block.signatures[0])
             return vote.encode()
 
     async def _roles_for(self, chain: bytes, version: int, group: int) -> ChainRoles:
@@ -358,15 +358,26 @@ class MemberNode:
             raise RemoteError("invalid-block", "executing the block reaches another state root")
         return post
 
-    def _vote(self, header: Header, roles: ChainRoles, post: State, creator_signature: bytes = b"") -> Vote:
-        """Sign `header` (an honest node signs exactly what it re-executed)."""
+    async def _vote(self, header: Header, roles: ChainRoles, post: State, creator_signature: bytes = b"") -> Vote:
+        """Sign `header` (an honest node signs exactly what it re-executed), and no other header at its
+        height under these roles, even after a restart (the durable record in the store)."""
         key = (header.chain_id, header.height)
         pending = self._pending.get(key)
         if pending is not None and pending.header == header and pending.roles_version == roles.version:
             return Vote(header, pending.signature)
+        await self._sign_once(header, roles.version)
         signature = sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
         self._pending[key] = _Pending(roles.version, header, signature, post, creator_signature)
         return Vote(header, signature)
+
+    async def _sign_once(self, header: Header, version: int) -> None:
+        signed = await self.store.sign_once(header.chain_id, header.height, header.hash, version)
+        if signed != header.hash:
+            raise RemoteError(
+                "equivocation",
+                f"this member signed block 0x{signed.hex()} at height {header.height} under roles version "
+                f"{version}: the creator asks for a second one",
+            )
 
     # -- validator --------------------------------------------------------------------------------
 
@@ -396,6 +407,7 @@ class MemberNode:
         if seen is not None and seen != block.header:
             raise RemoteError("equivocation", "the creator already asked to validate another block at this height")
         self._reexecute(request.pre_state, block, roles)
+        await self._sign_once(block.header, roles.version)
         self._seen_validation[seen_key] = block.header
         signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
         return Vote(block.header, signature).encode()
@@ -423,17 +435,24 @@ class MemberNode:
                 raise RemoteError("not-head", "a final block beyond the next height: sync first")
             pending = self._pending.get((chain, block.header.height))
             signed_it = pending is not None and pending.header == block.header
-            check_final(
-                block,
-                final.certificate,
-                record.roles,
-                self._group_of(record.roles.group),
-                self._domains,
-                members_checked=signed_it,
-            )
+            group = self._group_of(record.roles.group)
+            earlier_roles = False
+            try:
+                check_final(block, final.certificate, record.roles, group, self._domains, members_checked=signed_it)
+            except RolesError:
+                # Signed by the members of roles this node no longer holds (a block the archive group
+                # certified before a role change and finished after it): the archive certificate is the
+                # proof of finality, every archive node having checked the members and the block's
+                # authority under the roles of its time (as `_catch_up` takes blocks).
+                group.verify(self._domains.block(chain, block.header.height, block.hash), final.certificate)
+                earlier_roles = True
             pending = self._pending.pop((chain, block.header.height), None)
             if pending is not None and pending.header == block.header:
                 post = pending.post
+            elif earlier_roles:
+                post, _ = execute(self._engine, head.state, block.header, block.transactions)
+                if post.root != block.header.state_root:
+                    raise RemoteError("invalid-block", "executing the final block reaches another state root")
             else:
                 post = self._reexecute(head.state, block, record.roles)
             # Group-committed with the node's other chains; held under the chain lock until durable.
@@ -767,11 +786,24 @@ class MemberNode:
         return record
 
     async def _report(self, roles: ChainRoles, method: str, body: bytes, *, record: bool = False) -> RolesRecord:
-        host = self._group_of(roles.group).host_of(roles.chain)
-        answer = await self._transport.call(host, method, body, timeout=self.timeouts.archive)
-        new = RolesRecord.decode(answer)
-        new.verify(self._group_of(new.roles.group))
-        return new
+        """Hand a timeout or fault report to the chain's host archive node and, if it does not answer
+        with newer certified roles, to every other archive node of the group in turn (each checks and
+        coordinates the change itself), so a silent or hostile host cannot bury it."""
+        group = self._group_of(roles.group)
+        host = group.members.index(group.host_of(roles.chain))
+        failure: Exception = ConsensusFailed("the archive group has no member")
+        for node in group.members[host:] + group.members[:host]:
+            try:
+                new = RolesRecord.decode(await self._transport.call(node, method, body, timeout=self.timeouts.archive))
+                new.verify(self._group_of(new.roles.group))
+            except (PeerTimeout, PeerUnavailable, RemoteError, RolesError, EncodingError) as error:
+                log.info("archive node 0x%s did not act on %s: %s", node.hex()[:8], method, error)
+                failure = error
+                continue
+            if new.roles.chain == roles.chain and new.roles.version > roles.version:
+                return new
+            failure = RemoteError("stale-roles", f"0x{node.hex()[:8]} answered roles version {new.roles.version}")
+        raise failure
 
     async def _call(self, peer: bytes, method: str, body: bytes, timeout: float) -> bytes | Exception:
         """A call whose failure is an answer: the round classifies it."""
@@ -823,7 +855,7 @@ class MemberNode:
         post = self._reexecute(pre, block, roles)
         if self.address in roles.witnesses:
             self._genesis_records[roles.chain] = record
-        return self._vote(block.header, roles, post, block.signatures[0]).encode()
+        return (await self._vote(block.header, roles, post, block.signatures[0])).encode()
 
 
 @dataclass(frozen=True)

@@ -344,7 +344,10 @@ def _receipt_pending(mirror: Mirror, state: ReceiptState) -> _Pending:
 
 class ChainOpener:
     """The mirror → genesis wiring of one archive node (see the module docstring): note chains from
-    CoNETCash's `NoteMinted`, oDEX receipt chains from OdexVault's `ReceiptIssued`, the same way."""
+    CoNETCash's `NoteMinted`, oDEX receipt chains from OdexVault's `ReceiptIssued`, the same way.
+
+    It is also the node's `archive.MintedAssets`: every genesis this archive node endorses, whoever
+    hosts it, is checked against the terms this node's own mirror derives from the minting event."""
 
     def __init__(self, node: ArchiveNode, groups: ArchiveGroups, mirror: Callable[[], Mirror], interval: float) -> None:
         self._node = node
@@ -356,6 +359,7 @@ class ChainOpener:
         self._mirror: Mirror | None = None
         self.pending: dict[bytes, _Pending] = {}
         self.opened: list[str] = []
+        self._lookup_polled = 0.0
 
     async def _in_mirror_thread(self, work: Callable[[Mirror], Any]) -> Any:
         def run() -> Any:
@@ -364,6 +368,43 @@ class ChainOpener:
             return work(self._mirror)
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+
+    async def terms(self, cash: bytes, asset_id: int) -> NoteTerms | None:
+        """`archive.MintedAssets`: the genesis terms of asset `asset_id` of `cash` as this node's mirror
+        derives them (polled once more when not found: the host may have seen the event first)."""
+
+        def look(mirror: Mirror) -> tuple[NoteTerms | None, list[_Pending]]:
+            found = self._minted_terms(mirror, cash, asset_id)
+            # At most one extra poll per interval: asking for unminted ids is no way to flood the node.
+            if found is not None or time.monotonic() < self._lookup_polled + self._interval:
+                return found, []
+            self._lookup_polled = time.monotonic()
+            # Events this poll brings are the opener's too: hand them over with the answer.
+            fresh = self._to_open(mirror, mirror.poll())
+            return self._minted_terms(mirror, cash, asset_id), fresh
+
+        found, fresh = await self._in_mirror_thread(look)
+        for pending in fresh:
+            self.pending[pending.terms.chain] = pending
+        return found  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _minted_terms(mirror: Mirror, cash: bytes, asset_id: int) -> NoteTerms | None:
+        if cash == bytes.fromhex(mirror.contracts["CoNETCash"].address[2:]):
+            try:
+                return _note_pending(mirror.genesis_terms(asset_id)).terms
+            except MirrorError:
+                return None  # not minted (or not mirrored yet)
+        vault = mirror.contracts.get("OdexVault")
+        if vault is None or cash != bytes.fromhex(vault.address[2:]):
+            return None
+        state = mirror.receipt(asset_id)
+        if state is None:
+            return None
+        try:
+            return _receipt_pending(mirror, state).terms
+        except ValueError:  # no chain can open from this receipt
+            return None
 
     @staticmethod
     def _to_open(mirror: Mirror, events: Sequence[MirrorEvent]) -> list[_Pending]:
@@ -474,6 +515,7 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
         lambda: Mirror.from_address_book(context.w3, context.book, config.data_dir / "mirror.sqlite"),
         config.poll_interval,
     )
+    node.minted = opener
 
     async def info(request: web.Request) -> web.Response:
         group = context.groups.group_with(context.address)

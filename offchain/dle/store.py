@@ -53,6 +53,7 @@ from dle_vm.encoding import EncodingError
 from dle_vm.state import State
 
 __all__ = [
+    "ANY_VERSION",
     "SCHEMA_VERSION",
     "ChainExists",
     "ChainStore",
@@ -189,6 +190,23 @@ PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
+_SIGNED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS signed (
+    chain_id     BLOB    NOT NULL CHECK (length(chain_id) = 32),
+    height       INTEGER NOT NULL CHECK (height >= 0),
+    version      INTEGER NOT NULL CHECK (version >= -1),
+    hash         BLOB    NOT NULL CHECK (length(hash) = 32),
+    PRIMARY KEY (chain_id, height, version)
+) WITHOUT ROWID;
+"""
+"""The block a node signed at each height of each chain: per roles version for a member, under
+`ANY_VERSION` for an archive node (one block per height, whatever the roles). Kept apart from `chains`,
+since a genesis is signed before its chain exists here. Created IF NOT EXISTS on every open, so a
+schema-1 file written before it gains the table without a version change."""
+
+ANY_VERSION = -1
+"""The `version` of what an archive node signed: it signs one block per height across role versions."""
+
 
 def _check_chain_id(chain_id: bytes) -> None:
     if not isinstance(chain_id, bytes) or len(chain_id) != HASH_SIZE:
@@ -277,6 +295,7 @@ class ChainStore:
             db.executescript(_SCHEMA)
         elif version != SCHEMA_VERSION:
             raise SchemaError(f"{self.path} has chain-store schema {version}; this code reads {SCHEMA_VERSION}")
+        db.executescript(_SIGNED_SCHEMA)
 
     def close(self) -> None:
         """Close this thread's connection (others close when their threads end), and the group
@@ -503,6 +522,48 @@ class ChainStore:
                 (chain_id, start, meta),
             )
         return start
+
+    async def sign_once(self, chain_id: bytes, height: int, block_hash: bytes, version: int = ANY_VERSION) -> bytes:
+        """Record that this node signs `block_hash` at `height` of the chain (under roles `version`),
+        durably (group-committed), unless it signed another block there: returns the hash it signed
+        there (the new one, or the earlier one, which stays). Sign only when the answer is `block_hash`."""
+        _check_chain_id(chain_id)
+        found: list[bytes] = []
+
+        def run(db: sqlite3.Connection) -> None:
+            where = (chain_id, height, version)
+            db.execute("INSERT OR IGNORE INTO signed (chain_id, height, version, hash) VALUES (?, ?, ?, ?)",
+                       (*where, block_hash))  # fmt: skip
+            row = db.execute(
+                "SELECT hash FROM signed WHERE chain_id = ? AND height = ? AND version = ?", where
+            ).fetchone()
+            found.append(bytes(row[0]))
+
+        await self._submit_write(run)
+        return found[0]
+
+    def release_signed(self, chain_id: bytes, height: int, block_hash: bytes, version: int = ANY_VERSION) -> bool:
+        """Forget that this node signed `block_hash` at `height` (it can never become final: another
+        archive node signed its rejection). False when another block, or none, is recorded there."""
+        _check_chain_id(chain_id)
+        with self._write() as db:
+            cursor = db.execute(
+                "DELETE FROM signed WHERE chain_id = ? AND height = ? AND version = ? AND hash = ?",
+                (chain_id, height, version, block_hash),
+            )
+            return cursor.rowcount > 0
+
+    def signed(self, chain_id: bytes, height: int, version: int = ANY_VERSION) -> bytes | None:
+        """The block this node signed at `height` of the chain (under roles `version`), if any."""
+        _check_chain_id(chain_id)
+        row = (
+            self._connection()
+            .execute(
+                "SELECT hash FROM signed WHERE chain_id = ? AND height = ? AND version = ?", (chain_id, height, version)
+            )
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
 
     # -- reads ------------------------------------------------------------------------------------
 
