@@ -807,7 +807,8 @@ class ArchiveNode:
             await self._quiet(node, method, body)
             return
         try:
-            await self.handle(method, body)
+            # As this node itself: it may be serving another caller's request (a member's report).
+            await as_caller(self.address, self.handle(method, body))
         except RemoteError as error:
             log.info("this node did not take %s: %s", method, error)
 
