@@ -11,6 +11,7 @@ honest node is reported.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -306,5 +307,28 @@ def test_a_proven_refund_is_applied_once_and_a_wrong_one_never(tmp_path: Path) -
             assert reader.refund_count(state, note.chain) == 1
             assert reader.balance(state, note.chain, carol) == 20_000_000
             assert reader.supply(state, note.chain) == (VALUE + 20_000_000, VALUE)
+
+    run(scenario())
+
+
+def test_a_job_that_fails_once_another_is_dropped_is_dropped_too_and_nobody_is_reported(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        note = await open_note(tmp_path)
+        cbdc = note.dle.members[address_of_secret(key("cbdc"))]
+        cbdc.timeouts = replace(cbdc.timeouts, batch_window=0.2)  # both jobs land in one batch
+        bob = key("bob")
+        # Job A pays Alice, then tries to overspend: it is dropped. Job B spends what A paid Alice: with A
+        # gone it reverts too, and must be dropped before the creator signs (or it would be judged).
+        job_a = [note.transfer(BUYER, ALICE, 1_000), note.transfer(BUYER, ALICE, 2 * VALUE)]
+        job_b = [note.transfer(ALICE, bob, 500)]
+        results = await asyncio.gather(
+            note.client.submit(note.chain, job_a), note.client.submit(note.chain, job_b), return_exceptions=True
+        )
+        assert all(isinstance(r, DleError) and "reverted" in str(r) for r in results), results
+        assert note.balance(ALICE) == 0 and note.balance(bob) == 0
+        assert note.mainchain.faults == []
+        note.nonces = {}
+        await note.pay(BUYER, ALICE, 1_000)  # the chain goes on, and its nonces are the buyer's first
+        note.check_conservation()
 
     run(scenario())

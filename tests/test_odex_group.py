@@ -443,11 +443,13 @@ def test_a_member_signs_only_batches_its_own_groups_creator_proposed() -> None:
         group.creator.admit(entry)
     batch, _ = group.creator.propose()
     digest = member.digest(batch)
+    request = member.request_digest(batch)
+    assert request != digest  # a proposal that never becomes final is no equivocation evidence
     before = member.book.state_digest()
     mallory = keccak(b"odex group stranger")
 
     def ask(node: BookMember, members: list[bytes], signer: bytes) -> bytes:
-        return asyncio.run(node.handle(ENDORSE, _encode_endorse(members, batch, sign(signer, digest))))
+        return asyncio.run(node.handle(ENDORSE, _encode_endorse(members, batch, sign(signer, request))))
 
     # A stranger, and a member that is not the creator, propose the creator's very batch: never signed.
     for signer in (mallory, other.secret):

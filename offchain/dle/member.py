@@ -558,33 +558,42 @@ class MemberNode:
         txs: tuple[Transaction, ...],
         jobs: list[_Job],
     ) -> tuple[tuple[Transaction, ...], tuple[State, tuple[Receipt, ...]] | None]:
-        """Answer the submitters of reverting transactions now; keep the rest (whole jobs only).
-        Returns the kept transactions, and the execution itself when nothing was dropped (the
-        common case: the block is then executed once, not twice)."""
-        self._drop_misnumbered(pre, jobs)
-        txs = tuple(tx for job in jobs for tx in job.transactions)
-        try:
-            executed = execute(self._engine, pre, header, prefix + txs)
-        except InvalidTransaction as error:
-            for job in jobs:
-                job.done.set_exception(RemoteError("invalid-transaction", str(error)))
-            jobs.clear()
-            return (), None
+        """Answer the submitters of reverting or misnumbered transactions now; keep the rest (whole jobs
+        only). Returns the kept transactions and their execution.
+
+        Dropping a job can make a later one revert (it spent what the dropped one paid it) or misnumber
+        it, so this repeats until the kept jobs execute with every transaction succeeding: exactly what
+        every member and archive node demands of the block (a creator must never sign a block they
+        would refuse, or it is the one judged for it)."""
         from offchain.dle.note import note_program
 
-        receipts = executed[1]
-        start, kept = len(prefix), list[Transaction]()
-        for job in list(jobs):
-            count = len(job.transactions)
-            failed = [r for r in receipts[start : start + count] if not r.success]
-            start += count
-            if failed:
-                reason = note_program().decode_error(failed[0].output)
-                job.done.set_exception(RemoteError("reverted", reason))
-                jobs.remove(job)
-            else:
-                kept.extend(job.transactions)
-        return tuple(kept), (executed if len(kept) == len(txs) else None)
+        while True:
+            self._drop_misnumbered(pre, jobs)
+            txs = tuple(tx for job in jobs for tx in job.transactions)
+            if not jobs:
+                return (), None
+            try:
+                executed = execute(self._engine, pre, header, prefix + txs)
+            except InvalidTransaction as error:
+                for job in jobs:
+                    job.done.set_exception(RemoteError("invalid-transaction", str(error)))
+                jobs.clear()
+                return (), None
+            receipts = executed[1]
+            if not all(r.success for r in receipts[: len(prefix)]):
+                raise RemoteError("failed", "the system transactions the roles demand revert")
+            start, dropped = len(prefix), False
+            for job in list(jobs):
+                count = len(job.transactions)
+                failed = [r for r in receipts[start : start + count] if not r.success]
+                start += count
+                if failed:
+                    reason = note_program().decode_error(failed[0].output)
+                    job.done.set_exception(RemoteError("reverted", reason))
+                    jobs.remove(job)
+                    dropped = True
+            if not dropped:
+                return txs, executed
 
     @staticmethod
     def _drop_misnumbered(pre: State, jobs: list[_Job]) -> None:

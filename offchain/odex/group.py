@@ -329,6 +329,11 @@ class BookMember:
     def digest(self, batch: Batch) -> bytes:
         return self.domains.block(self.chain, batch.height, batch.hash)
 
+    def request_digest(self, batch: Batch) -> bytes:
+        """What the creator signs to ask for endorsements: not the block digest, so a batch it proposed
+        and that never became final (refused, re-proposed otherwise) is no equivocation evidence."""
+        return keccak(_REQUEST_TAG + self.chain + batch.height.to_bytes(32, "big") + batch.hash)
+
     def endorse(self, batch: Batch) -> bytes:
         """This member's signature of `batch`, after replaying it; WrongBatch if it does not replay."""
         self._replica.check(batch)
@@ -363,7 +368,7 @@ class BookMember:
         if members != self.members:
             raise RemoteError("wrong-group", "the batch names another group than this member's")
         # Only the book's creator proposes: a batch from anyone else is never signed.
-        if not _signed_by(self.digest(batch), creator_signature, self.members[0]):
+        if not _signed_by(self.request_digest(batch), creator_signature, self.members[0]):
             raise RemoteError("not-creator", "the batch is not signed by the book's creator")
         return batch
 
@@ -381,6 +386,9 @@ class BookMember:
         except WrongBatch as error:
             raise RemoteError("wrong-batch", str(error)) from error
         raise RemoteError("unknown-method", f"no method {method}")
+
+
+_REQUEST_TAG = b"CoNET oDEX endorse request\0"
 
 
 def _encode_endorse(members: Sequence[bytes], batch: Batch, creator_signature: bytes) -> bytes:
@@ -460,7 +468,7 @@ class BookCreator(BookMember):
         if not self.members or self.members[0] != self.address:
             raise RuntimeError("the creator is the first of the book's members")
         own = self.endorse(batch)
-        request = _encode_endorse(members, batch, own)
+        request = _encode_endorse(members, batch, sign(self.secret, self.request_digest(batch)))
 
         async def ask(member: bytes) -> bytes:
             if member == self.address:
