@@ -682,13 +682,10 @@ class MemberNode:
                 if genesis is not None:
                     genesis = (pre, outcome)
                 else:
-                    await self._after_change(record.roles, outcome)
+                    await self.adopt(outcome)
                 continue
             return Outcome(outcome.block, outcome.certificate, receipts[len(prefix) :], outcome.exit_certificates)
         raise ConsensusFailed(f"no final block for chain 0x{chain.hex()[:12]} after {self.timeouts.attempts} attempts")
-
-    async def _after_change(self, old: ChainRoles, new: RolesRecord) -> None:
-        await self.adopt(new)
 
     def _sign_header(self, header: Header) -> bytes:
         return sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
