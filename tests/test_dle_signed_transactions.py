@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_dle_consensus import ALICE, BUYER, VALUE, Note, key, open_note, run
+from test_dle_consensus import ALICE, BUYER, DOMAINS, VALUE, Note, key, open_note, run
 
 from dle_vm.block import Block, transactions_root
 from dle_vm.engine import BlockContext, InvalidTransaction, apply_transactions, default_engine
@@ -38,12 +38,14 @@ from offchain.dle.note import (
     note_program,
     refund_transaction,
 )
+from offchain.dle.wallet import NoteChain
 
 MALLORY, CAROL = key("mallory"), key("carol")
 CHAIN = keccak(b"signed transaction test chain")
 OTHER_CHAIN = keccak(b"another chain")
 REFUSED = r"unauthorised|not authorised|rejected|no final block|not-creator"
 """How a creator's own round ends when the group refuses its block (or replaced it meanwhile)."""
+NOT_A_USER_ACTION = "none of the note program's"
 
 
 # -- the VM's rules ----------------------------------------------------------------------------------
@@ -192,11 +194,12 @@ def test_an_outsider_cannot_send_the_cbdc_only_calls(tmp_path: Path) -> None:
             # As a system transaction: nobody submits one.
             (refund_transaction(note.chain, 0, mallory, VALUE), "system transactions are the protocol's own"),
             (Transaction.system(note.chain, PROGRAM, replace_call, GAS_LIMIT), "system transactions"),
-            # Under his own key: the program sees Mallory, not the system.
-            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, refund_call, GAS_LIMIT), "NotSystem"),
-            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, replace_call, GAS_LIMIT), "NotSystem"),
-            # The buyer's signature on other calldata: the sender is then nobody's key.
-            (replace(honest, data=refund_call, nonce=0), "NotSystem"),
+            # Under his own key, or the buyer's signature on other calldata (then nobody's key): a call
+            # that is none of the program's user actions is not admitted (and the program would see
+            # Mallory, not the system: NotSystem, held by test_note_ledger).
+            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, refund_call, GAS_LIMIT), NOT_A_USER_ACTION),
+            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, replace_call, GAS_LIMIT), NOT_A_USER_ACTION),
+            (replace(honest, data=refund_call, nonce=0), NOT_A_USER_ACTION),
             # Signed for another chain.
             (Transaction.signed(MALLORY, OTHER_CHAIN, 0, PROGRAM, refund_call, GAS_LIMIT), "another chain"),
         ]
@@ -205,6 +208,73 @@ def test_an_outsider_cannot_send_the_cbdc_only_calls(tmp_path: Path) -> None:
                 await note.client.submit(note.chain, [tx])
         assert _snapshot(note) == before
         assert note.mainchain.faults == []
+        note.check_conservation()
+
+    run(scenario())
+
+
+def test_a_note_chain_admits_only_its_programs_user_actions_sent_by_their_signers(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        note = await open_note(tmp_path)
+        await note.pay(BUYER, ALICE, 1_000)
+        before = _snapshot(note)
+        program = note_program()
+        honest = note.transfer(BUYER, ALICE, 7)  # the buyer's, not submitted yet
+        elsewhere = address_of_secret(MALLORY)
+        attempts = [
+            # Anything but a call of the note program's user actions: no other address (an empty one
+            # would create an account), no view, no initialize, no gas limit above the chain's.
+            (Transaction.signed(MALLORY, note.chain, 0, elsewhere, b"", GAS_LIMIT), "runs only its program"),
+            (
+                Transaction.signed(MALLORY, note.chain, 0, PROGRAM, program.call("balanceOf", elsewhere), GAS_LIMIT),
+                NOT_A_USER_ACTION,
+            ),
+            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, b"\xde\xad", GAS_LIMIT), NOT_A_USER_ACTION),
+            (Transaction.signed(MALLORY, note.chain, 0, PROGRAM, honest.data, GAS_LIMIT + 1), "above the note chain's"),
+        ]
+        for tx, message in attempts:
+            with pytest.raises(DleError, match=message):
+                await note.client.submit(note.chain, [tx])
+        too_many = [Transaction.signed(MALLORY, note.chain, i, PROGRAM, honest.data, GAS_LIMIT) for i in range(65)]
+        with pytest.raises(DleError, match="at most 64 transactions"):
+            await note.client.submit(note.chain, too_many)
+        # The buyer's signed message wrapped in Mallory's own transaction: the program refuses any sender
+        # but the message's signer, so the creator drops it, and the buyer's nonce stays the buyer's.
+        wrapped = Transaction.signed(MALLORY, note.chain, 0, PROGRAM, honest.data, GAS_LIMIT)
+        with pytest.raises(DleError, match="NotSigner"):
+            await note.client.submit(note.chain, [wrapped])
+        assert _snapshot(note) == before
+        # A creator that built such a block anyway would find every node refusing it.
+        authority = NoteAuthority(note.dle.engine)
+        for tx, message in attempts:
+            pre, block = _block_on(note, [tx])
+            with pytest.raises(AuthorityError, match=message):
+                authority.check(pre, block, note.terms.witnesses)
+        outcome = await note.client.submit(note.chain, [honest])
+        assert outcome.receipts[0].success and note.balance(ALICE) == 1_007
+        assert note.mainchain.faults == []
+        note.check_conservation()
+
+    run(scenario())
+
+
+def test_the_cbdc_spends_its_fee_share_from_a_wallet_though_its_two_nonces_differ(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        note = await open_note(tmp_path)
+        await note.pay(BUYER, ALICE, 100_000)
+        cbdc_key = key("cbdc")
+        cbdc = address_of_secret(cbdc_key)
+        earned = note.balance(cbdc_key)
+        archive = next(iter(note.dle.archives.values()))
+        head = archive.store.head(note.chain).state
+        reader = NoteReader(note.dle.engine)
+        # `initialize` was the CBDC's DLE transaction 0, and no message of its own.
+        assert earned > 0 and (reader.nonce(head, note.chain, cbdc), NoteReader.tx_nonce(head, cbdc)) == (0, 1)
+        client = note.dle.client(cbdc, submit_timeout=3.0)
+        wallet = NoteChain(note.terms.note, note.chain, 0, DOMAINS, client, note.dle.group_of, reader, note_program())
+        alice_before = note.balance(ALICE)
+        outcome = await wallet.transfer(cbdc_key, address_of_secret(ALICE), earned // 2)
+        assert outcome.receipts[0].success and note.balance(ALICE) == alice_before + earned // 2
         note.check_conservation()
 
     run(scenario())

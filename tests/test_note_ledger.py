@@ -218,30 +218,32 @@ def digest(kind: str, values: Sequence[Any], domain: bytes = DOMAIN) -> bytes:
 
 @dataclass
 class Signer:
-    """Builds signed calls the way a wallet would, tracking its own next nonce."""
+    """Builds signed calls the way a wallet would: (sender, calldata), sent by the action's signer."""
 
     program: Program
     domain: bytes = DOMAIN
 
-    def transfer(self, key: Key, to: Key | bytes, amount: int, nonce: int, expiry: int = T0 + 3600) -> bytes:
+    def transfer(
+        self, key: Key, to: Key | bytes, amount: int, nonce: int, expiry: int = T0 + 3600
+    ) -> tuple[bytes, bytes]:
         to_address = to.address if isinstance(to, Key) else to
         values = [key.address, to_address, amount, nonce, expiry]
-        return self.program.call("transfer", *values, self._sign(key, "Transfer", values))
+        return key.address, self.program.call("transfer", *values, self._sign(key, "Transfer", values))
 
-    def authorize(self, key: Key, payee: Key, limit: int, nonce: int, expiry: int = T0 + 3600) -> bytes:
+    def authorize(self, key: Key, payee: Key, limit: int, nonce: int, expiry: int = T0 + 3600) -> tuple[bytes, bytes]:
         values = [key.address, payee.address, limit, nonce, expiry]
-        return self.program.call("authorize", *values, self._sign(key, "Authorize", values))
+        return key.address, self.program.call("authorize", *values, self._sign(key, "Authorize", values))
 
-    def revoke(self, key: Key, authorization: int, nonce: int, expiry: int = T0 + 3600) -> bytes:
+    def revoke(self, key: Key, authorization: int, nonce: int, expiry: int = T0 + 3600) -> tuple[bytes, bytes]:
         values = [key.address, authorization, nonce, expiry]
-        return self.program.call("revoke", *values, self._sign(key, "Revoke", values))
+        return key.address, self.program.call("revoke", *values, self._sign(key, "Revoke", values))
 
     def deduct(
         self, payee: Key, holder: Key, authorization: int, amount: int, nonce: int, expiry: int = T0 + 3600
-    ) -> bytes:
+    ) -> tuple[bytes, bytes]:
         values = [payee.address, holder.address, authorization, amount, nonce, expiry]
         signature = self._sign(payee, "Deduct", values)
-        return self.program.call("deduct", *values[1:], signature)
+        return payee.address, self.program.call("deduct", *values[1:], signature)
 
     def deduct_to(
         self,
@@ -252,18 +254,23 @@ class Signer:
         amount: int,
         nonce: int,
         expiry: int = T0 + 3600,
-    ) -> bytes:
+    ) -> tuple[bytes, bytes]:
         to_address = to.address if isinstance(to, Key) else to
         values = [payee.address, holder.address, authorization, to_address, amount, nonce, expiry]
         signature = self._sign(payee, "DeductTo", values)
-        return self.program.call("deductTo", *values[1:], signature)
+        return payee.address, self.program.call("deductTo", *values[1:], signature)
 
-    def exit(self, key: Key, receiver: bytes, amount: int, nonce: int, expiry: int = T0 + 3600) -> bytes:
+    def exit(self, key: Key, receiver: bytes, amount: int, nonce: int, expiry: int = T0 + 3600) -> tuple[bytes, bytes]:
         values = [key.address, receiver, amount, nonce, expiry]
-        return self.program.call("exit", *values, self._sign(key, "Exit", values))
+        return key.address, self.program.call("exit", *values, self._sign(key, "Exit", values))
 
     def _sign(self, key: Key, kind: str, values: Sequence[Any]) -> bytes:
         return sign(key.secret, digest(kind, values, self.domain))
+
+
+def sent_by(key: Key, call: bytes | tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+    """`call` (a Signer's, or bare calldata) sent as `key`'s DLE transaction."""
+    return key.address, call[1] if isinstance(call, tuple) else call
 
 
 # -- running blocks on both engines -------------------------------------------------------------------
@@ -587,11 +594,18 @@ def test_forged_and_malformed_signatures_are_refused(program: Program) -> None:
     order = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
     high_s = good[:32] + (order - int.from_bytes(good[32:64], "big")).to_bytes(32, "big") + bytes([55 - good[64]])
     for signature in (forged, high_s, good[:64], good + b"\x00", bytes(65), good[:64] + b"\x1d"):
-        chain.refused(program.call("transfer", *values, signature), "InvalidSignature", holder)
+        chain.refused(sent_by(BUYER, program.call("transfer", *values, signature)), "InvalidSignature", holder)
     # A valid signature over other terms (the amount changed in flight).
     tampered = [*values[:2], 1_001, *values[3:]]
-    chain.refused(program.call("transfer", *tampered, good), "InvalidSignature", holder)
-    chain.ok(program.call("transfer", *values, good))
+    chain.refused(sent_by(BUYER, program.call("transfer", *tampered, good)), "InvalidSignature", holder)
+    # The holder's good message wrapped in anybody else's transaction: refused before its signature is
+    # even read, so the message's nonce stays the holder's to spend with its own DLE transaction.
+    for wrapper in (MALLORY, CBDC, ALICE):
+        chain.refused(
+            sent_by(wrapper, program.call("transfer", *values, good)), "NotSigner", hexaddr(wrapper.address), holder
+        )
+    assert chain.view("nonces", BUYER.address) == (0,) and chain.balance(BUYER) == VALUE
+    chain.ok(sent_by(BUYER, program.call("transfer", *values, good)))
     assert chain.balance(MALLORY.address) == 1_000
 
 
@@ -651,14 +665,17 @@ def test_only_the_payee_can_draw_on_an_authorization(program: Program) -> None:
     chain = opened(program)
     s = chain.signer
     chain.ok(s.authorize(BUYER, BOB, 10_000, 0))
-    # Signed by the holder, or by anyone but the payee, it is refused: a DLE sender proves nothing.
-    chain.refused((BOB.address, s.deduct(BUYER, BUYER, 0, 100, 0)), "InvalidSignature", hexaddr(BOB.address))
-    chain.refused(s.deduct(MALLORY, BUYER, 0, 100, 0), "InvalidSignature", hexaddr(BOB.address))
+    # Signed by the holder, or by anyone but the payee, it is refused, whoever sends it.
+    chain.refused(sent_by(BOB, s.deduct(BUYER, BUYER, 0, 100, 0)), "InvalidSignature", hexaddr(BOB.address))
+    chain.refused(sent_by(BOB, s.deduct(MALLORY, BUYER, 0, 100, 0)), "InvalidSignature", hexaddr(BOB.address))
+    chain.refused(s.deduct(MALLORY, BUYER, 0, 100, 0), "NotSigner", hexaddr(MALLORY.address), hexaddr(BOB.address))
     # The payee's deduction signed for another authorization does not apply to this one.
     values = [BOB.address, BUYER.address, 1, 100, 0, T0 + 3600]
     other = sign(BOB.secret, digest("Deduct", values))
     chain.refused(
-        program.call("deduct", BUYER.address, 0, 100, 0, T0 + 3600, other), "InvalidSignature", hexaddr(BOB.address)
+        sent_by(BOB, program.call("deduct", BUYER.address, 0, 100, 0, T0 + 3600, other)),
+        "InvalidSignature",
+        hexaddr(BOB.address),
     )
     # Beyond the holder's balance, within the limit: refused as insufficient.
     chain.ok(s.transfer(BUYER, ALICE, spendable(VALUE - 5_000), 1))
@@ -714,22 +731,22 @@ def test_deduct_to_stops_at_expiry_on_revocation_and_for_anyone_but_the_payee(pr
     chain.refused(s.deduct_to(BOB, BUYER, 0, ALICE, 100, 2), "AuthorizationExpired", hexaddr(BUYER.address), 0, T0 + 4)
     # The recipient, the holder or a stranger cannot sign it; nor can the payee's signature be moved
     # to another recipient or authorization.
-    chain.refused(s.deduct_to(ALICE, BUYER, 1, ALICE, 100, 0), "InvalidSignature", hexaddr(BOB.address))
-    chain.refused(s.deduct_to(BUYER, BUYER, 1, ALICE, 100, 0), "InvalidSignature", hexaddr(BOB.address))
+    chain.refused(sent_by(BOB, s.deduct_to(ALICE, BUYER, 1, ALICE, 100, 0)), "InvalidSignature", hexaddr(BOB.address))
+    chain.refused(sent_by(BOB, s.deduct_to(BUYER, BUYER, 1, ALICE, 100, 0)), "InvalidSignature", hexaddr(BOB.address))
     values = [BOB.address, BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600]
     signed = sign(BOB.secret, digest("DeductTo", values))
-    stolen = program.call("deductTo", BUYER.address, 1, MALLORY.address, 100, 2, T0 + 3600, signed)
+    stolen = sent_by(BOB, program.call("deductTo", BUYER.address, 1, MALLORY.address, 100, 2, T0 + 3600, signed))
     chain.refused(stolen, "InvalidSignature", hexaddr(BOB.address))
     # A `Deduct` signature is not a `DeductTo` one.
     as_deduct = sign(BOB.secret, digest("Deduct", [BOB.address, BUYER.address, 1, 100, 2, T0 + 3600]))
     chain.refused(
-        program.call("deductTo", BUYER.address, 1, BOB.address, 100, 2, T0 + 3600, as_deduct),
+        sent_by(BOB, program.call("deductTo", BUYER.address, 1, BOB.address, 100, 2, T0 + 3600, as_deduct)),
         "InvalidSignature",
         hexaddr(BOB.address),
     )
-    chain.ok(program.call("deductTo", BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600, signed))
+    chain.ok(sent_by(BOB, program.call("deductTo", BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600, signed)))
     chain.refused(
-        program.call("deductTo", BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600, signed),
+        sent_by(BOB, program.call("deductTo", BUYER.address, 1, ALICE.address, 100, 2, T0 + 3600, signed)),
         "InvalidNonce",
         hexaddr(BOB.address),
         3,

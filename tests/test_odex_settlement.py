@@ -141,8 +141,7 @@ def test_a_revoked_authorization_refuses_the_fill_and_moves_nothing(tmp_path: Pa
         odex = local_odex(tmp_path)
         eth, avax, sell_auth, buy_auth = await two_receipts(odex)
         # Bob cancels his order on chain: the book's authorization is revoked.
-        signer, nonce, expiry = await avax.wallet._prepare(BOB)
-        await avax.wallet._submit(signer.revoke(BOB, B, buy_auth, nonce, expiry))
+        await avax.wallet.revoke(BOB, buy_auth)
         settler = odex.settler(tmp_path / "journal.db")
         (report,) = await settler.settle([fill_of(eth, avax, sell_auth, buy_auth)])
         assert report.status is FillStatus.REFUSED
@@ -216,8 +215,7 @@ def test_a_buyer_revoking_after_the_base_leg_leaves_the_fill_half_settled_with_t
             async def _submit(self, legs, *, fresh=True, retry=True):  # type: ignore[no-untyped-def]
                 result = await super()._submit(legs, fresh=fresh, retry=retry)
                 if legs and all(g.leg is Leg.BASE for g in legs):
-                    signer, nonce, expiry = await avax.wallet._prepare(BOB)
-                    await avax.wallet._submit(signer.revoke(BOB, B, buy_auth, nonce, expiry))
+                    await avax.wallet.revoke(BOB, buy_auth)
                 return result
 
         plain = odex.settler(tmp_path / "journal.db")

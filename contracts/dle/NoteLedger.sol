@@ -20,8 +20,9 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 /// In the VM, `block.number` is the note chain's height, `block.timestamp` the block header's
 /// timestamp and `block.chainid` the first 63 bits of the note chain id.
 ///
-/// Signatures. A DLE transaction is signed by its sender (`msg.sender` is the recovered signer), but the
-/// user actions do not rest on that: every user action is an EIP-712 message signed by the user and checked HERE,
+/// Signatures. A DLE transaction is signed by its sender (`msg.sender` is the recovered signer), and each
+/// user action must be sent by its own signer (`NotSigner`), so a captured message cannot be wrapped in
+/// someone else's transaction. The action is also an EIP-712 message signed by the user and checked HERE,
 /// inside the program, with `ecrecover` (OpenZeppelin's `ECDSA`, low-s only): every member that
 /// re-executes a block — creator, witnesses, validator, archive nodes — checks every signature itself,
 /// and a block with a forged or replayed message cannot reach the state root the group signs. The
@@ -203,6 +204,8 @@ contract NoteLedger is IERC5267, Initializable {
     error InvalidSignature(address signer);
     /// @notice The message expired at `expiry`; the block's timestamp is `timestamp`.
     error Expired(uint256 expiry, uint256 timestamp);
+    /// @notice The DLE transaction was sent by `caller`, the message is `signer`'s: only its signer sends it.
+    error NotSigner(address caller, address signer);
     /// @notice `signer`'s next nonce is `expected`, the message carries `nonce`.
     error InvalidNonce(address signer, uint256 expected, uint256 nonce);
     /// @notice An amount is zero.
@@ -305,8 +308,8 @@ contract NoteLedger is IERC5267, Initializable {
 
     // ---------------------------------------------------------------- holder-signed actions
 
-    /// @notice Pays `amount` from `holder` to `to`; `holder` pays the transfer fee on top. Anyone (in
-    /// practice the creator) submits it; `signature` is `holder`'s EIP-712 signature of
+    /// @notice Pays `amount` from `holder` to `to`; `holder` pays the transfer fee on top. Sent by
+    /// `holder` (every action is sent by its signer); `signature` is `holder`'s EIP-712 signature of
     /// Transfer(holder, to, amount, nonce, expiry), checked here with ecrecover.
     /// @return fee The fee charged on top.
     function transfer(
@@ -368,7 +371,7 @@ contract NoteLedger is IERC5267, Initializable {
 
     /// @notice Pays `amount` from `holder` to the payee of `holder`'s `authorization`, within its limit
     /// and before its expiry, without `holder` online; `holder` pays the transfer fee on top. Signed by
-    /// the payee (a DLE transaction's sender proves nothing): `signature` is the payee's EIP-712
+    /// the payee, and sent by the payee: `signature` is the payee's EIP-712
     /// signature of Deduct(payee, holder, authorization, amount, nonce, expiry), `nonce` the payee's.
     /// @return fee The fee charged to `holder` on top.
     function deduct(
@@ -553,6 +556,11 @@ contract NoteLedger is IERC5267, Initializable {
 
     /// @dev Refuses unless `signature` is `signer`'s over the struct `structHash` in this note's domain.
     function _verify(address signer, bytes32 structHash, bytes calldata signature) private view {
+        // The message's signer must also be the DLE transaction's sender. Anyone else wrapping a captured
+        // message in a transaction of his own would spend the message's nonce but not the signer's DLE
+        // nonce, and the signer's own transaction carrying it would then revert: one key, one sender, and
+        // its two nonces move together (offchain/dle/note.py NoteSigner).
+        if (msg.sender != signer) revert NotSigner(msg.sender, signer);
         bytes32 digest = MessageHashUtils.toTypedDataHash(_domainSeparator, structHash);
         // The error's argument (a bad length or s) is of no use: every failure is InvalidSignature.
         // slither-disable-next-line unused-return

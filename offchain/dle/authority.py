@@ -15,7 +15,15 @@ only after it has checked the proof against its own view:
   carry them, so the fee shares follow the certified role change and nothing else.
 
 Any other system transaction, and any system transaction after a user transaction or in a genesis
-block, makes the block unauthorised. Chains that do not run the note program (the Selection Chain, the
+block, makes the block unauthorised.
+
+User transactions of a note chain are admitted by the same rule at every node (`NoteAuthority.admit`,
+run by the creator at `submit` and by every member and archive node on every block): a call of one of
+the program's user actions (`USER_ACTIONS`) and nothing else — no other address, no other selector, no
+gas limit above `note.GAS_LIMIT` — and at most `MAX_BLOCK_TRANSACTIONS` of them per block. Without it a
+stranger could have members execute and archive nodes keep arbitrary code paths and accounts (a
+transaction to an empty address succeeds and creates one), and a creator could build a block that
+takes its validators minutes to re-execute. Chains that do not run the note program (the Selection Chain, the
 oDEX book chain) accept no system transaction at all.
 """
 
@@ -29,9 +37,28 @@ from dle_vm.block import Block
 from dle_vm.engine import Engine
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
-from offchain.dle.note import PROGRAM, NoteReader, Program, note_program, role_change_transactions_on
+from offchain.dle.note import GAS_LIMIT, PROGRAM, NoteReader, Program, note_program, role_change_transactions_on
 
-__all__ = ["AuthorityError", "BlockAuthority", "ChainRefundLog", "NoteAuthority", "Refund", "RefundLog"]
+__all__ = [
+    "MAX_BLOCK_TRANSACTIONS",
+    "MAX_SUBMIT_TRANSACTIONS",
+    "USER_ACTIONS",
+    "AuthorityError",
+    "BlockAuthority",
+    "ChainRefundLog",
+    "NoteAuthority",
+    "Refund",
+    "RefundLog",
+]
+
+USER_ACTIONS = ("transfer", "authorize", "revoke", "deduct", "deductTo", "exit")
+"""The note program's functions a user transaction may call; its views change nothing and are served
+by `Message`s, never blocks."""
+MAX_BLOCK_TRANSACTIONS = 4096
+"""The most user transactions in one block of a note chain: a creator batches at most 64 submissions
+(`member.MemberTimeouts.max_batch`) of at most 64 transactions (`MAX_SUBMIT_TRANSACTIONS`)."""
+MAX_SUBMIT_TRANSACTIONS = 64
+"""The most transactions one `submit` may carry."""
 
 
 class AuthorityError(ValueError):
@@ -86,6 +113,10 @@ class BlockAuthority(Protocol):
         """The system transactions a creator must put first in the block at `height` on `pre`."""
         ...
 
+    def admit(self, pre: State, height: int, tx: Transaction) -> None:
+        """Raise `AuthorityError` unless user transaction `tx` may stand in the block at `height` on `pre`."""
+        ...
+
 
 class NoteAuthority:
     """`BlockAuthority` for note and receipt chains (and any chain without the note program)."""
@@ -94,8 +125,9 @@ class NoteAuthority:
         self._program = program or note_program()
         self._reader = NoteReader(engine, self._program)
         self._refunds = refunds
-        self._refund_selector = self._program.call("refund", 0, bytes(20), 0)[:4]
-        self._replace_selector = self._program.call("replaceWitness", 0, bytes(20))[:4]
+        self._refund_selector = self._program.selector("refund")
+        self._replace_selector = self._program.selector("replaceWitness")
+        self._user_selectors = frozenset(self._program.selector(name) for name in USER_ACTIONS)
 
     def _is_note_chain(self, pre: State, height: int) -> bool:
         # A genesis block runs `initialize`, signed by the CBDC: no system transaction has a place there.
@@ -109,6 +141,20 @@ class NoteAuthority:
             raise AuthorityError(f"the certified roles name {len(witnesses)} witnesses, the program holds {len(held)}")
         return tuple(role_change_transactions_on(chain, held, witnesses))
 
+    def admit(self, pre: State, height: int, tx: Transaction) -> None:
+        if not self._is_note_chain(pre, height):
+            return
+        if tx.is_system:
+            raise AuthorityError("system transactions are the protocol's own: nobody submits one")
+        if tx.to != PROGRAM:
+            raise AuthorityError(f"a transaction to 0x{tx.to.hex()}: a note chain runs only its program")
+        if tx.data[:4] not in self._user_selectors:
+            raise AuthorityError(
+                f"selector 0x{tx.data[:4].hex()} is none of the note program's {', '.join(USER_ACTIONS)}"
+            )
+        if tx.gas_limit > GAS_LIMIT:
+            raise AuthorityError(f"gas limit {tx.gas_limit} is above the note chain's {GAS_LIMIT}")
+
     def check(self, pre: State, block: Block, witnesses: Sequence[bytes]) -> None:
         chain = block.header.chain_id
         system = _system_prefix(block.transactions)
@@ -116,6 +162,11 @@ class NoteAuthority:
             if system:
                 raise AuthorityError("this chain accepts no system transaction")
             return
+        users = block.transactions[len(system) :]
+        if len(users) > MAX_BLOCK_TRANSACTIONS:
+            raise AuthorityError(f"{len(users)} user transactions, above the {MAX_BLOCK_TRANSACTIONS} a block may hold")
+        for tx in users:
+            self.admit(pre, block.header.height, tx)
         replacements = [tx for tx in system if tx.to == PROGRAM and tx.data[:4] == self._replace_selector]
         refunds = [tx for tx in system if tx.to == PROGRAM and tx.data[:4] == self._refund_selector]
         if len(replacements) + len(refunds) != len(system) or system[: len(replacements)] != tuple(replacements):

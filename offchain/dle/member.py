@@ -42,7 +42,13 @@ from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
 from offchain.dle.auth import MemberAccess, as_caller
-from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
+from offchain.dle.authority import (
+    MAX_BLOCK_TRANSACTIONS,
+    MAX_SUBMIT_TRANSACTIONS,
+    AuthorityError,
+    BlockAuthority,
+    NoteAuthority,
+)
 from offchain.dle.digests import Domains
 from offchain.dle.messages import (
     EQUIVOCATION,
@@ -492,6 +498,9 @@ class MemberNode:
             raise RemoteError("not-creator", f"0x{roles.creator.hex()}")
         if not submit.transactions:
             raise RemoteError("bad-request", "no transactions")
+        if len(submit.transactions) > MAX_SUBMIT_TRANSACTIONS:
+            raise RemoteError("bad-request", f"at most {MAX_SUBMIT_TRANSACTIONS} transactions per submission")
+        head = self.store.head(submit.chain)
         for tx in submit.transactions:
             # Refused here, one submitter at a time, so nobody's bad transaction costs the batch it joins.
             if tx.is_system:
@@ -500,6 +509,10 @@ class MemberNode:
                 raise RemoteError("invalid-transaction", "a transaction signed for another chain")
             if tx.sender_or_none() is None:
                 raise RemoteError("invalid-transaction", "a transaction whose signature recovers no sender")
+            try:
+                self._authority.admit(head.state, head.block.header.height + 1, tx)
+            except AuthorityError as error:
+                raise RemoteError("unauthorised", str(error)) from error
         work = self._work.setdefault(submit.chain, _ChainWork())
         job = _Job(submit.transactions, asyncio.get_running_loop().create_future())
         work.queue.append(job)
@@ -520,7 +533,14 @@ class MemberNode:
         while work.queue:
             if self.timeouts.batch_window:
                 await asyncio.sleep(self.timeouts.batch_window)
-            jobs, work.queue = work.queue[: self.timeouts.max_batch], work.queue[self.timeouts.max_batch :]
+            # At most max_batch submissions, and never more transactions than a block may hold.
+            take, count = 0, 0
+            while take < min(self.timeouts.max_batch, len(work.queue)):
+                count += len(work.queue[take].transactions)
+                if take and count > MAX_BLOCK_TRANSACTIONS:
+                    break
+                take += 1
+            jobs, work.queue = work.queue[:take], work.queue[take:]
             work.wake.clear()
             await self._produce(chain, jobs)
 

@@ -96,6 +96,10 @@ class Program:
                 return f"{name}({','.join(inputs)})", inputs, [_abi_type(o) for o in item["outputs"]]
         raise KeyError(f"the program has no function {name!r}")
 
+    def selector(self, name: str) -> bytes:
+        """The 4-byte selector of function `name`."""
+        return keccak(self._function(name)[0].encode())[:4]
+
     def call(self, name: str, *args: Any) -> bytes:
         """Calldata of `name(args)`."""
         signature, inputs, _ = self._function(name)
@@ -287,10 +291,11 @@ class NoteSigner:
         return sign(secret, keccak(b"\x19\x01" + self.terms.domain_separator() + struct_hash))
 
     def _tx(self, secret: bytes, data: bytes, nonce: int, tx_nonce: int | None) -> Transaction:
-        # The action's signer sends it: the DLE transaction is signed with the same key. Its DLE nonce
-        # is `tx_nonce`, by default the action's own nonce — the two move together while every one of
-        # the signer's transactions on the chain is a successful note action (reverting transactions
-        # never stay in a block a creator builds); a wallet that reads the head passes both.
+        # The action's signer sends it (the program refuses any other sender: `NotSigner`): the DLE
+        # transaction is signed with the same key. Its DLE nonce is `tx_nonce`, by default the action's
+        # own nonce — the two move together while every one of the signer's transactions on the chain
+        # is a successful note action (reverting transactions never stay in a block). The CBDC's
+        # `initialize` moves only its DLE nonce, so a wallet reads both from the head and passes both.
         return Transaction.signed(
             secret, self.terms.chain, nonce if tx_nonce is None else tx_nonce, PROGRAM, data, GAS_LIMIT
         )

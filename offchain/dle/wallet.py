@@ -141,12 +141,19 @@ class NoteChain:
         self.terms = terms
         return terms
 
-    async def _prepare(self, secret: bytes) -> tuple[NoteSigner, int, int]:
-        """The signer, the key's next nonce on this chain, and an expiry."""
+    async def _prepare(self, secret: bytes) -> tuple[NoteSigner, int, int, int]:
+        """The signer, the key's next message nonce and next DLE transaction nonce on this chain (read
+        apart: the CBDC's `initialize` moved its DLE nonce, not its message nonce), and an expiry."""
         terms = await self.signing_terms()
         _, state = await self.head()
-        nonce = self.reader.nonce(state, self.chain, address_of_secret(secret))
-        return NoteSigner(terms, self.program), nonce, int(self.clock()) + self.expiry
+        address = address_of_secret(secret)
+        nonce = self.reader.nonce(state, self.chain, address)
+        return (
+            NoteSigner(terms, self.program),
+            nonce,
+            NoteReader.tx_nonce(state, address),
+            int(self.clock()) + self.expiry,
+        )
 
     async def _submit(self, tx: Transaction) -> Outcome:
         try:
@@ -160,39 +167,47 @@ class NoteChain:
     # -- actions --------------------------------------------------------------------------------------
 
     async def transfer(self, secret: bytes, to: bytes, amount: int) -> Outcome:
-        signer, nonce, expiry = await self._prepare(secret)
-        return await self._submit(signer.transfer(secret, address_of_secret(secret), to, amount, nonce, expiry))
+        signer, nonce, tx_nonce, expiry = await self._prepare(secret)
+        return await self._submit(
+            signer.transfer(secret, address_of_secret(secret), to, amount, nonce, expiry, tx_nonce=tx_nonce)
+        )
 
     async def authorize(self, secret: bytes, payee: bytes, limit: int) -> tuple[int, Outcome]:
         """Authorize `payee` to deduct up to `limit`; returns the authorization id (the nonce it was
         signed with) and the outcome."""
-        signer, nonce, expiry = await self._prepare(secret)
+        signer, nonce, tx_nonce, expiry = await self._prepare(secret)
         holder = address_of_secret(secret)
-        outcome = await self._submit(signer.authorize(secret, holder, payee, limit, nonce, expiry))
+        outcome = await self._submit(signer.authorize(secret, holder, payee, limit, nonce, expiry, tx_nonce=tx_nonce))
         return nonce, outcome
 
     async def revoke(self, secret: bytes, authorization: int) -> Outcome:
         """Revoke the holder's (`secret`'s) authorization `authorization`: nothing more can be drawn on it."""
-        signer, nonce, expiry = await self._prepare(secret)
-        return await self._submit(signer.revoke(secret, address_of_secret(secret), authorization, nonce, expiry))
+        signer, nonce, tx_nonce, expiry = await self._prepare(secret)
+        return await self._submit(
+            signer.revoke(secret, address_of_secret(secret), authorization, nonce, expiry, tx_nonce=tx_nonce)
+        )
 
     async def deduct(self, secret: bytes, holder: bytes, authorization: int, amount: int) -> Outcome:
         """As the payee (`secret`), deduct `amount` from `holder` under `authorization`."""
-        signer, nonce, expiry = await self._prepare(secret)
+        signer, nonce, tx_nonce, expiry = await self._prepare(secret)
         payee = address_of_secret(secret)
-        return await self._submit(signer.deduct(secret, payee, holder, authorization, amount, nonce, expiry))
+        return await self._submit(
+            signer.deduct(secret, payee, holder, authorization, amount, nonce, expiry, tx_nonce=tx_nonce)
+        )
 
     async def deduct_to(self, secret: bytes, holder: bytes, authorization: int, to: bytes, amount: int) -> Outcome:
         """As the payee (`secret`), deduct `amount` from `holder` under `authorization`, paid to `to`."""
-        signer, nonce, expiry = await self._prepare(secret)
+        signer, nonce, tx_nonce, expiry = await self._prepare(secret)
         payee = address_of_secret(secret)
-        return await self._submit(signer.deduct_to(secret, payee, holder, authorization, to, amount, nonce, expiry))
+        return await self._submit(
+            signer.deduct_to(secret, payee, holder, authorization, to, amount, nonce, expiry, tx_nonce=tx_nonce)
+        )
 
     async def exit(self, secret: bytes, amount: int, receiver: bytes) -> ExitResult:
         """Burn `amount` of the holder's balance on the chain; the result is ready for CoNETCash.exit."""
-        signer, nonce, expiry = await self._prepare(secret)
+        signer, nonce, tx_nonce, expiry = await self._prepare(secret)
         holder = address_of_secret(secret)
-        outcome = await self._submit(signer.exit(secret, holder, receiver, amount, nonce, expiry))
+        outcome = await self._submit(signer.exit(secret, holder, receiver, amount, nonce, expiry, tx_nonce=tx_nonce))
         certificates = [c for r in outcome.receipts for c in ExitCertificate.from_logs(r.logs, self.program)]
         if len(certificates) != 1:
             raise WalletError(f"note {self.note}: the exit yielded {len(certificates)} certificates, not 1")
