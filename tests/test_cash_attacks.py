@@ -366,7 +366,14 @@ def test_the_stablecoin_hook_does_re_enter_outside_a_guarded_call(
 @pytest.fixture
 def live(
     draws: Draws,
-    chain: Any, cash: Any, dle: Any, registry: Any, archive_nodes: list[Any], stablecoin: Any, alice: Any, cbdc: Any
+    chain: Any,
+    cash: Any,
+    dle: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    stablecoin: Any,
+    alice: Any,
+    cbdc: Any,
 ) -> int:
     """A registered live note of 50 units of Alice's."""
     note = issue(draws, cash, stablecoin, alice, cbdc, 50 * USDC)
@@ -756,7 +763,9 @@ def test_an_order_is_cancelled_only_by_its_buyer_and_only_after_the_timeout(
         cash.cancel(order, sender=alice)
 
 
-def test_a_filled_order_cannot_be_cancelled(draws: Draws, chain: Any, cash: Any, stablecoin: Any, alice: Any, cbdc: Any) -> None:
+def test_a_filled_order_cannot_be_cancelled(
+    draws: Draws, chain: Any, cash: Any, stablecoin: Any, alice: Any, cbdc: Any
+) -> None:
     note = issue(draws, cash, stablecoin, alice, cbdc, 10 * USDC)
     chain.pending_timestamp += ORDER_TIMEOUT
     with reverts_with(cash.OrderNotOpen, id=note):

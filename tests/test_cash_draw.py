@@ -108,7 +108,9 @@ def before(cash: Any, token: Any, stablecoin: Any, order: int, alice: Any, cbdc:
     return _world(cash, token, stablecoin, order, [alice, cbdc, rival])
 
 
-def _unchanged(cash: Any, token: Any, stablecoin: Any, order: int, accounts: list[Any], before: tuple[Any, ...]) -> None:
+def _unchanged(
+    cash: Any, token: Any, stablecoin: Any, order: int, accounts: list[Any], before: tuple[Any, ...]
+) -> None:
     assert _world(cash, token, stablecoin, order, accounts) == before
     assert int(cash.noteOf(order).status) == 1  # still an open order, still the buyer's
     assert cash.noteOf(order).party == accounts[0].address

@@ -393,7 +393,9 @@ class Economy:
         burned = burn_for(note.face, m.burn_bps, m.prices[note.coin], m.prices["conet"], self.decimals[note.coin])
         # The order's group certifies the draw of `cbdc` (the roulette is the DLE's; here the test picks).
         draw = (note_id, cbdc.address, note_id.to_bytes(32, "big"), note_id % GROUPS)
-        signatures = group_signatures(self.members[note_id % GROUPS], cbdc_draw_digest(self.backend.chain_id, self.cash, draw))
+        signatures = group_signatures(
+            self.members[note_id % GROUPS], cbdc_draw_digest(self.backend.chain_id, self.cash, draw)
+        )
         self.backend.send(cbdc, self.cash, FILL, draw, EPOCH, signatures)
         self.move(cbdc.address, "conet", -burned)
         m.supply -= burned
