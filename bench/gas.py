@@ -225,9 +225,9 @@ def _measure_economy(
     staking: Contract,
     registry: Contract,
 ) -> None:
-    """CoNETCash, the DLE registry and governance: buy, fill (and its baseline), exits signed by 10, 5
-    and 2 archive nodes, claim, cancel, pool and re-fund, equivocation, a certified fault, propose, vote,
-    queue, execute."""
+    """CoNETCash, the DLE registry and governance: buy, fill on draw certificates of 10 and 2 archive
+    nodes (and its baseline), exits signed by 10, 5 and 2 archive nodes, claim, cancel, pool and re-fund,
+    equivocation, a certified fault, propose, vote, queue, execute."""
     admin, treasury, holder = accounts[ADMIN], accounts[TREASURY], accounts[HOLDER]
     cbdc, reporter = accounts[SPENDER], accounts[REPORTER]
     params = run.deploy("ParameterStore", admin, admin, ORDER_TIMEOUT)
