@@ -7,6 +7,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {CertifiedExits} from "./CertifiedExits.sol";
 import {DleRegistry} from "./DleRegistry.sol";
+import {NodeRegistry} from "./NodeRegistry.sol";
 import {ParameterKeys, ParameterStore} from "./governance/ParameterStore.sol";
 import {ICoNETToken} from "./interfaces/ICoNETToken.sol";
 import {IPriceOracle} from "./interfaces/IPriceOracle.sol";
@@ -103,6 +104,7 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
     IPriceOracle private immutable _oracle;
     IStaking private immutable _staking;
     ParameterStore private immutable _params;
+    NodeRegistry private immutable _nodes; // the registry's own: where the group count is read
 
     uint256 private _nextId = 1;
     mapping(uint256 id => Note) private _notes;
@@ -127,6 +129,10 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
     error OrderNotOpen(uint256 id);
     /// @notice `caller` is not a CBDC with the minimum stake.
     error NotStakedCbdc(address caller);
+    /// @notice The archive group drew `drawn`, not `caller`, to fill order `id`.
+    error NotDrawnCbdc(uint256 id, address drawn, address caller);
+    /// @notice The draw for order `id` names group `given`; the order's chain is kept by group `expected`.
+    error WrongDrawGroup(uint256 id, uint256 given, uint256 expected);
     /// @notice Only the buyer may cancel order `id`.
     error NotBuyer(uint256 id, address caller);
     /// @notice Order `id` may be cancelled from `deadline` on.
@@ -188,6 +194,7 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
         _oracle = oracle_;
         _staking = staking_;
         _params = params_;
+        _nodes = registry_.nodeRegistry();
     }
 
     // ---------------------------------------------------------------- buyers
@@ -249,14 +256,34 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
 
     // ---------------------------------------------------------------- CBDCs
 
-    /// @notice Fills order `id` as its CBDC: burns the caller's CoNET worth CBDC_BURN_BPS of the note at
-    /// the oracle price (rounded up; needs an allowance) and mints the note to the buyer.
-    /// @param selection The Selection Chain record of the roulette draw that picked the caller, so
-    /// anyone can re-run the draw and check it.
-    function fill(uint256 id, bytes32 selection) external nonReentrant returns (uint256 burned) {
+    /// @notice Fills order `draw.id` as the CBDC its archive group drew: burns the caller's CoNET worth
+    /// CBDC_BURN_BPS of the note at the oracle price (rounded up; needs an allowance) and mints the note
+    /// to the buyer.
+    /// @param draw The draw: the order, the CBDC drawn (must be the caller), the Selection Chain record
+    /// of the roulette draw (recorded in `NoteMinted`, so anyone can re-run it) and the group that drew.
+    /// @param epoch The epoch of `draw.group` that certified the draw.
+    /// @param signatures Every member of that epoch over `cbdcDrawDigest(draw)`, sorted by signer.
+    function fill(CbdcDraw calldata draw, uint256 epoch, bytes calldata signatures)
+        external
+        nonReentrant
+        returns (uint256 burned)
+    {
+        uint256 id = draw.id;
         Note memory note = _notes[id];
         if (note.status != Status.Ordered) revert OrderNotOpen(id);
+        if (draw.cbdc != msg.sender) revert NotDrawnCbdc(id, draw.cbdc, msg.sender);
         if (!_staking.meetsMinimum(msg.sender, Role.CBDC)) revert NotStakedCbdc(msg.sender);
+        uint256 group = _groupFor(id);
+        if (draw.group != group) revert WrongDrawGroup(id, draw.group, group);
+        // Only the group that keeps the note's chain drew its CBDC; all of its epoch's members sign.
+        _dleRegistry().verifyGroupCertificate(group, _cbdcDrawDigest(draw), epoch, signatures);
+        burned = _issue(id, note, draw.selection);
+    }
+
+    /// @dev Order `id` (`note`, still ordered) becomes the caller's note: burns its CoNET, then mints
+    /// the NFT to the buyer, effects first. A function of its own: with `fill`'s certificate arguments on
+    /// the stack, these locals would not fit it.
+    function _issue(uint256 id, Note memory note, bytes32 selection) private returns (uint256 burned) {
         Coin storage coin = _coins[note.coin - 1];
         address stablecoin = coin.token;
         // Bounded by 10,000 in the parameter store: the casts cannot truncate.
@@ -390,8 +417,9 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
     /// @notice The EIP-712 digest an archive group signs to certify the CBDC drawn for an order
     /// (docs/protocols.md "CoNETCash fill").
     function cbdcDrawDigest(CbdcDraw calldata draw) external view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(_CBDC_DRAW_TYPEHASH, draw)));
+        return _cbdcDrawDigest(draw);
     }
+
 
     /// @notice The CoNET a CBDC burns to fill an order of `amount` `stablecoin` at today's prices.
     function burnFor(address stablecoin, uint256 amount) external view returns (uint256) {
@@ -417,6 +445,16 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
         _coins.push(Coin(stablecoin, 0));
         coin = uint16(_coins.length);
         _coinIds[stablecoin] = coin;
+    }
+
+    function _cbdcDrawDigest(CbdcDraw calldata draw) private view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(_CBDC_DRAW_TYPEHASH, draw)));
+    }
+
+    /// @dev The group that keeps asset `id`'s chain: same rule as DleRegistry.groupFor (id modulo the
+    /// node registry's group count, which never shrinks).
+    function _groupFor(uint256 id) private view returns (uint256) {
+        return id % _nodes.groupCount();
     }
 
     function _pullExactly(IERC20 stablecoin, uint256 amount) private {

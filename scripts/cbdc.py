@@ -1,7 +1,10 @@
 """Run a CBDC: `ape run cbdc [--account NAME] [--once] [--interval SECONDS]`.
 
-Stakes the CBDC minimum, registers the CBDC node NFT, lets CoNETCash burn its CoNET, then fills open
-orders as they come. On a local chain the contracts are deployed if missing, the second test account
+Stakes the CBDC minimum, registers the CBDC node NFT, lets CoNETCash burn its CoNET, then watches the
+open orders. CoNETCash takes a fill only from the CBDC an order's archive group drew, on the group's
+certificate; this script has no archive-node client, so it reports each open order as waiting for its
+draw and fills none (the devnet's CBDC process, `offchain/dle/service.py`, asks the host archive node
+for its draws and fills). On a local chain the contracts are deployed if missing, the second test account
 serves unless --account says otherwise, and it is funded with CoNET from the treasury when short.
 """
 
@@ -20,7 +23,7 @@ configure_environment()
 LOCAL_BURN_BUDGET = 1_000_000 * CONET
 
 
-@click.command(cls=ConnectedProviderCommand, short_help="Stake as a CBDC and fill CoNETCash orders")
+@click.command(cls=ConnectedProviderCommand, short_help="Stake as a CBDC and watch CoNETCash orders")
 @account_option(prompt=False)
 @click.option("--once", is_flag=True, help="One pass over the open orders, then exit.")
 @click.option("--interval", default=2.0, show_default=True, help="Seconds between passes.")

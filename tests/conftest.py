@@ -186,6 +186,54 @@ def cbdc(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any, cas
     return account
 
 
+DRAW_SELECTION = b"\x5e" * 32
+"""The Selection Chain record hash the test draws name (the contract records it, it checks the signatures)."""
+
+Draw = tuple[int, str, bytes, int]
+"""CoNETCash.CbdcDraw as ape takes it: (id, cbdc, selection, group)."""
+
+
+class Draws:
+    """Certified CBDC draws for `CoNETCash.fill`, signed by the `archive_nodes` fixture's nodes as
+    `ArchiveNode.draw_cbdc` signs them: every member of the current epoch of the order's group (order id
+    modulo the group count) over `cbdcDrawDigest`. Each keyword overrides one part, to forge."""
+
+    def __init__(self, dle: Any, registry: Any, nodes: Sequence[Any]) -> None:
+        self.dle, self.registry, self.nodes = dle, registry, list(nodes)
+
+    def group_for(self, order: int) -> int:
+        return order % int(self.registry.groupCount())
+
+    def certify(
+        self,
+        cash: Any,
+        order: int,
+        cbdc: Any,
+        *,
+        selection: bytes = DRAW_SELECTION,
+        group: int | None = None,
+        epoch: int | None = None,
+        signers: Sequence[Any] | None = None,
+    ) -> tuple[Draw, int, bytes]:
+        """(draw, epoch, signatures): what `fill` takes, by default certified by the order's group."""
+        group = self.group_for(order) if group is None else group
+        epoch = int(self.dle.currentEpoch(group)) if epoch is None else epoch
+        draw: Draw = (order, _abi_value(cbdc), selection, group)
+        signers = group_of(self.registry, self.nodes, group) if signers is None else signers
+        return draw, epoch, group_signatures(signers, bytes(cash.cbdcDrawDigest(draw)))
+
+    def fill(self, cash: Any, order: int, cbdc: Any, **overrides: Any) -> Any:
+        """`cbdc` fills `order` with a draw of it certified by the order's group (see `certify`)."""
+        draw, epoch, signatures = self.certify(cash, order, cbdc, **overrides)
+        return cash.fill(draw, epoch, signatures, sender=cbdc)
+
+
+@pytest.fixture(scope="module")
+def draws(dle: Any, registry: Any, archive_nodes: list[Any]) -> Draws:
+    """Certified CBDC draws by the archive groups of `archive_nodes` (their epochs must be open)."""
+    return Draws(dle, registry, archive_nodes)
+
+
 def set_prices(oracle: Any, admin: Any, token: Any, *stablecoins: Any) -> None:
     """CoNET at $0.05, each stablecoin at $1.00."""
     oracle.setPrice(token, CONET_PRICE, sender=admin)
@@ -283,6 +331,15 @@ def exit_digest(chain_id: int, cash: Any, certificate: Sequence[Any]) -> bytes:
     """CoNETCash.exitDigest(certificate) for the CoNETCash at `cash` on chain `chain_id`."""
     message = {field: _abi_value(value) for (field, _), value in zip(EXIT_FIELDS, certificate, strict=True)}
     return eip712_digest("CoNETCash", chain_id, _abi_value(cash), "ExitCertificate", EXIT_FIELDS, message)
+
+
+CBDC_DRAW_FIELDS = [("id", "uint256"), ("cbdc", "address"), ("selection", "bytes32"), ("group", "uint256")]
+
+
+def cbdc_draw_digest(chain_id: int, cash: Any, draw: Sequence[Any]) -> bytes:
+    """CoNETCash.cbdcDrawDigest(draw) for the CoNETCash at `cash` on chain `chain_id`."""
+    message = {field: _abi_value(value) for (field, _), value in zip(CBDC_DRAW_FIELDS, draw, strict=True)}
+    return eip712_digest("CoNETCash", chain_id, _abi_value(cash), "CbdcDraw", CBDC_DRAW_FIELDS, message)
 
 
 def genesis_digest(chain_id: int, dle: Any, asset: Any, asset_id: int, genesis: bytes, group: int) -> bytes:

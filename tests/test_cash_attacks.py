@@ -15,6 +15,7 @@ from conftest import (
     EPOCH_GRACE,
     MIN_STAKE,
     ORDER_TIMEOUT,
+    Draws,
     dle_chain_id,
     exit_digest,
     group_of,
@@ -33,7 +34,6 @@ USDC = 10**6
 CAP = 100 * USDC
 MAX_UINT = 2**256 - 1
 GUARD = keccak(text="ReentrancyGuardReentrantCall()")[:4]
-SELECTION = b"\x5e" * 32
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,7 @@ class Hooked:
 
 @pytest.fixture(scope="module")
 def hooked(
+    draws: Draws,
     project: Any,
     chain: Any,
     admin: Any,
@@ -97,7 +98,7 @@ def hooked(
     coin.mint(alice, 10_000 * USDC, sender=admin)
     coin.approve(cash, MAX_UINT, sender=alice)
     order = _order_id(cash.buy(coin, 5 * USDC, sender=alice))
-    note = issue(cash, coin, alice, cbdc, 50 * USDC)
+    note = issue(draws, cash, coin, alice, cbdc, 50 * USDC)
     register(dle, cash, registry, archive_nodes, note)
     certificate, signatures = exit_of(chain, cash, registry, archive_nodes, note, alice, 10 * USDC, 0)
     cash.exit(certificate, 1, signatures, sender=alice)
@@ -131,10 +132,10 @@ def _order_id(receipt: Any) -> int:
     raise AssertionError("no OrderPlaced event")
 
 
-def issue(cash: Any, coin: Any, buyer: Any, cbdc: Any, amount: int) -> int:
-    """A live note of `amount` bought by `buyer` and filled by `cbdc`."""
+def issue(draws: Draws, cash: Any, coin: Any, buyer: Any, cbdc: Any, amount: int) -> int:
+    """A live note of `amount` bought by `buyer` and filled by `cbdc`, drawn for it."""
     note = _order_id(cash.buy(coin, amount, sender=buyer))
-    cash.fill(note, SELECTION, sender=cbdc)
+    draws.fill(cash, note, cbdc)
     return note
 
 
@@ -173,6 +174,7 @@ def exit_of(
 
 
 def _reentry(
+    draws: Draws,
     cash: Any,
     dle: Any,
     chain: Any,
@@ -206,7 +208,7 @@ def _reentry(
 
         return data, after
     if target == "exit":
-        note = issue(cash, stablecoin, alice, cbdc, 20 * USDC)
+        note = issue(draws, cash, stablecoin, alice, cbdc, 20 * USDC)
         register(dle, cash, registry, archive_nodes, note)
         certificate, signatures = exit_of(chain, cash, registry, archive_nodes, note, alice, 5 * USDC, 0)
         data = cash.exit.encode_input(certificate, 1, signatures)
@@ -224,7 +226,9 @@ def _reentry(
                 receiver.call(data, sender=alice)
 
         return data, after
-    data = cash.fill.encode_input(_order_id(cash.buy(stablecoin, 2 * USDC, sender=alice)), SELECTION)
+    # A draw of the receiver itself, certified: the guard, not the draw, is what stops it re-entering.
+    order = _order_id(cash.buy(stablecoin, 2 * USDC, sender=alice))
+    data = cash.fill.encode_input(*draws.certify(cash, order, receiver))
 
     def after() -> None:
         with reverts_with(cash.NotStakedCbdc, caller=receiver):
@@ -245,12 +249,13 @@ def test_a_receiver_re_entering_when_its_order_is_filled_is_refused(
     alice: Any,
     cbdc: Any,
     target: str,
+    draws: Draws,
 ) -> None:
-    data, after = _reentry(cash, dle, chain, registry, archive_nodes, target, receiver, alice, cbdc, stablecoin)
+    data, after = _reentry(draws, cash, dle, chain, registry, archive_nodes, target, receiver, alice, cbdc, stablecoin)
     order = _order_id(receiver.call(cash.buy.encode_input(stablecoin, 10 * USDC), sender=alice))
     receiver.setReentry(data, sender=alice)
 
-    cash.fill(order, SELECTION, sender=cbdc)
+    draws.fill(cash, order, cbdc)
 
     assert cash.ownerOf(order) == receiver.address  # the fill itself went through
     assert receiver.reentered() is False
@@ -260,6 +265,7 @@ def test_a_receiver_re_entering_when_its_order_is_filled_is_refused(
 
 
 def test_a_receiver_re_entering_when_a_pooled_note_is_refunded_to_it_is_refused(
+    draws: Draws,
     chain: Any,
     cash: Any,
     dle: Any,
@@ -270,7 +276,7 @@ def test_a_receiver_re_entering_when_a_pooled_note_is_refunded_to_it_is_refused(
     alice: Any,
     cbdc: Any,
 ) -> None:
-    note = issue(cash, stablecoin, alice, cbdc, 10 * USDC)
+    note = issue(draws, cash, stablecoin, alice, cbdc, 10 * USDC)
     register(dle, cash, registry, archive_nodes, note)
     certificate, signatures = exit_of(chain, cash, registry, archive_nodes, note, alice, 10 * USDC, 0)
     cash.exit(certificate, 1, signatures, sender=alice)
@@ -359,10 +365,18 @@ def test_the_stablecoin_hook_does_re_enter_outside_a_guarded_call(
 
 @pytest.fixture
 def live(
-    chain: Any, cash: Any, dle: Any, registry: Any, archive_nodes: list[Any], stablecoin: Any, alice: Any, cbdc: Any
+    draws: Draws,
+    chain: Any,
+    cash: Any,
+    dle: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    stablecoin: Any,
+    alice: Any,
+    cbdc: Any,
 ) -> int:
     """A registered live note of 50 units of Alice's."""
-    note = issue(cash, stablecoin, alice, cbdc, 50 * USDC)
+    note = issue(draws, cash, stablecoin, alice, cbdc, 50 * USDC)
     register(dle, cash, registry, archive_nodes, note)
     return note
 
@@ -397,6 +411,7 @@ def test_a_certificate_signed_for_another_chain_id_is_refused(
 
 
 def test_a_certificate_for_another_cash_contract_is_refused(
+    draws: Draws,
     project: Any,
     chain: Any,
     admin: Any,
@@ -419,7 +434,7 @@ def test_a_certificate_for_another_cash_contract_is_refused(
     token.approve(other, MAX_UINT, sender=cbdc)
     while other.nextId() < live:  # orders, until the other contract's next note has the same id
         other.buy(stablecoin, 1, sender=alice)
-    twin = issue(other, stablecoin, alice, cbdc, 50 * USDC)
+    twin = issue(draws, other, stablecoin, alice, cbdc, 50 * USDC)
     assert twin == live  # the same note id in both contracts
     register(dle, other, registry, archive_nodes, twin)
     group = live % 2
@@ -508,6 +523,7 @@ def test_an_unrecoverable_signature_is_refused(
 
 
 def test_a_certificate_naming_another_notes_chain_is_refused(
+    draws: Draws,
     chain: Any,
     cash: Any,
     registry: Any,
@@ -517,7 +533,7 @@ def test_a_certificate_naming_another_notes_chain_is_refused(
     alice: Any,
     cbdc: Any,
 ) -> None:
-    other = issue(cash, stablecoin, alice, cbdc, 10 * USDC)
+    other = issue(draws, cash, stablecoin, alice, cbdc, 10 * USDC)
     certificate, _ = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 0)
     forged = (live, cash.chainOf(other), *certificate[2:])
     signatures = group_signatures(members_of(registry, archive_nodes, live), cash.exitDigest(forged))
@@ -545,6 +561,7 @@ def test_an_exit_above_what_is_left_after_an_earlier_exit_is_refused(
 
 
 def test_an_exit_of_an_unregistered_chain_is_refused(
+    draws: Draws,
     chain: Any,
     cash: Any,
     dle: Any,
@@ -554,7 +571,7 @@ def test_an_exit_of_an_unregistered_chain_is_refused(
     alice: Any,
     cbdc: Any,
 ) -> None:
-    note = issue(cash, stablecoin, alice, cbdc, 10 * USDC)
+    note = issue(draws, cash, stablecoin, alice, cbdc, 10 * USDC)
     certificate, signatures = exit_of(chain, cash, registry, archive_nodes, note, alice, 5 * USDC, 0)
     with reverts_with(dle.ChainNotRegistered, chain=cash.chainOf(note)):
         cash.exit(certificate, 1, signatures, sender=alice)
@@ -649,21 +666,22 @@ def test_an_ended_epoch_signs_until_its_grace_runs_out(
 
 
 def test_only_a_staked_cbdc_fills(
-    cash: Any, token: Any, staking: Any, stablecoin: Any, alice: Any, bob: Any, cbdc: Any
+    draws: Draws, cash: Any, token: Any, staking: Any, stablecoin: Any, alice: Any, bob: Any, cbdc: Any
 ) -> None:
     order = _order_id(cash.buy(stablecoin, 10 * USDC, sender=alice))
     token.approve(cash, MAX_UINT, sender=bob)
+    # Even drawn and certified by the whole group, an unstaked CBDC does not fill.
     with reverts_with(cash.NotStakedCbdc, caller=bob):
-        cash.fill(order, SELECTION, sender=bob)
+        draws.fill(cash, order, bob)
     # Staked below the minimum is not staked; neither is a CBDC whose stake is unbonding.
     stake(staking, token, bob, Role.CBDC, MIN_STAKE[Role.CBDC] - 1)
     with reverts_with(cash.NotStakedCbdc, caller=bob):
-        cash.fill(order, SELECTION, sender=bob)
+        draws.fill(cash, order, bob)
     staking.requestUnstake(int(Role.CBDC), 1, sender=cbdc)
     with reverts_with(cash.NotStakedCbdc, caller=cbdc):
-        cash.fill(order, SELECTION, sender=cbdc)
+        draws.fill(cash, order, cbdc)
     stake(staking, token, bob, Role.CBDC, 1)
-    cash.fill(order, SELECTION, sender=bob)
+    draws.fill(cash, order, bob)
     assert cash.noteOf(order).party == bob.address
 
 
@@ -677,6 +695,7 @@ def test_a_fill_at_a_stale_price_is_refused_by_the_oracle(
     stablecoin: Any,
     alice: Any,
     cbdc: Any,
+    draws: Draws,
     stale: str,
 ) -> None:
     order = _order_id(cash.buy(stablecoin, 10 * USDC, sender=alice))
@@ -689,14 +708,16 @@ def test_a_fill_at_a_stale_price_is_refused_by_the_oracle(
         oracle.setPrice(stablecoin, DOLLAR, sender=admin)
     updated = oracle.latestRoundData(old)[3]
     with reverts_with(oracle.StalePrice, asset=old, updatedAt=updated, maxAge=DAY):
-        cash.fill(order, SELECTION, sender=cbdc)
+        draws.fill(cash, order, cbdc)
 
 
-def test_a_fill_of_anything_but_an_open_order_is_refused(cash: Any, stablecoin: Any, alice: Any, cbdc: Any) -> None:
-    note = issue(cash, stablecoin, alice, cbdc, 10 * USDC)
+def test_a_fill_of_anything_but_an_open_order_is_refused(
+    draws: Draws, cash: Any, stablecoin: Any, alice: Any, cbdc: Any
+) -> None:
+    note = issue(draws, cash, stablecoin, alice, cbdc, 10 * USDC)
     for id_ in (note, cash.nextId(), 0):
         with reverts_with(cash.OrderNotOpen, id=id_):
-            cash.fill(id_, SELECTION, sender=cbdc)
+            draws.fill(cash, id_, cbdc)
 
 
 def test_buying_nothing_or_above_the_cap_is_refused(cash: Any, params: Any, stablecoin: Any, alice: Any) -> None:
@@ -742,8 +763,10 @@ def test_an_order_is_cancelled_only_by_its_buyer_and_only_after_the_timeout(
         cash.cancel(order, sender=alice)
 
 
-def test_a_filled_order_cannot_be_cancelled(chain: Any, cash: Any, stablecoin: Any, alice: Any, cbdc: Any) -> None:
-    note = issue(cash, stablecoin, alice, cbdc, 10 * USDC)
+def test_a_filled_order_cannot_be_cancelled(
+    draws: Draws, chain: Any, cash: Any, stablecoin: Any, alice: Any, cbdc: Any
+) -> None:
+    note = issue(draws, cash, stablecoin, alice, cbdc, 10 * USDC)
     chain.pending_timestamp += ORDER_TIMEOUT
     with reverts_with(cash.OrderNotOpen, id=note):
         cash.cancel(note, sender=alice)

@@ -37,6 +37,7 @@ from conftest import (
     DOLLAR,
     MIN_STAKE,
     ORDER_TIMEOUT,
+    cbdc_draw_digest,
     dle_chain_id,
     exit_digest,
     genesis_digest,
@@ -104,7 +105,7 @@ OWNER_OF = Fn("ownerOf", ("uint256",), ("address",))
 NEXT_ID = Fn("nextId", (), ("uint256",))
 IS_NONCE_USED = Fn("isExitNonceUsed", ("uint256", "uint256"), ("bool",))
 BUY = Fn("buy", ("address", "uint256"))
-FILL = Fn("fill", ("uint256", "bytes32"))
+FILL = Fn("fill", ("(uint256,address,bytes32,uint256)", "uint256", "bytes"))
 CANCEL = Fn("cancel", ("uint256",))
 CLAIM = Fn("claim", ("address",))
 EXIT = Fn("exit", ("(uint256,bytes32,uint256,address,address,uint256,uint256)", "uint256", "bytes"))
@@ -390,7 +391,12 @@ class Economy:
         m = self.model
         note = m.notes[note_id]
         burned = burn_for(note.face, m.burn_bps, m.prices[note.coin], m.prices["conet"], self.decimals[note.coin])
-        self.backend.send(cbdc, self.cash, FILL, note_id, note_id.to_bytes(32, "big"))
+        # The order's group certifies the draw of `cbdc` (the roulette is the DLE's; here the test picks).
+        draw = (note_id, cbdc.address, note_id.to_bytes(32, "big"), note_id % GROUPS)
+        signatures = group_signatures(
+            self.members[note_id % GROUPS], cbdc_draw_digest(self.backend.chain_id, self.cash, draw)
+        )
+        self.backend.send(cbdc, self.cash, FILL, draw, EPOCH, signatures)
         self.move(cbdc.address, "conet", -burned)
         m.supply -= burned
         note.status, note.party, note.burn_bps, note.fee_bps = LIVE, cbdc.address, m.burn_bps, m.exit_fee_bps

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import MIN_STAKE, set_prices
 
-from offchain.chain.cash import CashClient, CashError, Order, format_amount, parse_amount
+from offchain.chain.cash import CashClient, CashError, CertifiedDraw, Order, format_amount, parse_amount
 from offchain.chain.deployer import Role
 from offchain.devnet.anvil import AnvilNode, rpc, start_anvil
 from offchain.toolchain import project_root
@@ -62,13 +62,14 @@ def test_buy_fill_and_govern_through_the_scripts(anvil: AnvilNode, tmp_path: Pat
     assert "order    #1 of 25.5 waits for a CBDC" in out
     assert len(list(wallets.glob("buyer-*.json"))) == 1
 
-    # A CBDC stakes, registers and fills it.
+    # A CBDC stakes and registers; with no archive group to draw the order's CBDC it fills nothing (the
+    # contract takes a fill only on the group's certified draw): the order waits.
     out = ok(ape_run(anvil, tmp_path, "cbdc", "--once"))
     assert "staked   100,000 CONET as a CBDC" in out
     assert "registered CBDC node #1" in out
-    assert "filled   order 1: 25.5 of" in out and "burned 102.0000 CONET" in out
-    assert "filled 1 order(s)" in out
-    # A second pass finds nothing left and does not stake or register again.
+    assert "order 1: waits for its CBDC draw by the archive group" in out
+    assert "filled 0 order(s)" in out and "filled   order" not in out
+    # A second pass does not stake or register again.
     out = ok(ape_run(anvil, tmp_path, "cbdc", "--once"))
     assert "filled 0 order(s)" in out and "staked" not in out and "known as CBDC node #1" in out
 
@@ -78,8 +79,9 @@ def test_buy_fill_and_govern_through_the_scripts(anvil: AnvilNode, tmp_path: Pat
     proposal = out.split("proposed ", 1)[1].split()[0]
     assert "state     pending" in out
     assert "voting ends" in ok(ape_run(anvil, tmp_path, "governance", "wait", proposal))
-    # The treasury's votes: the genesis supply less what it gave the CBDC (and the CBDC burned).
-    assert f"voted    for on {proposal} with 498,799,898 votes" in ok(
+    # The treasury's votes: the genesis supply less what it gave the CBDC (which burned nothing: it
+    # filled no order).
+    assert f"voted    for on {proposal} with 498,800,000 votes" in ok(
         ape_run(anvil, tmp_path, "governance", "vote", proposal)
     )
     assert "state     succeeded" in ok(ape_run(anvil, tmp_path, "governance", "wait", proposal))
@@ -140,8 +142,9 @@ def test_not_a_staked_cbdc_is_refused_in_words(
     bought = client.buy(alice, stablecoin, 10**6)
     order = client.open_orders()[0]
     assert order == Order(bought.id, alice.address, stablecoin.address, 10**6, order.placed_at)
+    draw = CertifiedDraw(order.id, bob.address, b"\x5e" * 32, order.id % 2, 1, b"")
     with pytest.raises(CashError, match="not a staked CBDC"):
-        client.fill(bob, order)
+        client.fill(bob, order, draw)
     assert MIN_STAKE[Role.CBDC] > 0
 
 

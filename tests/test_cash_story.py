@@ -93,14 +93,22 @@ def test_list_buy_fill_exit_claim_pool_refund(
     assert cash.openOrderValue(stablecoin) == 100 * USDC
     assert stablecoin.balanceOf(cash) == 100 * USDC
 
-    # 3. The CBDC fills it, burning CoNET worth 20% of $100 at $0.05: 400 CoNET.
+    # 3. The note's archive group opens its epoch and draws the CBDC, which fills the order with that
+    # certified draw, burning CoNET worth 20% of $100 at $0.05: 400 CoNET.
+    group = note % registry.groupCount()
+    members = group_of(registry, archive_nodes, group)
+    assert len(members) == 2
+    dle.refreshGroup(group, sender=admin)
+    epoch = dle.currentEpoch(group)
     supply = token.totalSupply()
     balance = token.balanceOf(cbdc)
     expected_burn = 20 * DOLLAR * CONET // CONET_PRICE
     assert expected_burn == 400 * CONET
-    receipt = cash.fill(note, b"\x11" * 32, sender=cbdc)
+    draw = (note, cbdc.address, b"\x11" * 32, group)
+    receipt = cash.fill(draw, epoch, group_signatures(members, cash.cbdcDrawDigest(draw)), sender=cbdc)
     minted = receipt.events.filter(cash.NoteMinted)[0]
     assert minted.burned == expected_burn
+    assert bytes(minted.selection) == b"\x11" * 32  # the draw anyone can re-run
     assert token.totalSupply() == supply - expected_burn
     assert token.balanceOf(cbdc) == balance - expected_burn
     assert cash.ownerOf(note) == alice.address
@@ -114,12 +122,7 @@ def test_list_buy_fill_exit_claim_pool_refund(
     assert facts.stamp == receipt.block_number
     assert cash.backing(stablecoin) == 100 * USDC and cash.openOrderValue(stablecoin) == 0
 
-    # 4. The note's archive group opens its epoch and registers the note chain.
-    group = note % registry.groupCount()
-    members = group_of(registry, archive_nodes, group)
-    assert len(members) == 2
-    dle.refreshGroup(group, sender=admin)
-    epoch = dle.currentEpoch(group)
+    # 4. The note's archive group registers the note chain.
     genesis = b"\x22" * 32
     digest = dle.genesisDigest(cash, note, genesis, group)
     dle.registerChain(cash, note, genesis, group, epoch, group_signatures(members, digest), sender=admin)

@@ -131,7 +131,10 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         devnet.send(BUYER, "MockStablecoin", "mint", address_of(BUYER), 50 * USDC)
         devnet.send(BUYER, "MockStablecoin", "approve", book.address("CoNETCash"), 50 * USDC)
         devnet.send(BUYER, "CoNETCash", "buy", book.address("MockStablecoin"), 50 * USDC)
-        devnet.send(CBDC, "CoNETCash", "fill", NOTE, b"\x00" * 32)
+        # The CBDC fills on its draw's certificate by every member of the note's group (NOTE % 2).
+        draw = (NOTE, address_of(CBDC), b"\x00" * 32, GROUP)
+        signatures = sign(devnet.client.digests.cbdc_draw(*draw), devnet.group(GROUP))
+        devnet.send(CBDC, "CoNETCash", "fill", draw, 1, signatures)
         yield devnet
     finally:
         node.stop()

@@ -24,10 +24,12 @@ from offchain.chain import addressbook
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.deployer import CONET, Role
 from offchain.chain.mirror import (
+    ArchiveGroupJoined,
     EpochStarted,
     Mirror,
     MirrorError,
     MirrorEvent,
+    NodeRegistered,
     NoteIssued,
     ParameterSet,
     StablecoinListed,
@@ -42,6 +44,7 @@ pytestmark = pytest.mark.anvil
 
 USDC = 10**6
 DEPLOYER, BUYER, CBDC, WITNESS, ARCHIVE = 0, 1, 2, 3, 4
+GROUP_ARCHIVES = (6, 7)  # the fixture's archive nodes: token ids 1 and 2, groups 1 and 0
 KILL_TIMEOUT = 60.0
 
 
@@ -84,9 +87,14 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         )
         assert done.returncode == 0, done.stdout + done.stderr
         w3 = connect(node.uri)
-        senders = {i: Sender(w3, dev_key(i), receipt_timeout=30) for i in range(6)}
+        senders = {i: Sender(w3, dev_key(i), receipt_timeout=30) for i in (*range(6), *GROUP_ARCHIVES)}
         devnet = Devnet(node, w3, addressbook.load("avalanche:anvil", books), senders)
-        # The CBDC stakes right after the deployment, so every test's fills find it staked.
+        # One archive node per group and both groups' first epoch: they certify the CBDC's draws.
+        for index in GROUP_ARCHIVES:
+            register_archive(devnet, index, ["https://archive.example"])
+        for group in (0, 1):
+            devnet.send(DEPLOYER, "DleRegistry", "refreshGroup", group)
+        # The CBDC stakes last, so every test's fills find it staked.
         staking = devnet.contract("Staking")
         minimum = staking.functions.minimumStake(int(Role.CBDC)).call()
         devnet.send(DEPLOYER, "CoNETToken", "transfer", devnet.address(CBDC), minimum + 10_000 * CONET)
@@ -98,14 +106,35 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         node.stop()
 
 
+def register_archive(devnet: Devnet, index: int, endpoints: list[str], prices: tuple[int, ...] = (0,) * 4) -> None:
+    """Dev account `index` stakes the archive minimum and registers its archive node NFT."""
+    archive_minimum = devnet.contract("Staking").functions.minimumStake(int(Role.ARCHIVE)).call()
+    devnet.send(DEPLOYER, "CoNETToken", "transfer", devnet.address(index), archive_minimum)
+    devnet.send(index, "CoNETToken", "approve", devnet.book.address("Staking"), archive_minimum)
+    devnet.send(index, "Staking", "stake", int(Role.ARCHIVE), archive_minimum)
+    public_key = PrivateKey(dev_key(index)).public_key.format(compressed=False)[1:]
+    region = "eu" if index == ARCHIVE else ""
+    devnet.send(index, "NodeRegistry", "register", int(Role.ARCHIVE), public_key, endpoints, prices, region)
+
+
 def buy_and_fill(devnet: Devnet, amount: int) -> int:
-    """BUYER buys a note of `amount` mUSDC and the staked CBDC fills it. Returns the note id."""
+    """BUYER buys a note of `amount` mUSDC and the staked CBDC fills it, on its draw's certificate by
+    every member of the current epoch of the note's group. Returns the note id."""
     cash, stablecoin = devnet.book.address("CoNETCash"), devnet.book.address("MockStablecoin")
     devnet.send(BUYER, "MockStablecoin", "mint", devnet.address(BUYER), amount)
     devnet.send(BUYER, "MockStablecoin", "approve", cash, amount)
     note = int(devnet.contract("CoNETCash").functions.nextId().call())
     devnet.send(BUYER, "CoNETCash", "buy", stablecoin, amount)
-    devnet.send(CBDC, "CoNETCash", "fill", note, b"\x5e" * 32)
+    registry = devnet.contract("DleRegistry").functions
+    group = note % int(devnet.contract("NodeRegistry").functions.groupCount().call())
+    epoch = int(registry.currentEpoch(group).call())
+    members = {address.lower() for address in registry.epochMembers(group, epoch).call()}
+    keys = [dev_key(i) for i in (ARCHIVE, *GROUP_ARCHIVES) if devnet.address(i).lower() in members]
+    assert len(keys) == len(members)
+    draw = (note, devnet.address(CBDC), b"\x5e" * 32, group)
+    digest = bytes(devnet.contract("CoNETCash").functions.cbdcDrawDigest(draw).call())
+    signed = sorted((Account.from_key(key).address.lower(), Account.unsafe_sign_hash(digest, key)) for key in keys)
+    devnet.send(CBDC, "CoNETCash", "fill", draw, epoch, b"".join(bytes(sig.signature) for _, sig in signed))
     return note
 
 
@@ -134,8 +163,10 @@ def test_the_mirror_follows_the_deployment_a_buy_and_fill_and_a_stake(devnet: De
     mirror = Mirror.from_address_book(devnet.w3, devnet.book, tmp_path / "mirror.db")
     deployed = mirror.poll()
     # The deployment itself: the parameter store's constructor sets every parameter, then the mock
-    # stablecoin is listed; then the fixture's CBDC stakes.
-    assert [type(e) for e in deployed] == [ParameterSet] * 8 + [StablecoinListed, Staked]
+    # stablecoin is listed; then the fixture's two archive nodes stake and register, each group's first
+    # epoch opens, and the CBDC stakes.
+    archives = [Staked, NodeRegistered, ArchiveGroupJoined] * 2 + [EpochStarted] * 2
+    assert [type(e) for e in deployed] == [ParameterSet] * 8 + [StablecoinListed, *archives, Staked]
     assert mirror.parameters()["TRANSFER_FEE_BPS"] == 5
     assert mirror.parameter("ORDER_TIMEOUT") == 24 * 3600
     stablecoin = devnet.book.address("MockStablecoin")
@@ -212,13 +243,9 @@ def test_a_restarted_mirror_resumes_exactly_where_it_stopped(devnet: Devnet, tmp
     note = buy_and_fill(devnet, 40 * USDC)
     stake_witness(devnet, 1_500 * CONET)
     devnet.send(WITNESS, "Staking", "requestUnstake", int(Role.WITNESS), 500 * CONET)
-    archive_minimum = devnet.contract("Staking").functions.minimumStake(int(Role.ARCHIVE)).call()
-    devnet.send(DEPLOYER, "CoNETToken", "transfer", devnet.address(ARCHIVE), archive_minimum)
-    devnet.send(ARCHIVE, "CoNETToken", "approve", devnet.book.address("Staking"), archive_minimum)
-    devnet.send(ARCHIVE, "Staking", "stake", int(Role.ARCHIVE), archive_minimum)
-    public_key = PrivateKey(dev_key(ARCHIVE)).public_key.format(compressed=False)[1:]
     endpoints = ["https://archive.example:443", "wss://archive.example:8443"]
-    devnet.send(ARCHIVE, "NodeRegistry", "register", int(Role.ARCHIVE), public_key, endpoints, (1, 2, 3, 4), "eu")
+    register_archive(devnet, ARCHIVE, endpoints, (1, 2, 3, 4))
+    public_key = PrivateKey(dev_key(ARCHIVE)).public_key.format(compressed=False)[1:]
     token_id = int(devnet.contract("NodeRegistry").functions.tokenOf(devnet.address(ARCHIVE), 1).call())
     group = int(devnet.contract("NodeRegistry").functions.archiveGroupOf(token_id).call())
     devnet.send(DEPLOYER, "DleRegistry", "refreshGroup", group)
@@ -255,9 +282,15 @@ def test_a_restarted_mirror_resumes_exactly_where_it_stopped(devnet: Devnet, tmp
         group,
     )
     assert (node.prices.outbound_per_mb, node.prices.per_mb_memory) == (1, 4)
+    # The group's second epoch: the fixture's archive node of that group, and this one.
     epoch = second.epoch(group)
-    assert epoch is not None and epoch.members == (devnet.address(ARCHIVE),) and epoch.epoch == 1
-    (started,) = second.events(kinds=[EpochStarted])
+    nodes = devnet.contract("NodeRegistry").functions
+    (fellow,) = (
+        i for i in GROUP_ARCHIVES if nodes.archiveGroupOf(nodes.tokenOf(devnet.address(i), 1).call()).call() == group
+    )
+    expected = tuple(sorted((devnet.address(ARCHIVE), devnet.address(fellow)), key=lambda a: int(a, 16)))
+    assert epoch is not None and epoch.members == expected and epoch.epoch == 2
+    *_, started = second.events(kinds=[EpochStarted])
     assert isinstance(started, EpochStarted) and started.members_hash == epoch.members_hash
     unstaked = second.stake(devnet.address(WITNESS), Role.WITNESS)
     staking = devnet.contract("Staking").functions

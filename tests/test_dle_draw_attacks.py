@@ -24,6 +24,7 @@ from dle_vm.hashing import keccak
 from dle_vm.signature import recover
 from offchain.dle import roulette
 from offchain.dle.archive import ROLE_CBDC, ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode, selection_chain_id
+from offchain.dle.auth import Forbidden, as_caller
 from offchain.dle.digests import Domains
 from offchain.dle.local import LocalDle, address_of_secret
 from offchain.dle.member import Timeouts
@@ -410,4 +411,40 @@ def test_a_restarted_archive_node_still_certifies_only_the_first_cbdc_draw(tmp_p
             assert await restarted.handle("endorse_cbdc_draw", encode_rlp([uint_bytes(9), first.hash]))
 
     key_of = {address_of_secret(key(f"archive {i}")): key(f"archive {i}") for i in range(3)}
+    run(scenario())
+
+
+def test_a_staked_cbdc_gets_its_orders_one_certified_draw_and_a_stranger_gets_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        mainchain = StakeMainchain()
+        dle, cbdcs = cbdc_group(tmp_path, mainchain)
+        chain = chain_id_of(DOMAINS.mainchain_id, DOMAINS.cash, 9)
+        host = dle.host(chain)
+        others = [node for node in dle.archives.values() if node is not host]
+        request = encode_rlp([uint_bytes(9)])
+        # Before the host drew it, no other archive node draws the order's CBDC.
+        with pytest.raises(RemoteError, match="is drawn by"):
+            await as_caller(cbdcs[0], others[0].handle("cbdc_draw", request))
+        # A stranger without the CBDC stake learns nothing and starts no draw.
+        stranger = address_of_secret(key("stranger"))
+        mainchain.unstaked.add(stranger)
+        with pytest.raises(Forbidden, match="only staked CBDCs"):
+            await as_caller(stranger, host.handle("cbdc_draw", request))
+        assert not [r for r in selection_records(host) if r.slots == (roulette.Slot(ROLE_CBDC, 1),)]
+
+        # Two CBDCs ask at once: one draw, the same certified answer for both, and from any archive node.
+        answers = await asyncio.gather(
+            *(as_caller(cbdc, host.handle("cbdc_draw", request)) for cbdc in cbdcs[:2]),
+        )
+        answers.append(await as_caller(cbdcs[2], others[1].handle("cbdc_draw", request)))
+        decoded = [rlp_list(decode_rlp(answer), 5, "draw") for answer in answers]
+        assert all(item == decoded[0] for item in decoded)
+        cbdc, selection, group, epoch, certificate = decoded[0]
+        assert cbdc in cbdcs and (group, epoch) == (b"", uint_bytes(dle.group_of(0).epoch))
+        digest = DOMAINS.cbdc_draw(9, raw_bytes(cbdc, "cbdc"), raw_bytes(selection, "selection"), 0)
+        assert signers(raw_bytes(certificate, "certificate"), digest) == sorted(dle.archives)
+        for node in dle.archives.values():
+            drawn = [r for r in selection_records(node) if r.chain_id == int.from_bytes(chain, "big")]
+            assert [r.hash for r in drawn] == [selection]  # drawn once, kept by every archive node
+
     run(scenario())

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import (
     ORDER_TIMEOUT,
+    Draws,
     group_of,
     group_signatures,
     reverts_with,
@@ -477,6 +478,7 @@ def test_a_delisted_stablecoin_refuses_new_notes_but_its_notes_still_exit(
     cash: Any,
     registry: Any,
     archive_nodes: list[Any],
+    draws: Draws,
     cbdc: Any,
     admin: Any,
     treasury: Any,
@@ -488,14 +490,15 @@ def test_a_delisted_stablecoin_refuses_new_notes_but_its_notes_still_exit(
     set_prices(oracle, admin, token, stablecoin)
     stablecoin.mint(alice, 1_000 * USDC, sender=alice)
     stablecoin.approve(cash, MAX_UINT, sender=alice)
+    for group in (0, 1):  # both archive groups draw CBDCs: the note's and the order's
+        dle.refreshGroup(group, sender=admin)
     buy = cash.buy(stablecoin, 50 * USDC, sender=alice)
     note = buy.events.filter(cash.OrderPlaced)[0].id
-    cash.fill(note, b"\x01" * 32, sender=cbdc)
+    draws.fill(cash, note, cbdc, selection=b"\x01" * 32)
     order = cash.buy(stablecoin, 20 * USDC, sender=alice).events.filter(cash.OrderPlaced)[0].id
     waiting = cash.buy(stablecoin, 10 * USDC, sender=alice).events.filter(cash.OrderPlaced)[0].id
     group = note % 2
     members = group_of(registry, archive_nodes, group)
-    dle.refreshGroup(group, sender=admin)
     genesis = keccak(b"genesis")
     dle.registerChain(
         cash,
@@ -523,7 +526,7 @@ def test_a_delisted_stablecoin_refuses_new_notes_but_its_notes_still_exit(
     cash.exit(certificate, 1, group_signatures(members, cash.exitDigest(certificate)), sender=bob)
     assert stablecoin.balanceOf(bob) == 30 * USDC - 60_000
     assert cash.outstandingOf(note) == 20 * USDC
-    cash.fill(order, b"\x02" * 32, sender=cbdc)
+    draws.fill(cash, order, cbdc, selection=b"\x02" * 32)
     assert cash.ownerOf(order) == alice.address
     chain.pending_timestamp = max(chain.pending_timestamp, cash.orderDeadline(waiting))
     cash.cancel(waiting, sender=alice)

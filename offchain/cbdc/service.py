@@ -1,7 +1,11 @@
-"""A CBDC at work: it stakes and registers once, then fills open CoNETCash orders as they come.
+"""A CBDC at work: it stakes and registers once, then fills the open CoNETCash orders it was drawn for.
 
-Until the DLE roulette (issue 4) draws the CBDC for each order, this service fills every open order
-it sees and passes an empty selection record; the contract still admits only staked CBDCs.
+`CoNETCash.fill` takes a fill only from the CBDC the order's archive group drew, on the group's
+certificate of that draw. The service asks `draws` (an order → its `CertifiedDraw`, or None while the
+group has none for it) and fills only the orders whose draw names its own account; another CBDC's
+order is left to that CBDC. Without a draw source (`ape run cbdc` on a chain with no archive group
+reachable) nothing is filled: each open order is reported as waiting for its draw. The devnet's CBDC
+process (offchain/dle/service.py) gets its draws from the host archive node (`cbdc_draw`).
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from offchain.chain.cash import ZERO_SELECTION, CashClient, CashError, Filled, format_amount
+from offchain.chain.cash import CashClient, CashError, CertifiedDraw, Filled, Order, format_amount
 from offchain.chain.deployer import CONET, Role
 from offchain.chain.nodes import ensure_registered
 
 Log = Callable[[str], None]
+DrawSource = Callable[[Order], CertifiedDraw | None]
+"""An order → the archive group's certified draw of its CBDC, or None while there is none."""
 
 
 @dataclass
@@ -25,6 +31,7 @@ class CbdcService:
     client: CashClient
     account: Any
     log: Log = print
+    draws: DrawSource | None = None
     _cursor: int = 1
     failures: list[tuple[int, str]] = field(default_factory=list)
 
@@ -44,7 +51,14 @@ class CbdcService:
         still_open: list[int] = []
         for order in orders:
             try:
-                done = self.client.fill(self.account, order, ZERO_SELECTION)
+                draw = self.draws(order) if self.draws is not None else None
+                if draw is None:
+                    self.log(f"order {order.id}: waits for its CBDC draw by the archive group")
+                    still_open.append(order.id)
+                    continue
+                if draw.cbdc.lower() != self.account.address.lower():
+                    continue  # drawn for another CBDC: that one fills it
+                done = self.client.fill(self.account, order, draw)
             except CashError as exc:
                 self.failures.append((order.id, str(exc)))
                 self.log(f"order {order.id}: {exc}")

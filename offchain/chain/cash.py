@@ -15,7 +15,6 @@ from typing import Any
 
 from offchain.chain.deployer import Role
 
-ZERO_SELECTION = b"\x00" * 32
 MAX_UINT256 = 2**256 - 1
 
 
@@ -41,6 +40,25 @@ class Order:
     stablecoin: str
     amount: int
     placed_at: int
+
+
+@dataclass(frozen=True)
+class CertifiedDraw:
+    """What `CoNETCash.fill` takes: the CBDC the order's archive group drew for order `order`, the
+    Selection Chain record of that draw (`selection`), the group and its epoch, and the signatures of
+    every member of that epoch over `cbdcDrawDigest` (sorted by signer), as `ArchiveNode.cbdc_draw`
+    returns them. Only `cbdc` can fill with it."""
+
+    order: int
+    cbdc: str
+    selection: bytes
+    group: int
+    epoch: int
+    signatures: bytes
+
+    def draw(self) -> tuple[int, str, bytes, int]:
+        """CoNETCash.CbdcDraw as the ABI encodes it."""
+        return (self.order, self.cbdc, self.selection, self.group)
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,12 @@ _REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
     "PriceNotSet": lambda a: f"price not set for {a.get('asset')}",
     "InvalidPrice": lambda a: f"invalid price for {a.get('asset')}",
     "NotStakedCbdc": lambda a: f"not a staked CBDC: {a.get('caller')} lacks the CBDC minimum stake",
+    "NotDrawnCbdc": lambda a: f"order {a.get('id')} was drawn for CBDC {a.get('drawn')}, not {a.get('caller')}",
+    "WrongDrawGroup": lambda a: (
+        f"order {a.get('id')}'s CBDC is drawn by archive group {a.get('expected')}, not {a.get('given')}"
+    ),
+    "SignersNotGroup": lambda a: f"the draw is not certified by every member of group {a.get('group')}",
+    "EpochExpired": lambda a: f"the draw's epoch {a.get('epoch')} of group {a.get('group')} has expired",
     "OrderNotOpen": lambda a: f"order {a.get('id')} is not open (filled, cancelled or unknown)",
     "OrderNotExpired": lambda a: f"order {a.get('id')} may be cancelled from {a.get('deadline')} on",
     "NotBuyer": lambda a: f"only the buyer may cancel order {a.get('id')}",
@@ -212,9 +236,14 @@ class CashClient:
                 self.token.approve(self.cash.address, MAX_UINT256, sender=account)
             log("approved CoNETCash to burn CoNET for fills")
 
-    def fill(self, account: Any, order: Order, selection: bytes = ZERO_SELECTION) -> Filled:
-        """Fills `order` as the CBDC `account`, after checking what the contract would refuse."""
+    def fill(self, account: Any, order: Order, draw: CertifiedDraw) -> Filled:
+        """Fills `order` as the CBDC `account` on the archive group's certified `draw` of it, after
+        checking what the contract would refuse."""
         self.check_cbdc(account.address)
+        if draw.order != order.id:
+            raise CashError(f"the draw is for order {draw.order}, not order {order.id}")
+        if draw.cbdc.lower() != account.address.lower():
+            raise CashError(f"order {order.id} was drawn for CBDC {draw.cbdc}, not {account.address}")
         self.check_price(self.token.address)
         self.check_price(order.stablecoin)
         burn = int(self.cash.burnFor(order.stablecoin, order.amount))
@@ -222,7 +251,7 @@ class CashClient:
         if balance < burn:
             raise CashError(f"not enough CoNET to burn: {balance} held, {burn} needed for order {order.id}")
         with explained():
-            receipt = self.cash.fill(order.id, selection, sender=account)
+            receipt = self.cash.fill(draw.draw(), draw.epoch, draw.signatures, sender=account)
         minted = receipt.events.filter(self.cash.NoteMinted)[0]
         return Filled(order.id, minted.buyer, int(minted.faceValue), int(minted.burned), receipt.txn_hash)
 

@@ -208,7 +208,7 @@ class Digests:
     def cbdc_draw(self, order: int, cbdc: str, selection: bytes, group: int) -> bytes:
         """The archive group's certificate that `cbdc` is the CBDC drawn for order `order` by the draw
         whose record hash is `selection` (EIP-712 "CbdcDraw" in the CoNETCash domain; what
-        `CoNETCash.fill` is to verify, docs/protocols.md "CoNETCash fill")."""
+        `CoNETCash.fill` verifies, docs/protocols.md "The CBDC draw and CoNETCash fill")."""
         struct = encode(
             ["bytes32", "uint256", "address", "bytes32", "uint256"],
             [keccak(_CBDC_DRAW_TYPE), order, cbdc, selection, group],

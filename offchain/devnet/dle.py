@@ -595,7 +595,8 @@ def _write_configs(state: DevnetState, spec: DevnetSpec) -> None:
             address_book=Path(state.address_book),
             data_dir=Path(node.data_dir),
             directory=directory_map,
-            archives=archives if node.role in (Role.WITNESS, Role.VALIDATOR) else (),
+            # Witnesses, validators and CBDCs wait in every archive pool to be drawn.
+            archives=archives if node.role in (Role.WITNESS, Role.VALIDATOR, Role.CBDC) else (),
             role=node.role if node.role in (Role.WITNESS, Role.VALIDATOR) else None,
             pool_hold=spec.pool_hold,
             pool_grace=spec.pool_grace,

@@ -58,7 +58,7 @@ from dle_vm.signature import BadSignature, address_of, recover, sign
 from dle_vm.state import State
 from dle_vm.transaction import Transaction
 from offchain.dle import roulette
-from offchain.dle.auth import ArchiveAccess, as_caller
+from offchain.dle.auth import ArchiveAccess, Forbidden, as_caller, caller
 from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.member import check_final, execute
@@ -236,6 +236,7 @@ class ArchiveNode:
         self._cbdc_draws: dict[int, roulette.DrawRecord] = {}
         """chain id -> the first CBDC draw this node took into its Selection Chain for it."""
         self._cbdc_draws_loaded = False
+        self._cbdc_draw_locks: dict[bytes, asyncio.Lock] = {}
         self._host_lock: dict[bytes, asyncio.Lock] = {}
         self._pending_state: dict[tuple[bytes, bytes], State] = {}
         self._genesis: dict[bytes, RolesRecord] = {}
@@ -1100,6 +1101,40 @@ class ArchiveNode:
                 raise RemoteError("bad-signature", f"0x{node.hex()} did not certify the CBDC draw")
         return record, join_certificate(signatures)
 
+    async def _cbdc_draw(self, body: bytes) -> bytes:
+        """A staked CBDC asks for the certified CBDC draw of order `id`: rlp([id]) →
+        rlp([cbdc, selection, group, epoch, certificate]), what `CoNETCash.fill` takes. The host of the
+        order's chain draws once (the first CBDC draw of the chain is its draw); later requests, to it
+        or to any archive node of the group holding that draw, re-collect the group's certificate of
+        that same draw. Every CBDC may ask: the certificate fills only for the CBDC it names."""
+        (order_item,) = rlp_list(decode_rlp(body), 1, "CBDC draw request")
+        order = uint(order_item, "order")
+        who = caller()
+        if who is not None and who not in self._group().members:
+            staked = await asyncio.to_thread(self._mainchain.meets_minimum, who, ROLE_CBDC)
+            if not staked:
+                raise Forbidden("forbidden", f"0x{who.hex()} may not call cbdc_draw: only staked CBDCs")
+        chain = chain_id_of(self._domains.mainchain_id, self._domains.cash, order)
+        lock = self._cbdc_draw_locks.setdefault(chain, asyncio.Lock())
+        async with lock:  # one draw per order even when its CBDCs ask at once
+            self._load_cbdc_draws()
+            record = self._cbdc_draws.get(int.from_bytes(chain, "big"))
+            if record is None:
+                host = self._group().host_of(chain)
+                if host != self.address:
+                    raise RemoteError("not-host", f"order {order}'s CBDC is drawn by 0x{host.hex()}")
+                record, certificate = await self.draw_cbdc(order)
+            else:
+                if len(record.chosen) != 1:
+                    raise RemoteError("bad-draw", "the draw found no eligible CBDC")
+                request = encode_rlp([uint_bytes(order), record.hash])
+                signatures = await self._endorse_all("endorse_cbdc_draw", request)
+                certificate = join_certificate(signatures)
+        group = self._group()
+        group.verify(self._domains.cbdc_draw(order, record.chosen[0].address, record.hash, group.group), certificate)
+        cbdc = record.chosen[0].address
+        return encode_rlp([cbdc, record.hash, uint_bytes(group.group), uint_bytes(group.epoch), certificate])
+
     async def _endorse_cbdc_draw(self, body: bytes) -> bytes:
         """Certify the CBDC draw of an order: only a record this node endorsed and keeps in its own
         Selection Chain, drawn for that order's chain, of exactly one CBDC."""
@@ -1313,6 +1348,7 @@ _METHODS: dict[str, str] = {
     "endorse_draw": "_endorse_draw",
     "draw_final": "_draw_final",
     "endorse_cbdc_draw": "_endorse_cbdc_draw",
+    "cbdc_draw": "_cbdc_draw",
     "endorse_genesis_roles": "_endorse_genesis_roles",
     "expect_genesis": "_expect_genesis",
     "endorse_registration": "_endorse_registration",

@@ -315,6 +315,9 @@ class ArchiveAccess:
         "endorse_draw": Rule.PEER,
         "draw_final": Rule.PEER,
         "endorse_cbdc_draw": Rule.PEER,
+        # A CBDC asks for its order's certified draw; the handler admits staked CBDCs only (a
+        # mainchain read, which this synchronous table cannot make).
+        "cbdc_draw": Rule.ANYONE,
         "endorse_genesis_roles": Rule.PEER,
         "expect_genesis": Rule.PEER,
         "endorse_registration": Rule.PEER,

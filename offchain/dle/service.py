@@ -18,8 +18,10 @@ Each process is one node serving the DLE wire protocol (`transport.http_app`: `P
 - **member**: a `MemberNode` (creator, witness and validator in one); with a role in its config
   (2 witness, 3 validator) it waits in the pool of every archive node listed, and joins again after
   each assignment.
-- **cbdc**: a member node (the notes' creator) plus an order filler: it fills open CoNETCash orders
-  (`fill(id, selection)`, signed by its key) as they appear.
+- **cbdc**: a member node (the notes' creator) plus an order filler. It waits as a CBDC (role 0) in
+  the pool of every archive node listed, so the archive groups can draw it; for each open CoNETCash
+  order it asks the host archive node of the order's group for the certified draw (`cbdc_draw`) and
+  fills the orders drawn for it (`fill(draw, epoch, signatures)`, signed by its key).
 
 Every DLE request a node serves or sends is signed (offchain/dle/auth.py): each node signs with its
 own key and answers only callers its authorisation table admits. Every node also answers
@@ -49,10 +51,10 @@ from aiohttp import web
 from web3 import Web3
 from web3.contract import Contract
 
-from dle_vm.encoding import decode_rlp, encode_rlp, fixed_bytes, rlp_list, uint, uint_bytes
+from dle_vm.encoding import decode_rlp, encode_rlp, fixed_bytes, raw_bytes, rlp_list, uint, uint_bytes
 from dle_vm.engine import Engine, default_engine
 from offchain.chain.addressbook import AddressBook
-from offchain.chain.cash import ZERO_SELECTION, Status
+from offchain.chain.cash import CertifiedDraw, Status
 from offchain.chain.deployer import Role
 from offchain.chain.dle import DleChainClient
 from offchain.chain.mirror import (
@@ -67,17 +69,17 @@ from offchain.chain.mirror import (
 )
 from offchain.chain.web3_contracts import ChainError, Sender, connect
 from offchain.dle import roulette
-from offchain.dle.archive import ArchiveNode
+from offchain.dle.archive import ROLE_CBDC, ArchiveNode
 from offchain.dle.authority import ChainRefundLog, NoteAuthority
 from offchain.dle.digests import Domains
 from offchain.dle.local import address_of_secret
 from offchain.dle.mainchain import ArchiveGroups, ChainMainchain, NoArchiveGroup
 from offchain.dle.member import MemberNode, Timeouts
-from offchain.dle.note import NoteTerms
+from offchain.dle.note import NoteTerms, chain_id_of
 from offchain.dle.pool_hook import VALIDATOR, WITNESS, PoolHook, PoolHookError, wait_for_assignment
 from offchain.dle.roles import WITNESS_COUNT
 from offchain.dle.store import ChainStore
-from offchain.dle.transport import HttpTransport, http_app, start_guarded
+from offchain.dle.transport import HttpTransport, RemoteError, Transport, TransportError, http_app, start_guarded
 from offchain.odex.receipts import ReceiptIssued as OdexReceipt
 from offchain.odex.receipts import receipt_terms
 
@@ -507,7 +509,15 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
     async def admit(address: bytes, role: int) -> bool:
         return await asyncio.to_thread(context.mainchain.meets_minimum, address, role)
 
-    hook = PoolHook(node.pool, config.pool_hold, config.pool_grace, archive=node.address, admit=admit)
+    # CBDCs wait here too: the group draws each order's CBDC from them (ArchiveNode.draw_cbdc).
+    hook = PoolHook(
+        node.pool,
+        config.pool_hold,
+        config.pool_grace,
+        archive=node.address,
+        admit=admit,
+        roles=(ROLE_CBDC, WITNESS, VALIDATOR),
+    )
     node.hook = hook
     opener = ChainOpener(
         node,
@@ -627,33 +637,76 @@ async def _member(context: _Context, stop: asyncio.Event) -> None:
 # -- CBDC -----------------------------------------------------------------------------------------------
 
 
-class OrderFiller:
-    """Fills open CoNETCash orders with one CBDC key (blocking; run passes in a thread)."""
+DRAW_TIMEOUT = 30.0
+"""Seconds a CBDC waits for the host archive node's certified draw (a whole commit-reveal draw)."""
 
-    def __init__(self, w3: Web3, cash: Contract, secret: bytes) -> None:
+
+async def fetch_cbdc_draw(
+    transport: Transport, groups: ArchiveGroups, domains: Domains, order: int, *, timeout: float = DRAW_TIMEOUT
+) -> CertifiedDraw:
+    """The certified CBDC draw of CoNETCash order `order`, from the host archive node of the group
+    that keeps the order's chain (`ArchiveNode.cbdc_draw`: it draws once, then re-certifies that draw)."""
+    chain = chain_id_of(domains.mainchain_id, domains.cash, order)
+    host = groups.keeper_of(order).host_of(chain)
+    answer = await transport.call(host, "cbdc_draw", encode_rlp([uint_bytes(order)]), timeout=timeout)
+    cbdc, selection, group, epoch, certificate = rlp_list(decode_rlp(answer), 5, "CBDC draw")
+    return CertifiedDraw(
+        order=order,
+        cbdc=Web3.to_checksum_address(fixed_bytes(cbdc, 20, "cbdc")),
+        selection=fixed_bytes(selection, 32, "selection"),
+        group=uint(group, "group"),
+        epoch=uint(epoch, "epoch"),
+        signatures=raw_bytes(certificate, "certificate"),
+    )
+
+
+class OrderFiller:
+    """Fills the open CoNETCash orders its archive groups drew this CBDC for, with one CBDC key: for each
+    open order, the certified draw (`fetch`), then `fill(draw, epoch, signatures)` if the draw names it."""
+
+    def __init__(
+        self, w3: Web3, cash: Contract, secret: bytes, fetch: Callable[[int], Awaitable[CertifiedDraw]]
+    ) -> None:
         self.cash = cash
         self.sender = Sender(w3, secret)
+        self.address = Web3.to_checksum_address(address_of_secret(secret))
+        self._fetch = fetch
         self._cursor = 1
+        self._elsewhere: set[int] = set()
+        """Open orders drawn for another CBDC: left to it, and not asked about again."""
         self.filled: list[int] = []
 
-    def fill_open_orders(self) -> list[int]:
+    async def fill_open_orders(self) -> list[int]:
         """One pass from the first id not known settled; returns the ids filled."""
-        next_id = int(self.cash.functions.nextId().call())
+        next_id = int(await asyncio.to_thread(self.cash.functions.nextId().call))
         still_open: list[int] = []
         filled: list[int] = []
         for order in range(self._cursor, next_id):
-            status = int(self.cash.functions.noteOf(order).call()[0])
+            status = int((await asyncio.to_thread(self.cash.functions.noteOf(order).call))[0])
             if status != Status.ORDERED:
                 continue
+            still_open.append(order)
+            if order in self._elsewhere:
+                continue
             try:
-                self.sender.transact(self.cash.functions.fill(order, ZERO_SELECTION))
+                draw = await self._fetch(order)
+            except (TransportError, RemoteError, NoArchiveGroup, ValueError) as error:
+                log.info("order %d: no certified CBDC draw yet: %s", order, error)
+                continue
+            if draw.cbdc != self.address:
+                log.info("order %d: drawn for CBDC %s", order, draw.cbdc)
+                self._elsewhere.add(order)
+                continue
+            call = self.cash.functions.fill(draw.draw(), draw.epoch, draw.signatures)
+            try:
+                await asyncio.to_thread(self.sender.transact, call)
             except ChainError as error:
                 log.warning("order %d: could not fill: %s", order, error)
-                still_open.append(order)
                 continue
-            log.info("filled order %d", order)
+            log.info("filled order %d (draw 0x%s)", order, draw.selection.hex()[:16])
+            still_open.remove(order)
             filled.append(order)
-        # Ids below the cursor are settled; an order that failed is tried again next pass.
+        # Ids below the cursor are settled; an order still open is looked at again next pass.
         self._cursor = min(still_open) if still_open else next_id
         self.filled += filled
         return filled
@@ -662,7 +715,7 @@ class OrderFiller:
 async def _fill_orders(filler: OrderFiller, interval: float) -> None:
     while True:
         try:
-            await asyncio.to_thread(filler.fill_open_orders)
+            await filler.fill_open_orders()
         except Exception:
             log.exception("order pass failed; trying again")
         await asyncio.sleep(interval)
@@ -672,10 +725,15 @@ async def _cbdc(context: _Context, stop: asyncio.Event) -> None:
     config = context.config
     await asyncio.to_thread(context.groups.refresh)
     node, store = _member_node(context)
-    filler = OrderFiller(context.w3, context.chain.cash, context.secret)
+
+    async def fetch(order: int) -> CertifiedDraw:
+        return await fetch_cbdc_draw(context.transport, context.groups, context.domains, order)
+
+    filler = OrderFiller(context.w3, context.chain.cash, context.secret, fetch)
     tasks = [
         asyncio.create_task(_refresh_groups(context)),
         asyncio.create_task(_fill_orders(filler, config.poll_interval)),
+        *(asyncio.create_task(_wait_in_pool(url, context, ROLE_CBDC)) for url in config.archives),
     ]
     log.info("CBDC 0x%s filling orders of CoNETCash %s", node.address.hex(), context.chain.cash.address)
     app = _member_app(context, node, store, lambda: {"filled": filler.filled})
