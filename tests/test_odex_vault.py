@@ -187,7 +187,13 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         devnet.send(CBDC, "CoNETToken", "approve", book.address("CoNETCash"), 2**256 - 1)
         devnet.send(TRADER, "MockStablecoin", "approve", book.address("CoNETCash"), 50 * USDC)
         devnet.send(TRADER, "CoNETCash", "buy", book.address("MockStablecoin"), 50 * USDC)
-        devnet.send(CBDC, "CoNETCash", "fill", 1, b"\x00" * 32)
+        # Note 1's CBDC, drawn and certified by the group that keeps note 1 (1 % the group count).
+        cash = devnet.contract("CoNETCash").functions
+        group = 1 % int(devnet.contract("NodeRegistry").functions.groupCount().call())
+        draw = (1, address_of(CBDC), b"\x00" * 32, group)
+        devnet.send(
+            CBDC, "CoNETCash", "fill", draw, 1, sign(bytes(cash.cbdcDrawDigest(draw).call()), devnet.group(group))
+        )
         yield devnet
     finally:
         node.stop()
