@@ -4,6 +4,7 @@ pragma solidity ^0.8.28;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {NodeRegistry} from "./NodeRegistry.sol";
+import {ParameterKeys, ParameterStore} from "./governance/ParameterStore.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
 import {ISlashing} from "./interfaces/ISlashing.sol";
 import {DleChainId} from "./libraries/DleChainId.sol";
@@ -19,9 +20,13 @@ import {Role} from "./types/Role.sol";
 ///
 /// An epoch is a snapshot of one archive group: the owners of its archive-node NFTs in NodeRegistry
 /// that still meet the archive minimum stake, sorted by address. `refreshGroup` opens a new epoch when
-/// that set has changed. A certificate names the epoch that signed it and is accepted while that epoch
-/// is current, or for `epochGrace` seconds after it ended, so a certificate signed just before a
-/// member joined or left is not lost.
+/// that set has changed. A certificate names the epoch that signed it and is accepted only while that
+/// epoch is current, and only from an epoch of at least the governed `MIN_ARCHIVE_GROUP_SIZE` members:
+/// once a member has left, the ones who stayed cannot certify alone what it would have refused. What
+/// an ended epoch certified before it ended is re-certified by the current one.
+///
+/// A chain belongs to the group its asset id maps to, `assetId % groupCount` at registration
+/// (`groupFor`), and keeps that group: a group cannot register another group's chain.
 ///
 /// Signatures are 65-byte secp256k1 signatures (r ‖ s ‖ v), concatenated in ascending order of the
 /// signers' addresses. Sorted order rules out duplicates; comparing the hash of the recovered signers
@@ -77,7 +82,7 @@ contract DleRegistry is EIP712 {
 
     NodeRegistry private immutable _nodes;
     IStaking private immutable _staking;
-    uint64 private immutable _epochGrace;
+    ParameterStore private immutable _params;
 
     mapping(uint256 group => uint256 epoch) private _currentEpochs;
     mapping(uint256 group => mapping(uint256 epoch => Epoch)) private _epochs;
@@ -94,8 +99,12 @@ contract DleRegistry is EIP712 {
     error GroupTooLarge(uint256 group, uint256 size);
     /// @notice Group `group` has no epoch `epoch`.
     error UnknownEpoch(uint256 group, uint256 epoch);
-    /// @notice Epoch `epoch` of group `group` ended at `endedAt`, longer ago than the grace period.
-    error EpochExpired(uint256 group, uint256 epoch, uint48 endedAt);
+    /// @notice Epoch `epoch` of group `group` has ended; `current` is the group's current epoch.
+    error EpochEnded(uint256 group, uint256 epoch, uint256 current);
+    /// @notice Epoch `epoch` of group `group` has `size` members, fewer than the governed `minimum`.
+    error GroupTooSmall(uint256 group, uint256 epoch, uint256 size, uint256 minimum);
+    /// @notice Asset #`assetId`'s chain belongs to group `expected`, not `given`.
+    error WrongGroup(uint256 assetId, uint256 given, uint256 expected);
     /// @notice The signatures are not a whole number of 65-byte signatures.
     error MalformedSignatures(uint256 length);
     /// @notice Signer `index` is not above the one before it: signatures must be sorted by signer.
@@ -138,12 +147,14 @@ contract DleRegistry is EIP712 {
 
     /// @param nodes_ The node registry whose archive NFTs form the groups.
     /// @param staking_ Checks archive stakes and slashes equivocators; this registry needs its slasher role.
-    /// @param epochGrace_ Seconds an ended epoch's certificates stay valid.
-    constructor(NodeRegistry nodes_, IStaking staking_, uint64 epochGrace_) EIP712("CoNET DLE", "1") {
-        if (address(nodes_) == address(0) || address(staking_) == address(0)) revert ZeroAddress();
+    /// @param params_ Where the governed minimum group size (`MIN_ARCHIVE_GROUP_SIZE`) is read.
+    constructor(NodeRegistry nodes_, IStaking staking_, ParameterStore params_) EIP712("CoNET DLE", "1") {
+        if (address(nodes_) == address(0) || address(staking_) == address(0) || address(params_) == address(0)) {
+            revert ZeroAddress();
+        }
         _nodes = nodes_;
         _staking = staking_;
-        _epochGrace = epochGrace_;
+        _params = params_;
     }
 
     // ---------------------------------------------------------------- archive groups
@@ -172,7 +183,7 @@ contract DleRegistry is EIP712 {
 
     /// @notice Records the DLE chain of `asset` #`assetId`, on the genesis certificate of its group.
     /// @param genesisHash Hash of the chain's genesis block header.
-    /// @param group The archive group that keeps the chain.
+    /// @param group The archive group that keeps the chain: `groupFor(assetId)`, or WrongGroup.
     /// @param epoch The epoch of `group` that signed.
     /// @param signatures The epoch's signatures of the ChainGenesis struct, sorted by signer.
     /// @return chain The chain id (DleChainId.compute(asset, assetId)).
@@ -186,6 +197,8 @@ contract DleRegistry is EIP712 {
     ) external returns (bytes32 chain) {
         chain = DleChainId.compute(asset, assetId);
         if (_chains[chain].registeredAt != 0) revert ChainAlreadyRegistered(chain);
+        uint256 expected = groupFor(assetId);
+        if (group != expected) revert WrongGroup(assetId, group, expected);
         bytes32 digest = _hashTypedDataV4(
             keccak256(abi.encode(_GENESIS_TYPEHASH, chain, genesisHash, asset, assetId, group))
         );
@@ -291,6 +304,13 @@ contract DleRegistry is EIP712 {
 
     // ---------------------------------------------------------------- views
 
+    /// @notice The archive group that keeps the chain of asset #`assetId` (a note or receipt id) if it
+    /// is registered now: `assetId % groupCount`. The group count only grows, so a chain registers with
+    /// the group of the count at its registration and keeps it (`chainOf(chain).group`).
+    function groupFor(uint256 assetId) public view returns (uint256) {
+        return assetId % _nodes.groupCount();
+    }
+
     /// @notice The EIP-712 digest a DLE member signs for block `headerHash` at `height` of `chain`.
     function blockDigest(bytes32 chain, uint256 height, bytes32 headerHash) public view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(_BLOCK_TYPEHASH, chain, height, headerHash)));
@@ -355,9 +375,9 @@ contract DleRegistry is EIP712 {
         return _staking;
     }
 
-    /// @notice Seconds an ended epoch's certificates stay valid.
-    function epochGrace() external view returns (uint64) {
-        return _epochGrace;
+    /// @notice The fewest members an epoch must have for its certificates to count (governed).
+    function minGroupSize() public view returns (uint256) {
+        return _params.value(ParameterKeys.MIN_ARCHIVE_GROUP_SIZE);
     }
 
     // ---------------------------------------------------------------- internals
@@ -365,10 +385,9 @@ contract DleRegistry is EIP712 {
     function _verifyGroup(uint256 group, uint256 epoch, bytes32 digest, bytes calldata signatures) private view {
         Epoch memory record = _epochs[group][epoch];
         if (record.startedAt == 0) revert UnknownEpoch(group, epoch);
-        // An epoch that has not ended is the current one.
-        if (record.endedAt != 0 && block.timestamp > uint256(record.endedAt) + _epochGrace) {
-            revert EpochExpired(group, epoch, record.endedAt);
-        }
+        // An epoch that has not ended is the current one; an ended one certifies nothing more, whatever
+        // its members still sign.
+        if (record.endedAt != 0) revert EpochEnded(group, epoch, _currentEpochs[group]);
         if (signatures.length == 0 || signatures.length % _SIGNATURE_LENGTH != 0) {
             revert MalformedSignatures(signatures.length);
         }
@@ -386,6 +405,10 @@ contract DleRegistry is EIP712 {
             previous = signer;
         }
         if (_membersHash(signers) != record.membersHash) revert SignersNotGroup(group, epoch);
+        // The signers are the whole epoch, so their count is its size. A lone archive node is no group:
+        // it would certify its own chains.
+        uint256 minimum = minGroupSize();
+        if (count < minimum) revert GroupTooSmall(group, epoch, count, minimum);
     }
 
     function _membersHash(address[] memory members) private pure returns (bytes20) {

@@ -359,16 +359,14 @@ class DleChainClient(DeploymentClient):
 
     def check_certificate(self, group: int, epoch: int, digest: bytes, signatures: bytes) -> list[str]:
         """DleRegistry's group check in Python: every member of epoch `epoch` of `group`, sorted, no
-        one else, the epoch current or within its grace. Returns the signers; ContractRevert otherwise."""
+        one else, the epoch current and of at least the governed minimum size. Returns the signers;
+        ContractRevert otherwise. (An epoch can still end between this check and the transaction's
+        block: the contract then refuses, and the estimate reports it.)"""
         record = self.epoch(group, epoch)
         if record.started_at == 0:
             raise ContractRevert("UnknownEpoch", {"group": group, "epoch": epoch})
-        # The transaction lands in a later block than the latest: at the grace's last second the
-        # contract may still refuse, and the estimate then reports it.
-        now = int(self.w3.eth.get_block("latest")["timestamp"])
-        grace = int(self.registry.functions.epochGrace().call())
-        if record.ended_at != 0 and now > record.ended_at + grace:
-            raise ContractRevert("EpochExpired", {"group": group, "epoch": epoch, "endedAt": record.ended_at})
+        if record.ended_at != 0:
+            raise ContractRevert("EpochEnded", {"group": group, "epoch": epoch, "current": self.current_epoch(group)})
         if not signatures or len(signatures) % SIGNATURE_LENGTH:
             raise ContractRevert("MalformedSignatures", {"length": len(signatures)})
         count = len(signatures) // SIGNATURE_LENGTH
@@ -389,7 +387,18 @@ class DleChainClient(DeploymentClient):
                 {"group": group, "epoch": epoch},
                 f"missing {missing or 'none'}, not members {strangers or 'none'}",
             )
+        minimum = self.min_group_size()
+        if count < minimum:
+            raise ContractRevert("GroupTooSmall", {"group": group, "epoch": epoch, "size": count, "minimum": minimum})
         return signers
+
+    def group_for(self, asset_id: int) -> int:
+        """DleRegistry.groupFor: the archive group a chain of asset id `asset_id` registers with now."""
+        return int(self.registry.functions.groupFor(asset_id).call())
+
+    def min_group_size(self) -> int:
+        """DleRegistry.minGroupSize: the fewest members an epoch needs for its certificates to count."""
+        return int(self.registry.functions.minGroupSize().call())
 
     # ---------------------------------------------------------------- transactions
 
@@ -422,6 +431,9 @@ class DleChainClient(DeploymentClient):
         if precheck:
             if self.is_registered(chain):
                 raise ContractRevert("ChainAlreadyRegistered", {"chain": chain})
+            expected = self.group_for(asset_id)
+            if group != expected:
+                raise ContractRevert("WrongGroup", {"assetId": asset_id, "given": group, "expected": expected})
             self.check_certificate(group, epoch, self.digests.genesis(asset, asset_id, genesis_hash, group), signatures)
         function = self.registry.functions.registerChain(asset, asset_id, genesis_hash, group, epoch, signatures)
         receipt = self._transact(function)
