@@ -50,11 +50,16 @@ contract DleRegistry is EIP712 {
 
     /// @notice One epoch of an archive group, in one slot: a certificate check reads it once.
     /// `membersHash` is the first 20 bytes of keccak256 of the sorted members; forging a certificate
-    /// would take a second preimage of it, 2^160 work.
+    /// would take a second preimage of it, 2^160 work. `size` is the number of members and `minimum`
+    /// the governed MIN_ARCHIVE_GROUP_SIZE when the epoch opened (both at most MAX_GROUP_SIZE): kept
+    /// here so that the check reads no other contract; `refreshGroup` opens a new epoch when the
+    /// governed minimum changed. Timestamps of 40 bits last until the year 36812.
     struct Epoch {
         bytes20 membersHash;
-        uint48 startedAt;
-        uint48 endedAt;
+        uint40 startedAt;
+        uint40 endedAt;
+        uint8 size;
+        uint8 minimum;
     }
 
     /// @notice One DLE chain.
@@ -159,21 +164,26 @@ contract DleRegistry is EIP712 {
 
     // ---------------------------------------------------------------- archive groups
 
-    /// @notice Opens a new epoch of `group` if its staked archive nodes differ from the current epoch's.
-    /// Anyone may call it; archive nodes do after a member joins, leaves or unbonds.
+    /// @notice Opens a new epoch of `group` if its staked archive nodes differ from the current epoch's,
+    /// or the governed minimum group size changed since it opened. Anyone may call it; archive nodes do
+    /// after a member joins, leaves or unbonds.
     /// @return epoch The current epoch after the call.
     /// @return changed Whether a new epoch was opened.
     function refreshGroup(uint256 group) external returns (uint256 epoch, bool changed) {
         if (group >= _nodes.groupCount()) revert UnknownArchiveGroup(group);
         address[] memory members = _stakedMembers(group);
         bytes20 membersHash = _membersHash(members);
+        // Bounded to [2, 64] by the parameter store's bounds: the cast cannot truncate.
+        uint8 minimum = uint8(minGroupSize());
         epoch = _currentEpochs[group];
-        if (epoch != 0 && _epochs[group][epoch].membersHash == membersHash) return (epoch, false);
+        Epoch storage current = _epochs[group][epoch];
+        if (epoch != 0 && current.membersHash == membersHash && current.minimum == minimum) return (epoch, false);
 
-        if (epoch != 0) _epochs[group][epoch].endedAt = uint48(block.timestamp);
+        if (epoch != 0) current.endedAt = uint40(block.timestamp);
         epoch += 1;
         _currentEpochs[group] = epoch;
-        _epochs[group][epoch] = Epoch(membersHash, uint48(block.timestamp), 0);
+        // At most MAX_GROUP_SIZE members (`_stakedMembers`): the cast cannot truncate.
+        _epochs[group][epoch] = Epoch(membersHash, uint40(block.timestamp), 0, uint8(members.length), minimum);
         _members[group][epoch] = members;
         emit EpochStarted(group, epoch, membersHash, members);
         return (epoch, true);
@@ -375,7 +385,8 @@ contract DleRegistry is EIP712 {
         return _staking;
     }
 
-    /// @notice The fewest members an epoch must have for its certificates to count (governed).
+    /// @notice The fewest members an epoch must have for its certificates to count (governed); an
+    /// epoch holds the value it opened with (`epochOf(group, epoch).minimum`) until `refreshGroup`.
     function minGroupSize() public view returns (uint256) {
         return _params.value(ParameterKeys.MIN_ARCHIVE_GROUP_SIZE);
     }
@@ -407,8 +418,7 @@ contract DleRegistry is EIP712 {
         if (_membersHash(signers) != record.membersHash) revert SignersNotGroup(group, epoch);
         // The signers are the whole epoch, so their count is its size. A lone archive node is no group:
         // it would certify its own chains.
-        uint256 minimum = minGroupSize();
-        if (count < minimum) revert GroupTooSmall(group, epoch, count, minimum);
+        if (count < record.minimum) revert GroupTooSmall(group, epoch, count, record.minimum);
     }
 
     function _membersHash(address[] memory members) private pure returns (bytes20) {

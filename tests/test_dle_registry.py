@@ -104,10 +104,12 @@ def test_the_first_refresh_opens_epoch_1_with_the_sorted_staked_members(
         assert (event.group, event.epoch, list(event.members)) == (group, 1, members)
         assert bytes(event.membersHash) == members_hash(members)
         record = dle.epochOf(group, 1)
-        assert (bytes(record.membersHash), record.startedAt, record.endedAt) == (
+        assert (bytes(record.membersHash), record.startedAt, record.endedAt, record.size, record.minimum) == (
             members_hash(members),
             chain.blocks[receipt.block_number].timestamp,
             0,
+            2,
+            MIN_GROUP_SIZE,
         )
         assert dle.epochMembers(group, 1) == members
         assert dle.currentEpoch(group) == 1
@@ -120,6 +122,28 @@ def test_an_unchanged_group_keeps_its_epoch(dle: Any, admin: Any, epochs: None) 
     assert started(receipt, dle) == []
     assert dle.currentEpoch(0) == 1
     assert dle.epochOf(0, 1) == before
+
+
+def test_a_raised_minimum_group_size_applies_at_the_next_refresh(
+    dle: Any, params: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    pair = group_of(registry, archive_nodes, 0)
+    signatures = group_signatures(pair, DIGEST)
+    params.setParameter(params.MIN_ARCHIVE_GROUP_SIZE(), 3, sender=admin)
+    assert dle.minGroupSize() == 3
+    dle.verifyGroupCertificate(0, DIGEST, 1, signatures)  # epoch 1 opened under the minimum of 2
+    # Anyone refreshes: the same members, a new epoch under the new minimum, and the pair is too few.
+    receipt = dle.refreshGroup(0, sender=archive_nodes[0])
+    (event,) = started(receipt, dle)
+    assert (event.epoch, list(event.members)) == (2, sort(pair))
+    assert (dle.epochOf(0, 2).size, dle.epochOf(0, 2).minimum) == (2, 3)
+    with reverts_with(dle.EpochEnded, group=0, epoch=1, current=2):
+        dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
+    with reverts_with(dle.GroupTooSmall, group=0, epoch=2, size=2, minimum=3):
+        dle.verifyGroupCertificate(0, DIGEST, 2, signatures)
+    assert dle.refreshGroup.call(0, sender=admin) == (2, False)
+    with reverts_with(params.ParameterOutOfBounds, key=params.MIN_ARCHIVE_GROUP_SIZE(), value=1, min=2, max=64):
+        params.setParameter(params.MIN_ARCHIVE_GROUP_SIZE(), 1, sender=admin)
 
 
 def test_a_member_unbonding_below_the_minimum_opens_a_new_epoch(

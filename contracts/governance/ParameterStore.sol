@@ -46,7 +46,8 @@ contract ParameterStore is Ownable {
     /// @notice Largest oDEX deposit receipt, in whole units of the deposited asset.
     bytes32 public constant ODEX_RECEIPT_CAP_UNITS = ParameterKeys.ODEX_RECEIPT_CAP_UNITS;
     /// @notice Fewest archive nodes an epoch of a group needs for its certificates to count (2 to 64,
-    /// DleRegistry.MAX_GROUP_SIZE): below it, a group certifies nothing.
+    /// DleRegistry.MAX_GROUP_SIZE): below it, a group certifies nothing. A change applies to a group
+    /// at its next `DleRegistry.refreshGroup`, which anyone may call.
     bytes32 public constant MIN_ARCHIVE_GROUP_SIZE = ParameterKeys.MIN_ARCHIVE_GROUP_SIZE;
 
     /// @notice The address that stands for the chain's native coin (AVAX) in the oDEX asset list.

@@ -135,6 +135,9 @@ class EpochRecord:
     members_hash: bytes
     started_at: int
     ended_at: int
+    size: int
+    minimum: int
+    """The governed minimum group size when the epoch opened: its certificates count only if size >= it."""
 
 
 def _address(value: str) -> bytes:
@@ -315,8 +318,8 @@ class DleChainClient(DeploymentClient):
         return int(self.registry.functions.currentEpoch(group).call())
 
     def epoch(self, group: int, epoch: int) -> EpochRecord:
-        members_hash_, started, ended = self.registry.functions.epochOf(group, epoch).call()
-        return EpochRecord(group, epoch, bytes(members_hash_), int(started), int(ended))
+        members_hash_, started, ended, size, minimum = self.registry.functions.epochOf(group, epoch).call()
+        return EpochRecord(group, epoch, bytes(members_hash_), int(started), int(ended), int(size), int(minimum))
 
     def epoch_members(self, group: int, epoch: int) -> list[str]:
         return [Web3.to_checksum_address(a) for a in self.registry.functions.epochMembers(group, epoch).call()]
@@ -387,9 +390,10 @@ class DleChainClient(DeploymentClient):
                 {"group": group, "epoch": epoch},
                 f"missing {missing or 'none'}, not members {strangers or 'none'}",
             )
-        minimum = self.min_group_size()
-        if count < minimum:
-            raise ContractRevert("GroupTooSmall", {"group": group, "epoch": epoch, "size": count, "minimum": minimum})
+        if count < record.minimum:
+            raise ContractRevert(
+                "GroupTooSmall", {"group": group, "epoch": epoch, "size": count, "minimum": record.minimum}
+            )
         return signers
 
     def group_for(self, asset_id: int) -> int:
