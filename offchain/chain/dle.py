@@ -334,10 +334,16 @@ class DleChainClient(DeploymentClient):
         genesis, asset, group, registered_at, asset_id = self.registry.functions.chainOf(chain).call()
         return ChainRecord(chain, bytes(genesis), asset, int(group), int(registered_at), int(asset_id))
 
-    def note_refunds(self, note: int) -> list[tuple[bytes, int]]:
-        """(buyer, amount) of every `CoNETCash.NoteRefunded` of note `note`, in chain order (this node's
-        own reading of the mainchain: what a DLE node checks a re-funding against)."""
-        events = self.cash.events.NoteRefunded.get_logs(from_block=0, argument_filters={"id": note})
+    def note_refunds(self, note: int, *, confirmations: int = 0) -> list[tuple[bytes, int]]:
+        """(buyer, amount) of every `CoNETCash.NoteRefunded` of note `note` at least `confirmations`
+        blocks deep, in chain order (this node's own reading of the mainchain: what a DLE node checks a
+        re-funding against)."""
+        head = int(self.w3.eth.block_number)
+        if head < confirmations:
+            return []
+        events = self.cash.events.NoteRefunded.get_logs(
+            from_block=0, to_block=head - confirmations, argument_filters={"id": note}
+        )
         ordered = sorted(events, key=lambda e: (e["blockNumber"], e["logIndex"]))
         return [(bytes.fromhex(str(e["args"]["buyer"])[2:]), int(e["args"]["amount"])) for e in ordered]
 
