@@ -23,7 +23,7 @@ import {Role} from "./types/Role.sol";
 /// that set has changed. A certificate names the epoch that signed it and is accepted only while that
 /// epoch is current, and only from an epoch of at least the governed `MIN_ARCHIVE_GROUP_SIZE` members:
 /// once a member has left, the ones who stayed cannot certify alone what it would have refused. What
-/// an ended epoch certified before it ended is re-certified by the current one.
+/// an ended epoch certified and was not submitted in time must be signed again by the current one.
 ///
 /// A chain belongs to the group its asset id maps to, `assetId % groupCount` at registration
 /// (`groupFor`), and keeps that group: a group cannot register another group's chain.
@@ -98,7 +98,8 @@ contract DleRegistry is EIP712 {
     error ZeroAddress();
     /// @notice Archive group `group` does not exist in the node registry.
     error UnknownArchiveGroup(uint256 group);
-    /// @notice No archive node of group `group` meets the archive minimum stake.
+    /// @notice No archive node of group `group` meets the archive minimum stake, and it never had an
+    /// epoch: there is nothing to open.
     error EmptyGroup(uint256 group);
     /// @notice Group `group` has more than MAX_GROUP_SIZE staked archive nodes.
     error GroupTooLarge(uint256 group, uint256 size);
@@ -166,7 +167,8 @@ contract DleRegistry is EIP712 {
 
     /// @notice Opens a new epoch of `group` if its staked archive nodes differ from the current epoch's,
     /// or the governed minimum group size changed since it opened. Anyone may call it; archive nodes do
-    /// after a member joins, leaves or unbonds.
+    /// after a member joins, leaves or unbonds. When no member is staked any more the new epoch is empty
+    /// and certifies nothing: members who all withdrew their stake cannot keep certifying.
     /// @return epoch The current epoch after the call.
     /// @return changed Whether a new epoch was opened.
     function refreshGroup(uint256 group) external returns (uint256 epoch, bool changed) {
@@ -176,6 +178,7 @@ contract DleRegistry is EIP712 {
         // Bounded to [2, 64] by the parameter store's bounds: the cast cannot truncate.
         uint8 minimum = uint8(minGroupSize());
         epoch = _currentEpochs[group];
+        if (members.length == 0 && epoch == 0) revert EmptyGroup(group);
         Epoch storage current = _epochs[group][epoch];
         if (epoch != 0 && current.membersHash == membersHash && current.minimum == minimum) return (epoch, false);
 
@@ -445,7 +448,6 @@ contract DleRegistry is EIP712 {
             members[j] = owner;
             ++count;
         }
-        if (count == 0) revert EmptyGroup(group);
         // Drop the unused tail: the array's length is what gets hashed and stored. Shortening a memory
         // array in place is safe: nothing was allocated after it.
         // slither-disable-next-line assembly

@@ -194,13 +194,30 @@ def test_a_stake_above_the_minimum_changing_opens_no_epoch(
 
 
 def test_a_raised_minimum_stake_empties_the_group(
-    dle: Any, staking: Any, admin: Any, archive_nodes: list[Any], epochs: None
+    dle: Any, staking: Any, registry: Any, admin: Any, archive_nodes: list[Any], epochs: None
 ) -> None:
+    """Once no member meets the stake, the next epoch is empty: the old members, all unstaked, cannot keep
+    certifying under the epoch they signed in."""
+    signatures = {group: group_signatures(group_of(registry, archive_nodes, group), DIGEST) for group in (0, 1)}
     staking.setMinimumStake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE] + 1, sender=admin)
     for group in (0, 1):
-        with reverts_with(dle.EmptyGroup, group=group):
-            dle.refreshGroup(group, sender=admin)
-        assert dle.currentEpoch(group) == 1  # the last epoch stands
+        dle.refreshGroup(group, sender=admin)
+        assert dle.currentEpoch(group) == 2 and list(dle.epochMembers(group, 2)) == []
+        assert dle.epochOf(group, 2).size == 0
+        with reverts_with(dle.EpochEnded, group=group, epoch=1, current=2):
+            dle.verifyGroupCertificate(group, DIGEST, 1, signatures[group])
+        with reverts_with(dle.MalformedSignatures, length=0):
+            dle.verifyGroupCertificate(group, DIGEST, 2, b"")
+        assert dle.refreshGroup.call(group, sender=admin) == (2, False)
+
+
+def test_a_group_that_never_had_a_staked_member_has_no_epoch(
+    dle: Any, staking: Any, admin: Any, archive_nodes: list[Any]
+) -> None:
+    staking.setMinimumStake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE] + 1, sender=admin)
+    with reverts_with(dle.EmptyGroup, group=0):
+        dle.refreshGroup(0, sender=admin)
+    assert dle.currentEpoch(0) == 0
 
 
 def test_a_deregistered_member_leaves_and_a_new_node_joins(

@@ -29,7 +29,7 @@ from dle_vm.transaction import SYSTEM_SENDER, Transaction
 from offchain.dle.authority import AuthorityError, ChainRefundLog, NoteAuthority, NotYetSeen, Refund
 from offchain.dle.client import DleError
 from offchain.dle.local import address_of_secret
-from offchain.dle.member import ConsensusFailed, MemberNode
+from offchain.dle.member import MemberNode
 from offchain.dle.note import (
     GAS_LIMIT,
     PROGRAM,
@@ -38,6 +38,7 @@ from offchain.dle.note import (
     note_program,
     refund_transaction,
 )
+from offchain.dle.transport import RemoteError
 from offchain.dle.wallet import NoteChain
 
 MALLORY, CAROL = key("mallory"), key("carol")
@@ -435,19 +436,37 @@ def test_a_node_whose_mainchain_view_lags_says_not_yet_and_signs_once_it_has_see
     run(scenario())
 
 
-def test_a_node_whose_view_never_shows_the_refund_stalls_the_round_and_nobody_is_judged(tmp_path: Path) -> None:
+def test_a_node_whose_view_does_not_catch_up_stalls_the_block_and_nobody_is_judged(tmp_path: Path) -> None:
+    """The lagging witness is reported as timed out; the archive nodes' probes find it alive, so it is
+    not replaced, and the round fails with nothing applied and nobody judged. The creator keeps the
+    block: once the views catch up, its next round finishes that very block (the witnesses that voted
+    for it see no second header, so nobody reports the creator), then goes on."""
+
     async def scenario() -> None:
-        note, _, refund = await _pooled_note_with_a_refund(tmp_path)
-        _, creator = _lagging(note)
+        note, view, refund = await _pooled_note_with_a_refund(tmp_path)
+        behind, creator = _lagging(note)
         version = creator.roles(note.chain).roles.version
         creator.timeouts = replace(creator.timeouts, not_yet_wait=0.05, not_yet_retries=3)
-        with pytest.raises(ConsensusFailed, match="do not see the block's mainchain proof yet"):
+        with pytest.raises(RemoteError, match="no timeout"):
             await creator._round(note.chain, (refund,))
         reader = NoteReader(note.dle.engine)
-        for archive in note.dle.archives.values():
+        archives = list(note.dle.archives.values())
+        for archive in archives:
             state = archive.store.head(note.chain).state
             assert reader.refund_count(state, note.chain) == 0
             assert reader.balance(state, note.chain, address_of_secret(CAROL)) == 0
+        assert note.mainchain.faults == []
+        assert creator.roles(note.chain).roles.version == version
+        stalled_height = archives[0].store.height(note.chain) + 1
+
+        behind.events.update(view.events)
+        await creator._round(note.chain, ())
+        for archive in archives:
+            state = archive.store.head(note.chain).state
+            assert reader.refund_count(state, note.chain) == 1
+            assert reader.balance(state, note.chain, address_of_secret(CAROL)) == 20_000_000
+            assert archive.store.height(note.chain) == stalled_height + 1  # the stalled block, then this one
+            assert archive.store.block(note.chain, stalled_height).block.transactions == (refund,)
         assert note.mainchain.faults == []
         assert creator.roles(note.chain).roles.version == version
 

@@ -135,6 +135,11 @@ class BlockAuthority(Protocol):
         """Raise `AuthorityError` unless user transaction `tx` may stand in the block at `height` on `pre`."""
         ...
 
+    def proves_mainchain_events(self, block: Block) -> bool:
+        """Whether `block` carries a system transaction proven by a mainchain event (a re-funding): only
+        such a block can meet a node whose view has not caught up (`NotYetSeen`)."""
+        ...
+
 
 class NoteAuthority:
     """`BlockAuthority` for note and receipt chains (and any chain without the note program)."""
@@ -172,6 +177,11 @@ class NoteAuthority:
             )
         if tx.gas_limit > GAS_LIMIT:
             raise AuthorityError(f"gas limit {tx.gas_limit} is above the note chain's {GAS_LIMIT}")
+
+    def proves_mainchain_events(self, block: Block) -> bool:
+        return any(
+            tx.is_system and tx.to == PROGRAM and tx.data[:4] == self._refund_selector for tx in block.transactions
+        )
 
     def check(self, pre: State, block: Block, witnesses: Sequence[bytes]) -> None:
         chain = block.header.chain_id

@@ -159,8 +159,14 @@ class ArchiveGroups:
         return dict(groups)
 
     def _read(self, group: int) -> ArchiveGroup | None:
+        """The current epoch of `group`, or None when it has none or one that certifies nothing (fewer
+        members than the minimum it opened with, e.g. a lone survivor or an emptied group): a block that
+        such an epoch signed is no more final here than on the mainchain."""
         epoch = self.client.current_epoch(group)
         if epoch == 0:
+            return None
+        record = self.client.epoch(group, epoch)
+        if record.size < record.minimum:
             return None
         members = sorted(bytes.fromhex(m[2:]) for m in self.client.epoch_members(group, epoch))
         return ArchiveGroup(group, epoch, tuple(members))

@@ -149,6 +149,19 @@ def check_final(
     group.verify(digest, certificate)
 
 
+@dataclass(frozen=True)
+class _Stalled:
+    """A block this creator signed and sent whose round failed (an archive node could not yet check it,
+    or did not answer): members may hold votes for it, so the next block at its height under its roles
+    version must be this very block, or they would take a second header for equivocation."""
+
+    height: int
+    roles_version: int
+    parent_hash: bytes
+    block: Block
+    post: State
+
+
 @dataclass
 class _Pending:
     """A header this node signed and the post-state it reached, until the block is final or dropped."""
@@ -201,6 +214,7 @@ class MemberNode:
         self.timeouts = timeouts or Timeouts()
         self._clock = clock
         self._pending: dict[tuple[bytes, int], _Pending] = {}
+        self._stalled: dict[bytes, _Stalled] = {}
         self._seen_validation: dict[tuple[bytes, int, int], Header] = {}
         self._work: dict[bytes, _ChainWork] = {}
         self._poh: dict[bytes, int] = {}
@@ -669,6 +683,19 @@ class MemberNode:
             roles = record.roles
             if roles.creator != self.address:
                 raise RemoteError("not-creator", f"0x{roles.creator.hex()}")
+            # Finish a stalled block first (the same bytes, the same signature), and put this round's
+            # transactions in the block after it. A stalled block is superseded when the roles changed
+            # (members' votes under the old version are void) or the head moved on.
+            stalled = self._stalled.pop(chain, None)
+            if (
+                genesis is None
+                and stalled is not None
+                and (stalled.height, stalled.roles_version, stalled.parent_hash) == (height, roles.version, parent_hash)
+            ):
+                finished = await self._attempt_keeping(chain, record, stalled.block, stalled.post, parent, pre)
+                if isinstance(finished, RolesRecord):
+                    await self.adopt(finished)
+                continue
             # The witness replacements the certified roles demand, computed from the state (so a new
             # creator that learned of the change from a client, not from its own round, makes them too).
             try:
@@ -707,7 +734,7 @@ class MemberNode:
             )
             block = Block(header, all_txs, (self._sign_header(header),))
             self.rounds += 1
-            outcome = await self._attempt(record, block, post, parent, pre)
+            outcome = await self._attempt_keeping(chain, record, block, post, parent, pre)
             if isinstance(outcome, RolesRecord):
                 if genesis is not None:
                     genesis = (pre, outcome)
@@ -717,27 +744,36 @@ class MemberNode:
             return Outcome(outcome.block, outcome.certificate, receipts[len(prefix) :], outcome.exit_certificates)
         raise ConsensusFailed(f"no final block for chain 0x{chain.hex()[:12]} after {self.timeouts.attempts} attempts")
 
+    async def _attempt_keeping(
+        self, chain: bytes, record: RolesRecord, block: Block, post: State, parent: object, pre: State
+    ) -> RolesRecord | _FinalOutcome:
+        """`_attempt`, keeping the block as stalled when its round fails, however (see `_Stalled`)."""
+        try:
+            return await self._attempt(record, block, post, parent, pre)
+        except Exception:
+            if parent is not None:
+                header = block.header
+                self._stalled[chain] = _Stalled(header.height, record.roles.version, header.parent_hash, block, post)
+            raise
+
     async def _ask_until_seen(
-        self, nodes: Sequence[bytes], asks: Sequence[Callable[[], Awaitable[bytes | Exception]]]
+        self, asks: Sequence[Callable[[], Awaitable[bytes | Exception]]], block: Block
     ) -> list[bytes | Exception]:
-        """Every node's answer to its request. A node that answers `not-yet` — its mainchain view does not
-        show a proof the block needs, yet — is asked the same again, `not_yet_wait` apart, at most
-        `not_yet_retries` times; still not seeing it, the round fails and nobody is reported (it
-        neither refused nor signed). The block is the same every time: a node that voted keeps one vote."""
+        """Every node's answer to its request. When `block` carries a re-funding, a node that answers
+        `not-yet` — its mainchain view does not show the event yet — is asked the same again,
+        `not_yet_wait` apart, at most `not_yet_retries` times; what it answers last is returned. The block
+        is the same every time: a node that voted keeps one vote. A `not-yet` to a block with nothing to
+        prove is no answer the protocol knows and is returned at once (the caller takes it as a refusal)."""
         answers = list(await asyncio.gather(*(ask() for ask in asks)))
+        if not self._authority.proves_mainchain_events(block):
+            return answers
         for _ in range(self.timeouts.not_yet_retries):
             waiting = [i for i, answer in enumerate(answers) if _is_not_yet(answer)]
             if not waiting:
-                return answers
+                break
             await asyncio.sleep(self.timeouts.not_yet_wait)
             for i, answer in zip(waiting, await asyncio.gather(*(asks[i]() for i in waiting)), strict=True):
                 answers[i] = answer
-        late = [nodes[i] for i, answer in enumerate(answers) if _is_not_yet(answer)]
-        if late:
-            raise ConsensusFailed(
-                f"{len(late)} node(s), first 0x{late[0].hex()}, do not see the block's mainchain proof yet: "
-                "submit again once the mainchain event is deep enough"
-            )
         return answers
 
     def _sign_header(self, header: Header) -> bytes:
@@ -768,10 +804,14 @@ class MemberNode:
             validation = Validation(block, parent.block, parent.certificate, parent.state, record)
             asks.append(partial(self._call, validator, "validate", validation.encode(), self.timeouts.vote))
         members = (*roles.witnesses, validator)
-        answers = await self._ask_until_seen(members, asks)
+        answers = await self._ask_until_seen(asks, block)
+        proves = self._authority.proves_mainchain_events(block)
         signatures = [block.signatures[0]]
         for member, answer in zip(members, answers, strict=True):
-            if isinstance(answer, (PeerTimeout, PeerUnavailable)):
+            # A member whose mainchain view still does not show the block's re-funding can neither sign
+            # nor be blamed: it is reported as timed out, and the archive nodes' own probes decide (one
+            # that answers them is not replaced, and the round fails with the block kept as stalled).
+            if isinstance(answer, (PeerTimeout, PeerUnavailable)) or (proves and _is_not_yet(answer)):
                 return await self._report(
                     roles, "report_timeout", TimeoutReport(roles.chain, roles.version, member).encode(), record=True
                 )
@@ -793,8 +833,7 @@ class MemberNode:
         group = self._group_of(roles.group)
         commit = Commit(signed).encode()
         accepts = await self._ask_until_seen(
-            group.members,
-            [partial(self._call, node, "accept", commit, self.timeouts.accept) for node in group.members],
+            [partial(self._call, node, "accept", commit, self.timeouts.accept) for node in group.members], signed
         )
         archive_signatures: dict[bytes, bytes] = {}
         exit_signatures: dict[bytes, tuple[bytes, ...]] = {}

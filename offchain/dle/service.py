@@ -5,16 +5,16 @@ Each process is one node serving the DLE wire protocol (`transport.http_app`: `P
 
 - **archive**: an `ArchiveNode` of the archive group whose current epoch counts its key; the waiting
   pool's long-poll hook (`/pool/info`, `/pool/join`, `/pool/wait`: candidates join with a signed
-  request, only when staked for their role on the mainchain, and get an assignment when drawn); and
-  the chain mirror (`offchain/chain/mirror.py`), followed from its own SQLite cursor: for every
-  `NoteIssued` it opens the note's chain when this node hosts it — its group keeps the note (note id
-  modulo the groups with an epoch) and `host_of(chain)` is this node — from the mirror's genesis terms
-  (mainchain id, CoNETCash, value, holder, CBDC, the transfer fee in force at the mint), which draws
-  the witnesses and validators, has the CBDC sign the genesis block and registers the chain on
-  DleRegistry. An oDEX receipt (OdexVault's `ReceiptIssued`) opens its receipt chain the same way, from
-  `offchain.odex.receipts.receipt_terms` (the vault as `cash`, the depositor as holder, the oDEX fee),
-  with a staked CBDC as its creator (`receipt_creator`: a deterministic pick). A chain that cannot open
-  yet (pool not filled, a peer down) is retried; pending chains are keyed by chain id.
+  request, only when staked for their role on the mainchain, and get an assignment when drawn); and the
+  chain mirror (`offchain/chain/mirror.py`), followed from its own SQLite cursor: for every `NoteIssued`
+  it opens the note's chain when this node hosts it — its group keeps the note (note id modulo the node
+  registry's group count, `DleRegistry.groupFor`) and `host_of(chain)` is this node — from the mirror's
+  genesis terms (mainchain id, CoNETCash, value, holder, CBDC, the transfer fee in force at the mint),
+  which draws the witnesses and validators, has the CBDC sign the genesis block and registers the chain
+  on DleRegistry. An oDEX receipt (OdexVault's `ReceiptIssued`) opens its receipt chain the same way,
+  from `offchain.odex.receipts.receipt_terms` (the vault as `cash`, the depositor as holder, the oDEX
+  fee), with a staked CBDC as its creator (`receipt_creator`: a deterministic pick). A chain that cannot
+  open yet (pool not filled, a peer down) is retried; pending chains are keyed by chain id.
 - **member**: a `MemberNode` (creator, witness and validator in one); with a role in its config
   (2 witness, 3 validator) it waits in the pool of every archive node listed, and joins again after
   each assignment.
@@ -136,7 +136,8 @@ class NodeConfig:
     groups_interval: float = 5.0
     """How often archive-group epochs are re-read from the mainchain."""
     confirmations: int = 0
-    """How deep a mainchain event must be before this node signs a DLE block it proves (a re-funding);
+    """How deep a mainchain event must be before this node acts on it: a minting event before it opens
+    or registers the chain (the mirror's depth), a re-funding before it signs the block that applies it;
     0 on a devnet's instant-mining anvil, more on a public chain."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -533,7 +534,9 @@ async def _archive(context: _Context, stop: asyncio.Event) -> None:
     opener = ChainOpener(
         node,
         context.groups,
-        lambda: Mirror.from_address_book(context.w3, context.book, config.data_dir / "mirror.sqlite"),
+        lambda: Mirror.from_address_book(
+            context.w3, context.book, config.data_dir / "mirror.sqlite", confirmations=config.confirmations
+        ),
         config.poll_interval,
     )
     node.minted = opener
