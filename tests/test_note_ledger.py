@@ -686,6 +686,21 @@ def test_only_the_payee_can_draw_on_an_authorization(program: Program) -> None:
     assert chain.total() == VALUE
 
 
+def test_a_stranger_with_no_balance_cannot_fill_the_state_with_authorizations(program: Program) -> None:
+    """Review finding: an authorization costs no fee, so one from someone holding nothing is refused
+    before it takes a slot (the creator drops the reverting transaction: nothing of it is stored)."""
+    chain = opened(program)
+    s = chain.signer
+    assert chain.balance(MALLORY) == 0
+    chain.refused(s.authorize(MALLORY, BOB, 10_000, 0), "NothingToAuthorize", hexaddr(MALLORY.address))
+    assert chain.view("nonces", MALLORY.address) == (0,)
+    chain.refused(s.deduct(BOB, MALLORY, 0, 1, 0), "UnknownAuthorization", hexaddr(MALLORY.address), 0)
+    # Once it holds something, it may.
+    chain.ok(s.transfer(BUYER, MALLORY, 1_000, 0))
+    chain.ok(s.authorize(MALLORY, BOB, 10_000, 0))
+    assert chain.view("authorizationOf", MALLORY.address, 0)[0][0] == hexaddr(BOB.address)
+
+
 def test_deduct_to_pays_a_third_party_within_the_limit_with_the_fee_split(program: Program) -> None:
     chain = opened(program)
     s = chain.signer
@@ -1001,7 +1016,7 @@ def draw_action(data: st.DataObject, chain: Chain, model: Model) -> tuple[bytes 
         payee = data.draw(st.sampled_from(ACTORS))
         limit = data.draw(st.integers(0, VALUE // 2))
         call = signer.authorize(key, payee, limit, nonce, expiry)
-        valid = valid and limit > 0
+        valid = valid and limit > 0 and balance > 0  # NothingToAuthorize without a balance
         if valid:
             model.authorizations[(key.address, nonce)] = [payee, limit, 0, expiry, False]
     elif kind in ("deduct", "deduct to") and model.authorizations:

@@ -214,6 +214,8 @@ contract NoteLedger is IERC5267, Initializable {
     error InvalidReceiver(address receiver);
     /// @notice `holder` holds `balance`, less than `amount` plus `fee`.
     error InsufficientBalance(address holder, uint256 balance, uint256 amount, uint256 fee);
+    /// @notice `holder` holds nothing on this chain: an authorization would only take storage.
+    error NothingToAuthorize(address holder);
     /// @notice `holder` signed no authorization with nonce `authorization`.
     error UnknownAuthorization(address holder, uint256 authorization);
     /// @notice `holder` revoked `authorization`.
@@ -328,7 +330,9 @@ contract NoteLedger is IERC5267, Initializable {
 
     /// @notice Authorizes `payee` to deduct from `holder` up to `limit` in total (fees on top, charged to
     /// `holder`) until `expiry`. The authorization is known by (`holder`, `nonce`). `signature` is
-    /// `holder`'s EIP-712 signature of Authorize(holder, payee, limit, nonce, expiry).
+    /// `holder`'s EIP-712 signature of Authorize(holder, payee, limit, nonce, expiry). Only a holder with
+    /// a balance may authorize (`NothingToAuthorize`): anyone else's authorizations, free of fees, would
+    /// fill every node's state with slots nobody can ever deduct from.
     /// @return authorization The authorization's id: `nonce`.
     function authorize(
         address holder,
@@ -342,6 +346,7 @@ contract NoteLedger is IERC5267, Initializable {
         _useNonce(holder, nonce, expiry);
         if (payee == address(0)) revert ZeroAddress();
         if (limit == 0) revert ZeroAmount();
+        if (_balances[holder] == 0) revert NothingToAuthorize(holder);
         authorization = nonce;
         // Clamping changes nothing a payee can do: no balance ever reaches 2^128 (funding < 2^96 each),
         // and block.timestamp is a uint64 in the DLE header.

@@ -695,6 +695,20 @@ class MemberNode:
                 finished = await self._attempt_keeping(chain, record, stalled.block, stalled.post, parent, pre)
                 if isinstance(finished, RolesRecord):
                     await self.adopt(finished)
+                    continue
+                # A submitter whose transactions the stalled block holds (it asked again after the failed
+                # round) is answered with that block: they must not go in twice.
+                _, receipts = execute(self._engine, pre, stalled.block.header, stalled.block.transactions)
+                receipt_of = {tx.encode(): r for tx, r in zip(stalled.block.transactions, receipts, strict=True)}
+                if jobs is not None:
+                    for job in [job for job in jobs if _held(receipt_of, job.transactions)]:
+                        jobs.remove(job)
+                        if not job.done.done():
+                            job.done.set_result(_answer(finished, receipt_of, job.transactions).encode())
+                    if not jobs:
+                        return _answer(finished, receipt_of, ())
+                elif _held(receipt_of, txs):
+                    return _answer(finished, receipt_of, txs)
                 continue
             # The witness replacements the certified roles demand, computed from the state (so a new
             # creator that learned of the change from a client, not from its own round, makes them too).
@@ -1003,3 +1017,14 @@ _METHODS: dict[str, str] = {
 
 def _is_not_yet(answer: bytes | Exception) -> bool:
     return isinstance(answer, RemoteError) and answer.code == NOT_YET
+
+
+def _held(receipt_of: dict[bytes, Receipt], transactions: Sequence[Transaction]) -> bool:
+    """Whether a stalled block, now final, holds every one of `transactions` (its receipts by encoding)."""
+    return bool(transactions) and all(tx.encode() in receipt_of for tx in transactions)
+
+
+def _answer(final: _FinalOutcome, receipt_of: dict[bytes, Receipt], transactions: Sequence[Transaction]) -> Outcome:
+    """The outcome of `transactions` in the final stalled block."""
+    receipts = tuple(receipt_of[tx.encode()] for tx in transactions)
+    return Outcome(final.block, final.certificate, receipts, final.exit_certificates)
