@@ -256,6 +256,7 @@ def exit_(ctx: click.Context, note: int, amount: str, receiver: str | None) -> N
             receiver=receiver_address,
             amount=cert.amount,
             nonce=cert.nonce,
+            exited_before=cert.exited_before,
         ),
         result.epoch,
         result.signatures,

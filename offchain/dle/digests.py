@@ -84,6 +84,7 @@ class Domains:
                 to_checksum_address(exit_.receiver),
                 exit_.amount,
                 exit_.nonce,
+                exit_.exited_before,
             )
         )
 

@@ -246,7 +246,9 @@ class NoteTerms:
 
 @dataclass(frozen=True)
 class ExitCertificate:
-    """CoNETCash's `ExitCertificate`, as the program's `Exited` event yields it."""
+    """CoNETCash's `ExitCertificate`, as the program's `Exited` event yields it. `exited_before` is the
+    head of the chain's exit history before this exit (zero for the first; then bytes27 of the previous
+    certificate's EIP-712 struct hash): the mainchain pays the exits in nonce order along that history."""
 
     note: int
     chain: bytes
@@ -255,11 +257,21 @@ class ExitCertificate:
     receiver: bytes
     amount: int
     nonce: int
+    exited_before: bytes = bytes(32)
 
-    _TYPES = ("uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256")
+    _TYPES = ("uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256", "bytes32")
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (self.note, self.chain, self.height, self.holder, self.receiver, self.amount, self.nonce)
+        return (
+            self.note,
+            self.chain,
+            self.height,
+            self.holder,
+            self.receiver,
+            self.amount,
+            self.nonce,
+            self.exited_before,
+        )
 
     def encode(self) -> bytes:
         """abi.encode(certificate): the `Exited` log's data."""
@@ -267,8 +279,10 @@ class ExitCertificate:
 
     @classmethod
     def decode(cls, data: bytes) -> ExitCertificate:
-        note, chain, height, holder, receiver, amount, nonce = decode(list(cls._TYPES), data)
-        return cls(note, chain, height, bytes.fromhex(holder[2:]), bytes.fromhex(receiver[2:]), amount, nonce)
+        note, chain, height, holder, receiver, amount, nonce, exited_before = decode(list(cls._TYPES), data)
+        return cls(
+            note, chain, height, bytes.fromhex(holder[2:]), bytes.fromhex(receiver[2:]), amount, nonce, exited_before
+        )
 
     @classmethod
     def from_logs(cls, logs: Iterable[Log], program: Program | None = None) -> list[ExitCertificate]:

@@ -485,6 +485,7 @@ def withdraw(ctx: click.Context, receipt: int, amount: str, receiver: str | None
             receiver=to,
             amount=cert.amount,
             nonce=cert.nonce,
+            exited_before=cert.exited_before,
         ),
         result.epoch,
         result.signatures,
