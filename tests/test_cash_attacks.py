@@ -169,7 +169,14 @@ def exit_of(
     if exited_before is None:
         exited_before = bytes(cash.exitHistoryOf(note)[1])
     certificate = (
-        note, cash.chainOf(note), 100 + nonce, receiver.address, receiver.address, amount, nonce, exited_before
+        note,
+        cash.chainOf(note),
+        100 + nonce,
+        receiver.address,
+        receiver.address,
+        amount,
+        nonce,
+        exited_before,
     )
     digest = cash.exitDigest(certificate)
     assert digest == exit_digest(chain.chain_id, cash, certificate)  # the off-chain digest agrees
@@ -663,7 +670,8 @@ def test_two_certified_forks_of_one_chain_yield_exactly_one_payable_exit_history
 ) -> None:
     """A whole archive group double-certifies: it signs two forks of the note's chain that share exit 0
     and then diverge (fork A: Alice exits 20 then 10; fork B: she pays Bob instead, who exits 12 then
-    3 — amounts the note's outstanding value still covers, so only the history refuses them). Whichever fork's exit is paid first, every exit of the other fork is refused — its exit 1 repeats
+    3 — amounts the note's outstanding value still covers, so only the history refuses them).
+    Whichever fork's exit is paid first, every exit of the other fork is refused — its exit 1 repeats
     a spent nonce, its exit 2 names another history — and the other fork's receiver gets nothing."""
     shared, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 0)
     cash.exit(shared, 1, signatures, sender=alice)
@@ -672,7 +680,16 @@ def test_two_certified_forks_of_one_chain_yield_exactly_one_payable_exit_history
     def fork(receiver: Any, amounts: tuple[int, int], height: int) -> list[tuple[tuple[Any, ...], bytes]]:
         exits, head = [], fork_head
         for nonce, amount in enumerate(amounts, start=1):
-            certificate = (live, cash.chainOf(live), height + nonce, alice.address, receiver.address, amount, nonce, head)
+            certificate = (
+                live,
+                cash.chainOf(live),
+                height + nonce,
+                alice.address,
+                receiver.address,
+                amount,
+                nonce,
+                head,
+            )
             signers = members_of(registry, archive_nodes, live)  # every member signs both forks
             exits.append((certificate, group_signatures(signers, cash.exitDigest(certificate))))
             head = exit_head(certificate)

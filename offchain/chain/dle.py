@@ -547,7 +547,9 @@ class DleChainClient(DeploymentClient):
             raise ContractRevert("WrongChain", {"expected": chain, "given": certificate.chain})
         if certificate.amount == 0 or certificate.amount > outstanding:
             raise ContractRevert("InvalidExitAmount", {"amount": certificate.amount, "outstanding": outstanding})
-        check_exit_order(certificate.note, certificate.nonce, certificate.exited_before, self.exit_history(certificate.note))
+        check_exit_order(
+            certificate.note, certificate.nonce, certificate.exited_before, self.exit_history(certificate.note)
+        )
         record = self.chain_record(chain)
         self.check_certificate(record.group, epoch, self.digests.exit(certificate), signatures)
 
@@ -564,11 +566,11 @@ class DleChainClient(DeploymentClient):
 
 
 __all__ = [
+    "EXIT_HEAD_BYTES",
     "ChainRecord",
     "Digests",
     "DleChainClient",
     "EpochRecord",
-    "EXIT_HEAD_BYTES",
     "ExitCertificate",
     "FaultKind",
     "FaultReport",

@@ -262,7 +262,9 @@ class OdexVaultClient(DeploymentClient):
             raise ContractRevert("WrongChain", {"expected": held.chain, "given": certificate.chain})
         if certificate.amount == 0 or certificate.amount > held.outstanding:
             raise ContractRevert("InvalidExitAmount", {"amount": certificate.amount, "outstanding": held.outstanding})
-        check_exit_order(certificate.note, certificate.nonce, certificate.exited_before, self.exit_history(certificate.note))
+        check_exit_order(
+            certificate.note, certificate.nonce, certificate.exited_before, self.exit_history(certificate.note)
+        )
         record = self._dle.chain_record(held.chain)
         self._dle.check_certificate(record.group, epoch, self.digests.vault_exit(certificate), signatures)
 

@@ -426,6 +426,26 @@ class NoteReader:
     def balance(self, state: State, chain: bytes, account: bytes) -> int:
         return int(self.view(state, chain, "balanceOf", account)[0])
 
+    def exit_count(self, state: State, chain: bytes) -> int:
+        """The number of exits so far: the next exit's certificate nonce."""
+        return int(self.view(state, chain, "exitCount")[0])
+
+    def exit_of(self, state: State, chain: bytes, nonce: int) -> ExitCertificate:
+        """The certificate of exit `nonce` (`exitOf`); ValueError (`UnknownExit`) if there is none yet."""
+        ((note, chain_, height, holder, receiver, amount, nonce_, exited_before),) = self.view(
+            state, chain, "exitOf", nonce
+        )
+        return ExitCertificate(
+            int(note),
+            bytes(chain_),
+            int(height),
+            bytes.fromhex(str(holder)[2:]),
+            bytes.fromhex(str(receiver)[2:]),
+            int(amount),
+            int(nonce_),
+            bytes(exited_before),
+        )
+
     def nonce(self, state: State, chain: bytes, signer: bytes) -> int:
         """`signer`'s next nonce for the program's signed messages."""
         return int(self.view(state, chain, "nonces", signer)[0])
