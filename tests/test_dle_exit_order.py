@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -54,7 +55,7 @@ def test_exits_carry_the_history_the_mainchain_checks_and_any_participant_gets_e
         # before: bytes27 of its EIP-712 struct hash, as CertifiedExits keeps it.
         assert [c.nonce for c in certificates] == [0, 1, 2]
         assert certificates[0].exited_before == bytes(32)
-        for before, after in zip(certificates, certificates[1:], strict=False):
+        for before, after in pairwise(certificates):
             head = exit_history_head(mainchain_certificate(before).struct_hash)
             assert after.exited_before == head == mainchain_certificate(before).exited_after
         archive = next(iter(note.dle.archives.values()))
