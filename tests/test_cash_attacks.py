@@ -933,3 +933,75 @@ def test_a_claim_is_capped_by_what_burns_removed_and_the_rest_withheld(
     assert cash.earningsOf(cbdc, stablecoin) == (0, 0)
     with reverts_with(cash.NothingToClaim, stablecoin=stablecoin):
         cash.claim(stablecoin, sender=cbdc)
+
+
+def test_the_note_programs_own_forked_exits_pay_once_on_cashs_terms(
+    chain: Any, cash: Any, registry: Any, archive_nodes: list[Any], stablecoin: Any, live: int, alice: Any, bob: Any
+) -> None:
+    """The same, end to end: the note program (NoteLedger in dle_vm) on the live note's terms makes the
+    certificates. Exit 0 is shared; then the chain forks at one height — fork A exits 20 to Alice,
+    fork B 12 to Bob — and the whole group signs both. The program's certificates hash, under the
+    off-chain `Domains`, to exactly CoNETCash's `exitDigest`; exit 0 pays, fork A's exit 1 pays, fork
+    B's is refused, and a fork-B exit 2 built on it names a history CoNETCash never paid."""
+    from dle_vm.engine import BlockContext, apply_transactions, default_engine
+    from offchain.dle.digests import Domains
+    from offchain.dle.local import address_of_secret
+    from offchain.dle.note import ExitCertificate, NoteSigner, NoteTerms, genesis_state, note_program
+
+    holder, creator = keccak(b"fork holder"), keccak(b"fork cbdc")
+    terms = NoteTerms(
+        note=live,
+        mainchain_id=chain.chain_id,
+        cash=bytes.fromhex(cash.address[2:]),
+        value=50 * USDC,
+        holder=address_of_secret(holder),
+        cbdc=address_of_secret(creator),
+        witnesses=tuple(bytes([i]) * 20 for i in range(1, 6)),
+        validators_pool=b"\x09" * 20,
+        transfer_fee_bps=5,
+    )
+    assert terms.chain == bytes(cash.chainOf(live))
+    engine, program, signer = default_engine(), note_program(), NoteSigner(terms, note_program())
+    expiry = 2**40
+
+    def run(state: Any, height: int, tx: Any) -> tuple[Any, ExitCertificate]:
+        context = BlockContext(chain_id=terms.chain, height=height, timestamp=1_000 + height)
+        post, (receipt,) = apply_transactions(engine, state, [tx], context)
+        assert receipt.success, program.decode_error(receipt.output)
+        found = ExitCertificate.from_logs(receipt.logs, program)
+        return post, (found[0] if found else None)  # type: ignore[return-value]
+
+    who = terms.holder
+    state, _ = run(genesis_state(program), 0, terms.initialize(creator, program))
+    state, shared = run(state, 1, signer.exit(holder, who, bytes.fromhex(alice.address[2:]), 5 * USDC, 0, expiry))
+    _, a1 = run(state, 2, signer.exit(holder, who, bytes.fromhex(alice.address[2:]), 20 * USDC, 1, expiry))
+    fork_b, b1 = run(state, 2, signer.exit(holder, who, bytes.fromhex(bob.address[2:]), 12 * USDC, 1, expiry))
+    _, b2 = run(fork_b, 3, signer.exit(holder, who, bytes.fromhex(bob.address[2:]), 3 * USDC, 2, expiry))
+    # Both forks' exit 1 take nonce 1 and name the shared history; fork B's exit 2 names fork B's.
+    assert (a1.nonce, b1.nonce) == (1, 1)
+    assert a1.exited_before == b1.exited_before == exit_head(_tuple(shared))
+    assert b2.exited_before == exit_head(_tuple(b1)) != exit_head(_tuple(a1))
+
+    domains = Domains(chain.chain_id, bytes.fromhex(registry.address[2:]), terms.cash)
+    members = members_of(registry, archive_nodes, live)
+    signed = {}
+    for name, certificate in (("shared", shared), ("a1", a1), ("b1", b1), ("b2", b2)):
+        digest = cash.exitDigest(_tuple(certificate))
+        assert digest == domains.exit(certificate.encode())  # what the group signs is what CoNETCash checks
+        signed[name] = (_tuple(certificate), group_signatures(members, digest))
+    cash.exit(signed["shared"][0], 1, signed["shared"][1], sender=alice)
+    cash.exit(signed["a1"][0], 1, signed["a1"][1], sender=alice)
+    before = exits_paid_state(cash, stablecoin, live, alice, bob)
+    with reverts_with(cash.CertificateUsed, note=live, nonce=1):
+        cash.exit(signed["b1"][0], 1, signed["b1"][1], sender=bob)
+    with reverts_with(cash.ExitHistoryMismatch, note=live, expected=exit_head(_tuple(a1)), given=b2.exited_before):
+        cash.exit(signed["b2"][0], 1, signed["b2"][1], sender=bob)
+    assert exits_paid_state(cash, stablecoin, live, alice, bob) == before
+    assert cash.outstandingOf(live) == 25 * USDC
+
+
+def _tuple(certificate: Any) -> tuple[Any, ...]:
+    """A program certificate (offchain.dle.note.ExitCertificate) as CoNETCash's struct tuple."""
+    from offchain.dle.digests import mainchain_certificate
+
+    return mainchain_certificate(certificate).as_tuple()
