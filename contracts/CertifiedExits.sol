@@ -27,7 +27,8 @@ import {DleChainId} from "./libraries/DleChainId.sol";
 /// repeats a spent nonce or names another history.
 abstract contract CertifiedExits is EIP712 {
     /// @notice What a holder exits: the DLE group's certificate of an exit finalized on the chain of
-    /// asset `note` (a note id at CoNETCash, a receipt id at OdexVault).
+    /// asset `note` (a note id at CoNETCash, a receipt id at OdexVault). `nonce` is the chain's exit
+    /// counter and `exitedBefore` the head of the chain's exit history before this exit.
     struct ExitCertificate {
         uint256 note;
         bytes32 chain;
