@@ -296,12 +296,12 @@ def _measure_economy(
     register = dle.functions.registerChain(cash.address, note, genesis, group, epoch, _sign(digest, members))
     run.send("DleRegistry.registerChain(10 signers)", register, admin)
     chain_id = cash.functions.chainOf(note).call()
-    nonces = iter(range(ARCHIVE_NODES))
 
     def exit_of(receiver: str, amount: int, epoch: int) -> Any:
-        """The exit of the note's next certificate (nonce 0, 1, …), signed by the group's members now."""
-        nonce = next(nonces)
-        certificate = (note, chain_id, 10 + nonce, holder, receiver, amount, nonce)
+        """The exit of the note's next certificate (nonce 0, 1, …, naming the history paid so far),
+        signed by the group's members now."""
+        nonce, exited_before = cash.functions.exitHistoryOf(note).call()
+        certificate = (note, chain_id, 10 + nonce, holder, receiver, amount, nonce, exited_before)
         digest = cash.functions.exitDigest(certificate).call()
         return cash.functions.exit(certificate, epoch, _sign(digest, members))
 
@@ -375,11 +375,13 @@ def _measure_odex(
     run.send(None, params.functions.setParameter(cap_key, 100), admin)
     deposit("OdexVault.deposit(split into 3)", stablecoin.address, 250 * USDC)
 
-    # Receipt 4 (ERC-20) and receipt 2 (AVAX) on chains of the group; their first withdrawals write the
-    # receipt's first nonce word, the later one updates it.
+    # Receipt 4 (ERC-20) and receipt 2 (AVAX) on chains of the group; their first withdrawals create the
+    # receipt's exit history slot, the later one updates it.
     def withdrawal(receipt: int, receiver: str, amount: int, nonce: int) -> Any:
         chain = vault.functions.chainOf(receipt).call()
-        certificate = (receipt, chain, 10 + nonce, holder, receiver, amount, nonce)
+        paid, exited_before = vault.functions.exitHistoryOf(receipt).call()
+        assert paid == nonce, "the vault pays a receipt's exits in order"
+        certificate = (receipt, chain, 10 + nonce, holder, receiver, amount, nonce, exited_before)
         digest = vault.functions.exitDigest(certificate).call()
         return vault.functions.withdraw(certificate, epoch, _sign(digest, members))
 

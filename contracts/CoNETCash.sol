@@ -329,7 +329,8 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
     /// epoch `epoch` of the note's archive group over the certificate's EIP-712 digest, sorted by
     /// signer. Pays `amount` minus EXIT_FEE_BPS (rounded up) to the receiver and credits the fee and
     /// the re-issue to the note's CBDC. A note exited to zero goes to the pool. The fee is the one in
-    /// force when the note was issued (or re-funded).
+    /// force when the note was issued (or re-funded). A note's exits are paid in nonce order along one
+    /// exit history (`exitHistoryOf`); anyone may submit a certificate, the receiver is certified.
     function exit(ExitCertificate calldata certificate, uint256 epoch, bytes calldata signatures)
         external
         nonReentrant

@@ -159,7 +159,8 @@ contract OdexVault is CertifiedExits, TransientReentrancyGuard {
     /// epoch `epoch` of the receipt chain's archive group over the certificate's EIP-712 digest
     /// (`exitDigest`), sorted by signer; `certificate.note` is the receipt id. Pays exactly `amount` of
     /// the receipt's asset to `certificate.receiver`: the oDEX fee was charged per trade on the receipt
-    /// chain, nothing is deducted here. Works for receipts of an asset delisted since.
+    /// chain, nothing is deducted here. Works for receipts of an asset delisted since. A receipt's exits
+    /// are paid in nonce order along one exit history (`exitHistoryOf`).
     function withdraw(ExitCertificate calldata certificate, uint256 epoch, bytes calldata signatures)
         external
         nonReentrant

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,11 +27,11 @@ import click
 from web3 import Web3
 
 from offchain.chain.cash import CashError, format_amount, parse_amount
-from offchain.chain.dle import ExitCertificate as MainchainExitCertificate
 from offchain.chain.web3_contracts import ChainError, Sender, events_of
 from offchain.devnet.dle import DevnetClient, DevnetError, default_dir, load_wallet
 from offchain.devnet.wallet_cli import DevnetWallet, WalletSettings, explained_group, wait_for, wallet_options
 from offchain.dle.client import DleError
+from offchain.dle.digests import mainchain_certificate
 from offchain.dle.local import address_of_secret
 from offchain.dle.transport import TransportError
 from offchain.dle.wallet import NoteChain, WalletError
@@ -244,22 +245,20 @@ def exit_(ctx: click.Context, note: int, amount: str, receiver: str | None) -> N
         f"certified by archive group epoch {result.epoch}"
     )
     client = wallet.client
+    sender = client.sender(wallet.secret)
+    # CoNETCash pays a note's exits in order: pay the earlier ones still unpaid first (their receivers
+    # are paid, this wallet pays the gas), each certified by the note's archive group on request.
+    for earlier in range(sender.exit_history(note)[0], cert.nonce):
+        prior, signatures, epoch = wallet.on_note(note, partial(NoteChain.certified_exit, nonce=earlier))
+        sender.submit_exit(mainchain_certificate(prior), epoch, signatures)
+        click.echo(
+            f"note {note}: paid the earlier exit {earlier} ({format_amount(prior.amount, decimals)} to "
+            f"{wallet.name_of(prior.receiver)}) first: exits are paid in order"
+        )
     coin = client.contract("MockStablecoin", stablecoin)
     receiver_address = Web3.to_checksum_address("0x" + paid_to.hex())
     before = int(coin.functions.balanceOf(receiver_address).call())
-    payout = client.sender(wallet.secret).submit_exit(
-        MainchainExitCertificate(
-            note=cert.note,
-            chain=cert.chain,
-            height=cert.height,
-            holder=Web3.to_checksum_address("0x" + cert.holder.hex()),
-            receiver=receiver_address,
-            amount=cert.amount,
-            nonce=cert.nonce,
-        ),
-        result.epoch,
-        result.signatures,
-    )
+    payout = sender.submit_exit(mainchain_certificate(cert), result.epoch, result.signatures)
     after = int(coin.functions.balanceOf(receiver_address).call())
     click.echo(
         f"note {note}: CoNETCash paid {format_amount(payout, decimals)} mUSDC to {wallet.name_of(paid_to)} "

@@ -332,7 +332,21 @@ EXIT_FIELDS = [
     ("receiver", "address"),
     ("amount", "uint256"),
     ("nonce", "uint256"),
+    ("exitedBefore", "bytes32"),
 ]
+
+
+def exit_head(certificate: Sequence[Any]) -> bytes:
+    """The exit history's head once `certificate` (a CertifiedExits.ExitCertificate tuple) is paid: the
+    first 27 bytes of its EIP-712 struct hash, zero-padded — the next certificate's `exitedBefore`.
+    Computed here with eth_abi, independently of the contracts and offchain.chain.dle."""
+    from eth_abi.abi import encode as _encode
+    from eth_utils.crypto import keccak as _keccak
+
+    type_string = "ExitCertificate(" + ",".join(f"{kind} {field}" for field, kind in EXIT_FIELDS) + ")"
+    values = [_abi_value(value) for value in certificate]
+    struct = _keccak(_encode(["bytes32", *(kind for _, kind in EXIT_FIELDS)], [_keccak(text=type_string), *values]))
+    return struct[:27] + bytes(5)
 
 
 def exit_digest(chain_id: int, cash: Any, certificate: Sequence[Any]) -> bytes:

@@ -17,6 +17,7 @@ from conftest import (
     Draws,
     dle_chain_id,
     exit_digest,
+    exit_head,
     group_of,
     group_signatures,
     public_key,
@@ -162,9 +163,22 @@ def exit_of(
     amount: int,
     nonce: int,
     signers: list[Any] | None = None,
+    exited_before: bytes | None = None,
 ) -> tuple[tuple[Any, ...], bytes]:
-    """An exit certificate of `note` and the signatures of its group (or of `signers`)."""
-    certificate = (note, cash.chainOf(note), 100 + nonce, receiver.address, receiver.address, amount, nonce)
+    """An exit certificate of `note` and the signatures of its group (or of `signers`). It names the
+    exit history CoNETCash has paid so far unless `exited_before` names another."""
+    if exited_before is None:
+        exited_before = bytes(cash.exitHistoryOf(note)[1])
+    certificate = (
+        note,
+        cash.chainOf(note),
+        100 + nonce,
+        receiver.address,
+        receiver.address,
+        amount,
+        nonce,
+        exited_before,
+    )
     digest = cash.exitDigest(certificate)
     assert digest == exit_digest(chain.chain_id, cash, certificate)  # the off-chain digest agrees
     signers = members_of(registry, archive_nodes, note) if signers is None else signers
@@ -306,7 +320,8 @@ def _hook_call(
     if target == "cancel":
         return cash.cancel.encode_input(hooked.order)
     if target == "exit":
-        certificate, signatures = exit_of(chain, cash, registry, archive_nodes, hooked.note, alice, 3 * USDC, 7)
+        # The note's next exit (its first, of 10 units, is paid): the control below shows it is payable.
+        certificate, signatures = exit_of(chain, cash, registry, archive_nodes, hooked.note, alice, 3 * USDC, 1)
         return cash.exit.encode_input(certificate, 1, signatures)
     if target == "claim":
         return cash.claim.encode_input(hooked.token)
@@ -404,7 +419,7 @@ def test_a_certificate_signed_for_another_chain_id_is_refused(
 
     # A certificate made wholly for chain id 1 names that chain's note chain, which is not this one's.
     other_chain = dle_chain_id(1, cash, live)
-    certificate = (live, other_chain, 100, alice.address, alice.address, 5 * USDC, 0)
+    certificate = (live, other_chain, 100, alice.address, alice.address, 5 * USDC, 0, bytes(32))
     signatures = group_signatures(members_of(registry, archive_nodes, live), exit_digest(1, cash, certificate))
     with reverts_with(cash.WrongChain, expected=cash.chainOf(live), given=other_chain):
         cash.exit(certificate, 1, signatures, sender=alice)
@@ -596,19 +611,122 @@ def test_an_exit_of_an_order_a_pooled_note_or_no_note_is_refused(
             cash.exit(certificate, 1, signatures, sender=alice)
 
 
-def test_exit_nonces_are_single_use_across_words(
-    chain: Any, cash: Any, registry: Any, archive_nodes: list[Any], live: int, alice: Any
+def exits_paid_state(cash: Any, stablecoin: Any, note: int, *accounts: Any) -> tuple[Any, ...]:
+    """What an exit moves: the note's outstanding value, CoNETCash's token balance and its backing, the
+    note's exit history, and the accounts' token balances."""
+    return (
+        cash.outstandingOf(note),
+        stablecoin.balanceOf(cash),
+        cash.backing(stablecoin),
+        tuple(cash.exitHistoryOf(note)),
+        *(stablecoin.balanceOf(a) for a in accounts),
+    )
+
+
+def test_exits_are_paid_in_order_along_one_history(
+    chain: Any, cash: Any, registry: Any, archive_nodes: list[Any], stablecoin: Any, live: int, alice: Any, bob: Any
 ) -> None:
-    """Nonces are kept 255 to a storage word: 254 is the last of word 0, 255 the first of word 1."""
-    for nonce in (254, 255, 10_000):
+    """Nonce n pays only as the note's next exit and only naming the head of the exits paid before it."""
+    assert tuple(cash.exitHistoryOf(live)) == (0, bytes(32))
+    head = bytes(32)
+    for nonce in range(3):
         certificate, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 1 * USDC, nonce)
+        assert certificate[-1] == head
         cash.exit(certificate, 1, signatures, sender=alice)
-        assert cash.isExitNonceUsed(live, nonce)
+        head = exit_head(certificate)
+        assert tuple(cash.exitHistoryOf(live)) == (nonce + 1, head)
+        assert cash.isExitNonceUsed(live, nonce) and not cash.isExitNonceUsed(live, nonce + 1)
         with reverts_with(cash.CertificateUsed, note=live, nonce=nonce):
             cash.exit(certificate, 1, signatures, sender=alice)
-    for unused in (0, 253, 256, 9_999, 10_001, 10_000 + 255):
+    # A later exit submitted before an earlier one: refused, nothing moves; the earlier one then pays,
+    # and the later one after it.
+    third, third_signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 2 * USDC, 3)
+    fourth, fourth_signatures = exit_of(
+        chain, cash, registry, archive_nodes, live, bob, 3 * USDC, 4, exited_before=exit_head(third)
+    )
+    before = exits_paid_state(cash, stablecoin, live, alice, bob)
+    with reverts_with(cash.ExitOutOfOrder, note=live, expected=3, given=4):
+        cash.exit(fourth, 1, fourth_signatures, sender=bob)
+    assert exits_paid_state(cash, stablecoin, live, alice, bob) == before
+    cash.exit(third, 1, third_signatures, sender=bob)  # anyone may pay it: the receiver is certified
+    cash.exit(fourth, 1, fourth_signatures, sender=bob)
+    assert tuple(cash.exitHistoryOf(live)) == (5, exit_head(fourth))
+    assert cash.outstandingOf(live) == 42 * USDC
+    assert stablecoin.balanceOf(bob) - before[-1] == 3 * USDC - 3 * USDC * 20 // 10_000
+    for unused in (5, 6, 255, 10_000):
         assert not cash.isExitNonceUsed(live, unused)
-    assert cash.outstandingOf(live) == 47 * USDC
+
+
+@pytest.mark.parametrize("paid_first", ["fork A", "fork B"])
+def test_two_certified_forks_of_one_chain_yield_exactly_one_payable_exit_history(
+    chain: Any,
+    cash: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    stablecoin: Any,
+    live: int,
+    alice: Any,
+    bob: Any,
+    paid_first: str,
+) -> None:
+    """A whole archive group double-certifies: it signs two forks of the note's chain that share exit 0
+    and then diverge (fork A: Alice exits 20 then 10; fork B: she pays Bob instead, who exits 12 then
+    3 — amounts the note's outstanding value still covers, so only the history refuses them).
+    Whichever fork's exit is paid first, every exit of the other fork is refused — its exit 1 repeats
+    a spent nonce, its exit 2 names another history — and the other fork's receiver gets nothing."""
+    shared, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 0)
+    cash.exit(shared, 1, signatures, sender=alice)
+    fork_head = exit_head(shared)
+
+    def fork(receiver: Any, amounts: tuple[int, int], height: int) -> list[tuple[tuple[Any, ...], bytes]]:
+        exits, head = [], fork_head
+        for nonce, amount in enumerate(amounts, start=1):
+            certificate = (
+                live,
+                cash.chainOf(live),
+                height + nonce,
+                alice.address,
+                receiver.address,
+                amount,
+                nonce,
+                head,
+            )
+            signers = members_of(registry, archive_nodes, live)  # every member signs both forks
+            exits.append((certificate, group_signatures(signers, cash.exitDigest(certificate))))
+            head = exit_head(certificate)
+        return exits
+
+    forks = {"fork A": fork(alice, (20 * USDC, 10 * USDC), 10), "fork B": fork(bob, (12 * USDC, 3 * USDC), 20)}
+    winner, loser = forks[paid_first], forks["fork B" if paid_first == "fork A" else "fork A"]
+    winner_receiver, loser_receiver = (alice, bob) if paid_first == "fork A" else (bob, alice)
+    # The loser's exit 2 first: out of order.
+    before = exits_paid_state(cash, stablecoin, live, alice, bob)
+    with reverts_with(cash.ExitOutOfOrder, note=live, expected=1, given=2):
+        cash.exit(loser[1][0], 1, loser[1][1], sender=loser_receiver)
+    assert exits_paid_state(cash, stablecoin, live, alice, bob) == before
+
+    cash.exit(winner[0][0], 1, winner[0][1], sender=winner_receiver)
+    paid = exits_paid_state(cash, stablecoin, live, alice, bob)
+    with reverts_with(cash.CertificateUsed, note=live, nonce=1):
+        cash.exit(loser[0][0], 1, loser[0][1], sender=loser_receiver)
+    with reverts_with(
+        cash.ExitHistoryMismatch, note=live, expected=exit_head(winner[0][0]), given=exit_head(loser[0][0])
+    ):
+        cash.exit(loser[1][0], 1, loser[1][1], sender=loser_receiver)
+    assert exits_paid_state(cash, stablecoin, live, alice, bob) == paid
+    cash.exit(winner[1][0], 1, winner[1][1], sender=winner_receiver)
+    with reverts_with(cash.CertificateUsed, note=live, nonce=1):
+        cash.exit(loser[0][0], 1, loser[0][1], sender=loser_receiver)
+    with reverts_with(cash.CertificateUsed, note=live, nonce=2):
+        cash.exit(loser[1][0], 1, loser[1][1], sender=loser_receiver)
+    # Exactly one history paid: the shared exit and the winner's two.
+    won = sum(certificate[5] for certificate, _ in winner)
+    assert cash.outstandingOf(live) == 50 * USDC - 5 * USDC - won
+    assert cash.backing(stablecoin) == before[2] - won
+    assert tuple(cash.exitHistoryOf(live)) == (3, exit_head(winner[1][0]))
+    fee = sum(-(-certificate[5] * 20 // 10_000) for certificate, _ in winner)
+    gained = {a.address: stablecoin.balanceOf(a) - b for a, b in ((alice, before[4]), (bob, before[5]))}
+    assert gained == {winner_receiver.address: won - fee, loser_receiver.address: 0}
 
 
 @pytest.mark.parametrize("epoch", [0, 2])
@@ -828,3 +946,75 @@ def test_a_claim_is_capped_by_what_burns_removed_and_the_rest_withheld(
     assert cash.earningsOf(cbdc, stablecoin) == (0, 0)
     with reverts_with(cash.NothingToClaim, stablecoin=stablecoin):
         cash.claim(stablecoin, sender=cbdc)
+
+
+def test_the_note_programs_own_forked_exits_pay_once_on_cashs_terms(
+    chain: Any, cash: Any, registry: Any, archive_nodes: list[Any], stablecoin: Any, live: int, alice: Any, bob: Any
+) -> None:
+    """The same, end to end: the note program (NoteLedger in dle_vm) on the live note's terms makes the
+    certificates. Exit 0 is shared; then the chain forks at one height — fork A exits 20 to Alice,
+    fork B 12 to Bob — and the whole group signs both. The program's certificates hash, under the
+    off-chain `Domains`, to exactly CoNETCash's `exitDigest`; exit 0 pays, fork A's exit 1 pays, fork
+    B's is refused, and a fork-B exit 2 built on it names a history CoNETCash never paid."""
+    from dle_vm.engine import BlockContext, apply_transactions, default_engine
+    from offchain.dle.digests import Domains
+    from offchain.dle.local import address_of_secret
+    from offchain.dle.note import ExitCertificate, NoteSigner, NoteTerms, genesis_state, note_program
+
+    holder, creator = keccak(b"fork holder"), keccak(b"fork cbdc")
+    terms = NoteTerms(
+        note=live,
+        mainchain_id=chain.chain_id,
+        cash=bytes.fromhex(cash.address[2:]),
+        value=50 * USDC,
+        holder=address_of_secret(holder),
+        cbdc=address_of_secret(creator),
+        witnesses=tuple(bytes([i]) * 20 for i in range(1, 6)),
+        validators_pool=b"\x09" * 20,
+        transfer_fee_bps=5,
+    )
+    assert terms.chain == bytes(cash.chainOf(live))
+    engine, program, signer = default_engine(), note_program(), NoteSigner(terms, note_program())
+    expiry = 2**40
+
+    def run(state: Any, height: int, tx: Any) -> tuple[Any, ExitCertificate]:
+        context = BlockContext(chain_id=terms.chain, height=height, timestamp=1_000 + height)
+        post, (receipt,) = apply_transactions(engine, state, [tx], context)
+        assert receipt.success, program.decode_error(receipt.output)
+        found = ExitCertificate.from_logs(receipt.logs, program)
+        return post, (found[0] if found else None)  # type: ignore[return-value]
+
+    who = terms.holder
+    state, _ = run(genesis_state(program), 0, terms.initialize(creator, program))
+    state, shared = run(state, 1, signer.exit(holder, who, bytes.fromhex(alice.address[2:]), 5 * USDC, 0, expiry))
+    _, a1 = run(state, 2, signer.exit(holder, who, bytes.fromhex(alice.address[2:]), 20 * USDC, 1, expiry))
+    fork_b, b1 = run(state, 2, signer.exit(holder, who, bytes.fromhex(bob.address[2:]), 12 * USDC, 1, expiry))
+    _, b2 = run(fork_b, 3, signer.exit(holder, who, bytes.fromhex(bob.address[2:]), 3 * USDC, 2, expiry))
+    # Both forks' exit 1 take nonce 1 and name the shared history; fork B's exit 2 names fork B's.
+    assert (a1.nonce, b1.nonce) == (1, 1)
+    assert a1.exited_before == b1.exited_before == exit_head(_tuple(shared))
+    assert b2.exited_before == exit_head(_tuple(b1)) != exit_head(_tuple(a1))
+
+    domains = Domains(chain.chain_id, bytes.fromhex(registry.address[2:]), terms.cash)
+    members = members_of(registry, archive_nodes, live)
+    signed = {}
+    for name, certificate in (("shared", shared), ("a1", a1), ("b1", b1), ("b2", b2)):
+        digest = cash.exitDigest(_tuple(certificate))
+        assert digest == domains.exit(certificate.encode())  # what the group signs is what CoNETCash checks
+        signed[name] = (_tuple(certificate), group_signatures(members, digest))
+    cash.exit(signed["shared"][0], 1, signed["shared"][1], sender=alice)
+    cash.exit(signed["a1"][0], 1, signed["a1"][1], sender=alice)
+    before = exits_paid_state(cash, stablecoin, live, alice, bob)
+    with reverts_with(cash.CertificateUsed, note=live, nonce=1):
+        cash.exit(signed["b1"][0], 1, signed["b1"][1], sender=bob)
+    with reverts_with(cash.ExitHistoryMismatch, note=live, expected=exit_head(_tuple(a1)), given=b2.exited_before):
+        cash.exit(signed["b2"][0], 1, signed["b2"][1], sender=bob)
+    assert exits_paid_state(cash, stablecoin, live, alice, bob) == before
+    assert cash.outstandingOf(live) == 25 * USDC
+
+
+def _tuple(certificate: Any) -> tuple[Any, ...]:
+    """A program certificate (offchain.dle.note.ExitCertificate) as CoNETCash's struct tuple."""
+    from offchain.dle.digests import mainchain_certificate
+
+    return mainchain_certificate(certificate).as_tuple()

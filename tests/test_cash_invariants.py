@@ -40,6 +40,7 @@ from conftest import (
     cbdc_draw_digest,
     dle_chain_id,
     exit_digest,
+    exit_head,
     genesis_digest,
     group_of,
     group_signatures,
@@ -104,11 +105,12 @@ NOTE_OF = Fn("noteOf", ("uint256",), ("(uint8,address,uint256,uint256,address,ui
 OWNER_OF = Fn("ownerOf", ("uint256",), ("address",))
 NEXT_ID = Fn("nextId", (), ("uint256",))
 IS_NONCE_USED = Fn("isExitNonceUsed", ("uint256", "uint256"), ("bool",))
+EXIT_HISTORY = Fn("exitHistoryOf", ("uint256",), ("uint256", "bytes32"))
 BUY = Fn("buy", ("address", "uint256"))
 FILL = Fn("fill", ("(uint256,address,bytes32,uint256)", "uint256", "bytes"))
 CANCEL = Fn("cancel", ("uint256",))
 CLAIM = Fn("claim", ("address",))
-EXIT = Fn("exit", ("(uint256,bytes32,uint256,address,address,uint256,uint256)", "uint256", "bytes"))
+EXIT = Fn("exit", ("(uint256,bytes32,uint256,address,address,uint256,uint256,bytes32)", "uint256", "bytes"))
 SET_PRICE = Fn("setPrice", ("address", "uint256"))
 SET_PARAMETER = Fn("setParameter", ("bytes32", "uint256"))
 REGISTER_CHAIN = Fn("registerChain", ("address", "uint256", "bytes32", "uint256", "uint256", "bytes"))
@@ -258,7 +260,8 @@ class Model:
     supply: int = 0
     prices: dict[Any, int] = field(default_factory=dict)  # coin index or "conet" -> USD, 8 decimals
     registered: set[int] = field(default_factory=set)
-    nonces: dict[int, set[int]] = field(default_factory=dict)
+    histories: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+    """Per note id, over all its lives: (the next exit nonce, the exit history's head)."""
 
     def ids(self, status: int, coin: int | None = None) -> list[int]:
         return sorted(i for i, n in self.notes.items() if n.status == status and (coin is None or n.coin == coin))
@@ -421,24 +424,38 @@ class Economy:
         self.backend.send(self.admin, self.dle, REGISTER_CHAIN, self.cash, note_id, genesis, group, EPOCH, signatures)
         self.model.registered.add(note_id)
 
-    def exit(self, note_id: int, receiver: Any, amount: int, nonce: int) -> None:
+    def exit(self, note_id: int, receiver: Any, amount: int, flaw: str = "", pick: int = 0) -> None:
+        """Exit `amount` of the note to `receiver` as its next exit — or, with `flaw`, a certificate the
+        group signed that is not payable: a `replay`ed (spent) nonce, a `later` nonce than the next,
+        or a `fork`ed history. A refused one changes nothing (checked by the invariants after)."""
         m = self.model
         note = m.notes[note_id]
         if note_id not in m.registered:
             self.register(note_id)
         chain = dle_chain_id(self.backend.chain_id, self.cash, note_id)
-        certificate = (note_id, chain, nonce + 1, note.owner, receiver.address, amount, nonce)
+        nonce, head = m.histories.get(note_id, (0, bytes(32)))
+        if flaw == "replay" and nonce:
+            nonce, error = pick % nonce, (self.cash.CertificateUsed, {"note": note_id, "nonce": pick % nonce})
+        elif flaw == "later":
+            error = (self.cash.ExitOutOfOrder, {"note": note_id, "expected": nonce, "given": nonce + 1 + pick % 3})
+            nonce += 1 + pick % 3
+        elif flaw == "fork":
+            forked = keccak(pick.to_bytes(32, "big"))[:27] + bytes(5)
+            error = (self.cash.ExitHistoryMismatch, {"note": note_id, "expected": head, "given": forked})
+            head = forked
+        else:
+            error = None
+        certificate = (note_id, chain, nonce + 1, note.owner, receiver.address, amount, nonce, head)
         digest = exit_digest(self.backend.chain_id, self.cash, certificate)
         signatures = group_signatures(self.members[note_id % GROUPS], digest)
-        used = m.nonces.setdefault(note_id, set())
-        if nonce in used:  # nonces are per note id, over all its lives
-            with reverts_with(self.cash.CertificateUsed, note=note_id, nonce=nonce):
+        if error is not None:  # nonces and the history are per note id, over all its lives
+            with reverts_with(error[0], **error[1]):
                 self.cash.exit(certificate, EPOCH, signatures, sender=receiver)
             self.backend.invalidate()
             return
         assert not self.call(self.cash, IS_NONCE_USED, note_id, nonce)
         self.backend.send(receiver, self.cash, EXIT, certificate, EPOCH, signatures)
-        used.add(nonce)
+        m.histories[note_id] = (nonce + 1, exit_head(certificate))
         assert self.call(self.cash, IS_NONCE_USED, note_id, nonce)
         fee = exit_fee(amount, note.fee_bps)
         self.move(receiver.address, note.coin, amount - fee)
@@ -491,6 +508,9 @@ class Economy:
             assert self.call(self.cash, POOL_SIZE, contract) == len(m.pools.get(coin, []))
         supply = self.call(self.token, TOTAL_SUPPLY)
         assert supply == m.supply <= CAP
+        # Every note's exits were paid in order along one history: the next nonce and head the model kept.
+        for note_id, history in m.histories.items():
+            assert tuple(self.call(self.cash, EXIT_HISTORY, note_id)) == history
         for account, asset in sorted(m.balances if everything else self.dirty, key=str):
             assert self.balance(account, asset) == m.balances[(account, asset)], (account, asset)
         self.dirty.clear()
@@ -572,8 +592,8 @@ def economy(
         world.buy(buyers[2], coin, 7)
         world.fill(world.cbdcs[coin % 2], first)
         world.fill(world.cbdcs[(coin + 1) % 2], second)
-        world.exit(first, receivers[0], cap, 0)
-        world.exit(second, buyers[1], cap // 7, 0)
+        world.exit(first, receivers[0], cap)
+        world.exit(second, buyers[1], cap // 7)
     world.set_parameter(EXIT_FEE_BPS, 20)
     world.check(everything=True)
     for coin in range(len(coins)):
@@ -656,22 +676,19 @@ class CashMachine(RuleBasedStateMachine):
         receiver=st.integers(0, 4),
         mode=st.sampled_from(["all", "all", "one", "all-but-one", "some", "some"]),
         raw=st.integers(min_value=0, max_value=2**96),
-        nonce=st.integers(0, 600),
-        replay=st.integers(0, 9),
+        flaw=st.sampled_from(["", "", "", "", "", "", "", "replay", "later", "fork"]),
     )
     @step
-    def exit(self, pick: int, receiver: int, mode: str, raw: int, nonce: int, replay: int) -> None:
+    def exit(self, pick: int, receiver: int, mode: str, raw: int, flaw: str) -> None:
         """Exits all of a live note (it crosses to zero and is pooled), one unit (all fee, no payout),
-        all but one unit, or some; one time in ten with a nonce the note already used, if any."""
+        all but one unit, or some; three times in ten with a certificate of the note's group that is
+        not payable: a nonce the note already used, a later nonce, a forked history."""
         world = self.world
         live = world.model.ids(LIVE)
         note_id = live[pick % len(live)]
         outstanding = world.model.notes[note_id].outstanding
         amount = {"all": outstanding, "one": 1, "all-but-one": max(outstanding - 1, 1), "some": raw % outstanding + 1}
-        used = sorted(world.model.nonces.get(note_id, set()))
-        if replay == 0 and used:
-            nonce = used[raw % len(used)]
-        world.exit(note_id, [*world.buyers, *world.receivers][receiver], amount[mode], nonce)
+        world.exit(note_id, [*world.buyers, *world.receivers][receiver], amount[mode], flaw, raw)
 
     @rule(cbdc=st.integers(0, 1), coin=st.integers(0, 2))
     @step

@@ -9,7 +9,7 @@ from typing import Any
 
 import ape
 import pytest
-from conftest import CONET_PRICE, DOLLAR, group_of, group_signatures, set_prices
+from conftest import CONET_PRICE, DOLLAR, exit_head, group_of, group_signatures, set_prices
 from eth_utils.crypto import keccak
 
 from offchain.chain.deployer import CONET
@@ -130,7 +130,7 @@ def test_list_buy_fill_exit_claim_pool_refund(
     assert dle.chainOf(chain_id).genesisHash == genesis
 
     # 5. Alice exits $40 to Bob on the group's certificate: $39.92 paid, $0.08 credited to the CBDC.
-    certificate = (note, chain_id, 7, alice.address, bob.address, 40 * USDC, 0)
+    certificate = (note, chain_id, 7, alice.address, bob.address, 40 * USDC, 0, bytes(32))
     signatures = group_signatures(members, cash.exitDigest(certificate))
     cash.exit(certificate, epoch, signatures, sender=bob)
     assert stablecoin.balanceOf(bob) == 40 * USDC - 80_000
@@ -151,7 +151,8 @@ def test_list_buy_fill_exit_claim_pool_refund(
     assert stablecoin.balanceOf(cbdc) == 80_000
 
     # 8. The rest is exited; the note goes to the pool and the next buyer gets it at once.
-    rest = (note, chain_id, 9, alice.address, alice.address, 60 * USDC, 1)
+    # The second exit names the first: exits are paid in order along the chain's one exit history.
+    rest = (note, chain_id, 9, alice.address, alice.address, 60 * USDC, 1, exit_head(certificate))
     cash.exit(rest, epoch, group_signatures(members, cash.exitDigest(rest)), sender=alice)
     assert cash.poolSize(stablecoin) == 1
     assert cash.backing(stablecoin) == 0

@@ -151,8 +151,10 @@ def note_chain(devnet: Devnet) -> bytes:
     return chain
 
 
-def certificate(chain: bytes, receiver: str, amount: int, nonce: int, height: int = 3) -> ExitCertificate:
-    return ExitCertificate(NOTE, chain, height, address_of(BUYER), receiver, amount, nonce)
+def certificate(
+    chain: bytes, receiver: str, amount: int, nonce: int, height: int = 3, exited_before: bytes = bytes(32)
+) -> ExitCertificate:
+    return ExitCertificate(NOTE, chain, height, address_of(BUYER), receiver, amount, nonce, exited_before)
 
 
 def refusal(call: Any, *args: Any, **kwargs: Any) -> ContractRevert:
@@ -282,6 +284,8 @@ def test_an_exit_certificate_pays_its_receiver(devnet: Devnet, note_chain: bytes
     ("flaw", "error"),
     [
         ("replayed nonce", "CertificateUsed"),
+        ("a later exit first", "ExitOutOfOrder"),
+        ("a forked history", "ExitHistoryMismatch"),
         ("missing signer", "SignersNotGroup"),
         ("other group", "SignersNotGroup"),
         ("altered after signing", None),
@@ -298,24 +302,31 @@ def test_a_bad_exit_certificate_gives_a_clear_error(
     if not cash.isExitNonceUsed(NOTE, 0).call():
         test_an_exit_certificate_pays_its_receiver(devnet, note_chain)
     receiver = Account.create().address
-    nonce = 0 if flaw == "replayed nonce" else 1
+    nonce = {"replayed nonce": 0, "a later exit first": 2}.get(flaw, 1)
     amount = 10**12 if flaw == "more than outstanding" else USDC
     chain = client.chain_id_of(devnet.book.address("CoNETCash"), 2) if flaw == "another note's chain" else note_chain
-    exit_ = certificate(chain, receiver, amount, nonce)
+    head = client.exit_history(NOTE)[1] if flaw != "a forked history" else keccak(b"another fork")[:27] + bytes(5)
+    exit_ = certificate(chain, receiver, amount, nonce, exited_before=head)
     members = devnet.group(GROUP)
     signers = {"missing signer": members[:1], "other group": devnet.group(1 - GROUP)}.get(flaw, members)
     signatures = sign(client.digests.exit(exit_), signers)
     epoch = 5 if flaw == "unknown epoch" else 1
     if flaw == "altered after signing":
         # The receiver swapped after the group signed: the signatures recover to strangers, in some order.
-        exit_ = certificate(chain, address_of(REPORTER), amount, nonce)
+        exit_ = certificate(chain, address_of(REPORTER), amount, nonce, exited_before=head)
+    before = client.exit_history(NOTE), int(cash.outstandingOf(NOTE).call())
     refused = refusal(client.submit_exit, exit_, epoch, signatures, precheck=precheck)
     assert refused.error == (error or refused.error)
     if error is None:
         assert refused.error in ("SignersNotGroup", "UnsortedSigners")
     assert refused.error in str(refused)
+    if flaw == "a later exit first":
+        assert refused.inputs == {"note": NOTE, "expected": 1, "given": 2}
+        if precheck:  # the client's own words say what to do
+            assert "pay exit 1 of 1 first" in str(refused)
     assert devnet.balance("MockStablecoin", receiver) == 0
     assert not cash.isExitNonceUsed(NOTE, 1).call()
+    assert (client.exit_history(NOTE), int(cash.outstandingOf(NOTE).call())) == before
 
 
 # ---------------------------------------------------------------- faults

@@ -32,13 +32,13 @@ from web3 import Web3
 from dle_vm.hashing import keccak
 from offchain.chain.deployer import Role
 from offchain.chain.dle import DleChainClient, ExitCertificate
-from offchain.chain.web3_contracts import connect, load_contract
+from offchain.chain.web3_contracts import ContractRevert, connect, load_contract
 from offchain.cli import main
 from offchain.devnet import dle as devnet
 from offchain.devnet.anvil import AnvilNode, start_anvil
 from offchain.dle.archive import ROLE_CBDC, ROLE_VALIDATOR, ROLE_WITNESS
 from offchain.dle.conservation import ChainSource, ConservationError, check_conservation, http_source
-from offchain.dle.digests import Domains
+from offchain.dle.digests import Domains, mainchain_certificate
 from offchain.dle.local import LocalDle, address_of_secret
 from offchain.dle.mainchain import ArchiveGroups, ChainMainchain
 from offchain.dle.member import MemberNode, Timeouts
@@ -123,37 +123,44 @@ def test_buy_transfer_authorize_deduct_exit_and_conservation(running: devnet.Dev
 
     # An exit final on the DLE but not yet paid: conservation counts it; then it is paid on chain.
     coin = client.contract("MockStablecoin")
-    bob_key = bytes.fromhex((Path(running.directory) / "wallets" / "bob.key").read_text().strip())
+    bob_key, alice_key = (
+        bytes.fromhex((Path(running.directory) / "wallets" / f"{w}.key").read_text().strip()) for w in ("bob", "alice")
+    )
     result = asyncio.run(_exit_on_dle(client, 1, bob_key, 4 * USD))
     report, _, _ = devnet.check(Path(running.directory))
     assert [n.unpaid_exits for n in report.notes] == [((0, 4 * USD),), ()]
+    # Alice's exit comes after Bob's on the chain (nonce 1, naming Bob's in its history): CoNETCash pays
+    # exits in order, so hers submitted first is refused, in one clear line, and nothing moves.
+    later = asyncio.run(_exit_on_dle(client, 1, alice_key, 1 * USD))
+    assert (later.certificate.nonce, later.certificate.exited_before) == (1, _mainchain(result).exited_after)
+    with pytest.raises(ContractRevert) as refused:
+        client.sender(alice_key).submit_exit(_mainchain(later), later.epoch, later.signatures)
+    assert refused.value.error == "ExitOutOfOrder" and "pay exit 0 of 1 first" in str(refused.value)
+    assert "\n" not in str(refused.value)
     before = coin.functions.balanceOf(Web3.to_checksum_address("0x" + bob.hex())).call()
-    cert = result.certificate
-    payout = client.sender(bob_key).submit_exit(
-        ExitCertificate(
-            cert.note, cert.chain, cert.height, Web3.to_checksum_address("0x" + cert.holder.hex()),
-            Web3.to_checksum_address("0x" + cert.receiver.hex()), cert.amount, cert.nonce,
-        ),
-        result.epoch,
-        result.signatures,
-    )  # fmt: skip
+    payout = client.sender(bob_key).submit_exit(_mainchain(result), result.epoch, result.signatures)
     assert payout == 4 * USD - 8_000  # the 0.2% exit fee stays with the CBDC
     assert coin.functions.balanceOf(Web3.to_checksum_address("0x" + bob.hex())).call() == before + payout
     assert client.chain.cash.functions.isExitNonceUsed(1, 0).call()
+    assert client.sender(alice_key).submit_exit(_mainchain(later), later.epoch, later.signatures) == USD - 2_000
 
-    # The CLI's exit: final on the DLE and paid on the mainchain in one command.
+    # The CLI's exit: final on the DLE and paid on the mainchain in one command. An earlier exit of the
+    # note is still unpaid (Bob's own, on the DLE only): the CLI gets it certified from the archive
+    # group (`exit_certificate`) and pays it first.
+    asyncio.run(_exit_on_dle(client, 2, bob_key, 1 * USD))
     out = conet(running, "cash", "--wallet", "bob", "exit", "2", "1", "--receiver", "carol")
+    assert "paid the earlier exit 0 (1 to bob) first: exits are paid in order" in out
     assert "CoNETCash paid 0.998 mUSDC to carol" in out
 
     out = conet(running, "devnet", "check")
     assert "conservation holds: 2 notes, 1 stablecoins" in out
     report, _, _ = devnet.check(Path(running.directory))
     outstanding = {n.note: n.outstanding for n in report.notes}
-    assert outstanding == {1: 16 * USD, 2: 9 * USD}
-    assert report.coins[0].backing == 25 * USD and report.coins[0].unclaimed_fees == 8_000 + 2_000
+    assert outstanding == {1: 15 * USD, 2: 8 * USD}
+    assert report.coins[0].backing == 23 * USD and report.coins[0].unclaimed_fees == 8_000 + 3 * 2_000
 
     status = conet(running, "devnet", "status")
-    assert "note 1   live" in status and "height 4" in status and "DOWN" not in status
+    assert "note 1   live" in status and "height 5" in status and "DOWN" not in status
 
 
 def test_conservation_fails_naming_the_note_whose_chain_lost_its_exit(running: devnet.DevnetState) -> None:
@@ -189,6 +196,11 @@ async def _balances(client: devnet.DevnetClient, note: int, accounts: list[bytes
         chain = client.note_chain(transport, note)
         found = await chain.balances(accounts)
         return [found[a] for a in accounts]
+
+
+def _mainchain(result: Any) -> ExitCertificate:
+    """A wallet's exit result as the mainchain client's certificate."""
+    return mainchain_certificate(result.certificate)
 
 
 async def _exit_on_dle(client: devnet.DevnetClient, note: int, secret: bytes, amount: int) -> Any:

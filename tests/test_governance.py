@@ -523,7 +523,7 @@ def test_a_delisted_stablecoin_refuses_new_notes_but_its_notes_still_exit(
     with reverts_with(cash.StablecoinNotListed, stablecoin=stablecoin):
         cash.buy(stablecoin, 1 * USDC, sender=alice)
     # ... but the live note exits, the open order is still filled, the other cancelled, the CBDC claims.
-    certificate = (note, cash.chainOf(note), 1, alice.address, bob.address, 30 * USDC, 0)
+    certificate = (note, cash.chainOf(note), 1, alice.address, bob.address, 30 * USDC, 0, bytes(32))
     cash.exit(certificate, 1, group_signatures(members, cash.exitDigest(certificate)), sender=bob)
     assert stablecoin.balanceOf(bob) == 30 * USDC - 60_000
     assert cash.outstandingOf(note) == 20 * USDC

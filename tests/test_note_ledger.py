@@ -794,7 +794,16 @@ def test_deduct_to_refuses_a_short_balance_zero_and_bad_recipients(program: Prog
 
 # -- exits --------------------------------------------------------------------------------------------
 
-EXIT_FIELDS = ["uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256"]
+EXIT_FIELDS = ["uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256", "bytes32"]
+EXIT_CERTIFICATE_TYPE = (
+    b"ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,uint256 amount,"
+    b"uint256 nonce,bytes32 exitedBefore)"
+)
+
+
+def history_after(certificate: Sequence[Any]) -> bytes:
+    """The exit history's head after `certificate`: bytes27 of its EIP-712 struct hash (CertifiedExits)."""
+    return keccak(encode(["bytes32", *EXIT_FIELDS], [keccak(EXIT_CERTIFICATE_TYPE), *certificate]))[:27] + bytes(5)
 
 
 def test_the_exit_certificate_has_exactly_conetcashs_fields(program: Program) -> None:
@@ -814,17 +823,22 @@ def test_exits_burn_and_number_certificates_sequentially(program: Program) -> No
     s = chain.signer
     chain.ok(s.transfer(BUYER, ALICE, 10_000_000, 0))
     receiver = bytes.fromhex("ee" * 20)
-    certificates = []
+    certificates: list[tuple[Any, ...]] = []
+    head = bytes(32)  # the first exit names the empty history
+    assert chain.view("exitHistory") == (0, head)
     for key, nonce, amount in ((ALICE, 0, 4_000_000), (BUYER, 1, 1), (ALICE, 1, 6_000_000), (CBDC, 0, 1_500)):
         height = chain.height
         receipt = chain.ok(s.exit(key, receiver, amount, nonce))
         (log,) = receipt.logs
-        certificate = (NOTE, CHAIN, height, hexaddr(key.address), hexaddr(receiver), amount, len(certificates))
+        certificate = (NOTE, CHAIN, height, hexaddr(key.address), hexaddr(receiver), amount, len(certificates), head)
         assert event(program, log, "Exited") == certificate
         # The log data is abi.encode(ExitCertificate): what CoNETCash hashes under its typehash.
         assert log.data == encode(EXIT_FIELDS, list(certificate))
         assert program.returns("exit", receipt.output) == (len(certificates),)
         certificates.append(certificate)
+        # Each exit names the history before it; the head moves on to bytes27 of its struct hash.
+        head = history_after(certificate)
+        assert head[27:] == bytes(5) and chain.view("exitHistory") == (len(certificates), head)
     assert chain.view("exitCount") == (4,)
     for nonce, certificate in enumerate(certificates):
         assert chain.view("exitOf", nonce) == (certificate,)
@@ -894,7 +908,7 @@ def test_refund_only_when_fully_exited_only_by_a_system_transaction_and_in_order
     chain.refused((SYSTEM_SENDER, program.call("refund", 1, CAROL.address, 1)), "NotFullyExited", 20_000_000)
     # Certificate nonces continue: CoNETCash's nullifiers for this note are never reset.
     receipt = chain.ok(s.exit(CAROL, receiver, 1, 0))
-    assert event(program, receipt.logs[0], "Exited")[-1] == exits
+    assert event(program, receipt.logs[0], "Exited")[-2] == exits
 
 
 def test_a_replaced_witness_earns_the_share_from_then_on(program: Program) -> None:

@@ -232,9 +232,14 @@ def fresh_receipt(devnet: Devnet, asset: str = NATIVE_ASSET, amount: int = 3 * E
     return issued.receipt
 
 
-def exit_of(devnet: Devnet, receipt: int, receiver: str, amount: int, nonce: int) -> ExitCertificate:
+def exit_of(
+    devnet: Devnet, receipt: int, receiver: str, amount: int, nonce: int, after: ExitCertificate | None = None
+) -> ExitCertificate:
+    """Exit `nonce` of `receipt`, naming the history the vault has paid so far, or the one ending in the
+    certificate `after` (its `exited_after`)."""
     chain = devnet.digests.chain_id_of(devnet.vault, receipt)
-    return ExitCertificate(receipt, chain, 9, address_of(OTHER), receiver, amount, nonce)
+    head = after.exited_after if after is not None else devnet.other.exit_history(receipt)[1]
+    return ExitCertificate(receipt, chain, 9, address_of(OTHER), receiver, amount, nonce, head)
 
 
 # ---------------------------------------------------------------- deposits
@@ -400,12 +405,56 @@ def test_a_certificate_pays_its_receiver_exactly_once(devnet: Devnet, asset: str
         assert (refused.error, refused.inputs) == ("CertificateUsed", {"note": receipt, "nonce": 0})
     assert devnet.other.balance_of(token, receiver) == amount // 3
     # The rest, on later nonces, down to zero; then nothing more.
-    rest = exit_of(devnet, receipt, receiver, amount - amount // 3, 300)
+    rest = exit_of(devnet, receipt, receiver, amount - amount // 3, 1)
     devnet.other.withdraw(rest, 1, devnet.certify(rest))
     assert devnet.other.balance_of(token, receiver) == amount
     assert devnet.other.receipt(receipt).outstanding == 0
-    more = exit_of(devnet, receipt, receiver, 1, 301)
+    assert devnet.other.exit_history(receipt) == (2, rest.exited_after)
+    more = exit_of(devnet, receipt, receiver, 1, 2)
     assert refusal(devnet.other.withdraw, more, 1, devnet.certify(more)).error == "InvalidExitAmount"
+
+
+@pytest.mark.parametrize("precheck", [True, False], ids=["precheck", "node"])
+def test_two_certified_forks_of_a_receipt_chain_yield_one_payable_history(devnet: Devnet, precheck: bool) -> None:
+    """The receipt chain's whole archive group signs two forks that diverge after exit 0: fork A pays
+    A's receiver 1 then 1 ETH, fork B pays B's receiver 1.5 ETH. A later exit first is ExitOutOfOrder;
+    once fork A's exit 1 is paid, fork B's exit 1 repeats its nonce and a fork-B exit 2 names another
+    history (ExitHistoryMismatch) — refused by the client's pre-check and by the vault alike, and B's
+    receiver, the custody and the receipt are unchanged."""
+    receipt = fresh_receipt(devnet)
+    alice, bob = Account.create().address, Account.create().address
+    shared = exit_of(devnet, receipt, alice, ETHER // 2, 0)
+    devnet.other.withdraw(shared, 1, devnet.certify(shared))
+    a1 = exit_of(devnet, receipt, alice, ETHER, 1, after=shared)
+    a2 = exit_of(devnet, receipt, alice, ETHER, 2, after=a1)
+    b1 = ExitCertificate(receipt, a1.chain, 12, address_of(OTHER), bob, 3 * ETHER // 2, 1, shared.exited_after)
+    b2 = ExitCertificate(receipt, a1.chain, 13, address_of(OTHER), bob, ETHER // 4, 2, b1.exited_after)
+
+    def state() -> tuple[int, int, int, tuple[int, bytes]]:
+        return (
+            devnet.other.balance_of(NATIVE_ASSET, bob),
+            devnet.other.balance_of(NATIVE_ASSET, devnet.vault),
+            devnet.other.receipt(receipt).outstanding,
+            devnet.other.exit_history(receipt),
+        )
+
+    before = state()
+    refused = refusal(devnet.other.withdraw, a2, 1, devnet.certify(a2), precheck=precheck)
+    assert (refused.error, refused.inputs) == ("ExitOutOfOrder", {"note": receipt, "expected": 1, "given": 2})
+    assert state() == before
+    devnet.other.withdraw(a1, 1, devnet.certify(a1))
+    after_a1 = state()
+    refused = refusal(devnet.other.withdraw, b1, 1, devnet.certify(b1), precheck=precheck)
+    assert (refused.error, refused.inputs) == ("CertificateUsed", {"note": receipt, "nonce": 1})
+    refused = refusal(devnet.other.withdraw, b2, 1, devnet.certify(b2), precheck=precheck)
+    assert refused.error == "ExitHistoryMismatch"
+    assert (bytes(refused.inputs["expected"]), bytes(refused.inputs["given"])) == (a1.exited_after, b1.exited_after)
+    assert state() == after_a1
+    devnet.other.withdraw(a2, 1, devnet.certify(a2))
+    assert devnet.other.balance_of(NATIVE_ASSET, alice) == ETHER // 2 + 2 * ETHER
+    assert devnet.other.balance_of(NATIVE_ASSET, bob) == 0
+    assert devnet.other.receipt(receipt).outstanding == ETHER // 2
+    assert devnet.other.exit_history(receipt) == (3, a2.exited_after)
 
 
 @pytest.mark.parametrize(
@@ -507,7 +556,7 @@ def test_a_native_receiver_cannot_reenter(devnet: Devnet) -> None:
     receipt = fresh_receipt(devnet)
     receiver = devnet.deploy("NativeReentrant", devnet.vault)
     first = exit_of(devnet, receipt, receiver.address, ETHER, 0)
-    second = exit_of(devnet, receipt, receiver.address, ETHER, 1)
+    second = exit_of(devnet, receipt, receiver.address, ETHER, 1, after=first)
     vault = devnet.contract("OdexVault")
     reentry = vault.encode_abi("withdraw", args=[second.as_tuple(), 1, devnet.certify(second)])
     owner = Sender(devnet.w3, dev_key(DEPLOYER))

@@ -78,6 +78,7 @@ contract NoteLedger is IERC5267, Initializable {
         address receiver;
         uint256 amount;
         uint256 nonce;
+        bytes32 exitedBefore;
     }
 
     /// @notice A payment authorization: `payee` may deduct up to `limit` (fees not counted; they are
@@ -90,13 +91,14 @@ contract NoteLedger is IERC5267, Initializable {
         uint128 spent;
     }
 
-    // Two slots per exit. Amounts fit 96 bits: every funding is at most type(uint96).max (checked) and
+    // Three slots per exit. Amounts fit 96 bits: every funding is at most type(uint96).max (checked) and
     // a balance never exceeds the funding in force. Heights fit 64 bits (the DLE header's field).
     struct ExitRecord {
         address holder;
         uint64 height;
         address receiver;
         uint96 amount;
+        bytes32 exitedBefore;
     }
 
     // Both totals in one slot: an exit reads and writes it once. Each funding is below 2^96, so the
@@ -126,6 +128,11 @@ contract NoteLedger is IERC5267, Initializable {
     );
     bytes32 private constant _EXIT_TYPEHASH =
         keccak256("Exit(address holder,address receiver,uint256 amount,uint256 nonce,uint256 expiry)");
+    // The mainchain's certificate type (CertifiedExits): the exit history's head is built from its
+    // struct hashes, exactly as CertifiedExits builds it from the certificates it pays.
+    bytes32 private constant _EXIT_CERTIFICATE_TYPEHASH = keccak256(
+        "ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,uint256 amount,uint256 nonce,bytes32 exitedBefore)"
+    );
 
     uint256 private _note;
     bytes32 private _chain;
@@ -140,6 +147,9 @@ contract NoteLedger is IERC5267, Initializable {
     address[5] private _witnesses;
     Supply private _supply;
     uint256 private _exitCount;
+    // The head of the exit history: zero before the first exit, then bytes27 of the struct hash of the
+    // last exit's certificate (CertifiedExits.ExitHistory), in a bytes32 with its last 5 bytes zero.
+    bytes32 private _exitHistory;
     mapping(address account => uint256) private _balances;
     mapping(address signer => uint256) private _nonces;
     mapping(address holder => mapping(uint256 nonce => Authorization)) private _authorizations;
@@ -174,9 +184,16 @@ contract NoteLedger is IERC5267, Initializable {
     // slither-disable-start unindexed-event-address
     /// @notice An exit, its fields exactly those of CoNETCash's `ExitCertificate` and in its order: the
     /// log data is `abi.encode(certificate)`, so the certificate's EIP-712 struct hash is
-    /// keccak256(EXIT_CERTIFICATE_TYPEHASH ‖ data).
+    /// keccak256(EXIT_CERTIFICATE_TYPEHASH ‖ data). `exitedBefore` is the head of the exits before it.
     event Exited(
-        uint256 note, bytes32 chain, uint256 height, address holder, address receiver, uint256 amount, uint256 nonce
+        uint256 note,
+        bytes32 chain,
+        uint256 height,
+        address holder,
+        address receiver,
+        uint256 amount,
+        uint256 nonce,
+        bytes32 exitedBefore
     );
     // slither-disable-end unindexed-event-address
     /// @notice The fully exited note was re-funded on the mainchain: `buyer` holds `amount`.
@@ -429,7 +446,9 @@ contract NoteLedger is IERC5267, Initializable {
 
     /// @notice Burns `amount` of `holder`'s balance for payment to `receiver` on the mainchain. No fee
     /// here: CoNETCash takes the exit fee when it pays the certificate. The exit gets the note chain's
-    /// next certificate nonce (0, 1, 2, ...), is recorded (`exitOf`) and emitted as `Exited`.
+    /// next certificate nonce (0, 1, 2, ...) and the head of the exits before it (`exitedBefore`, see
+    /// `exitHistory`), is recorded (`exitOf`) and emitted as `Exited`. The mainchain pays the exits of
+    /// a chain in this order only.
     /// `signature` is `holder`'s EIP-712 signature of Exit(holder, receiver, amount, nonce, expiry).
     /// @return certificate The exit's certificate nonce.
     function exit(
@@ -447,10 +466,7 @@ contract NoteLedger is IERC5267, Initializable {
         _debit(holder, amount, 0);
         // amount <= a balance < 2^96 (checked by _debit); the exited total stays below funded.
         _supply.exited += uint128(amount);
-        certificate = _exitCount++;
-        // block.number is the DLE height, a uint64 in the header: the cast cannot truncate.
-        _exits[certificate] = ExitRecord(holder, uint64(block.number), receiver, uint96(amount));
-        emit Exited(_note, _chain, block.number, holder, receiver, amount, certificate);
+        certificate = _recordExit(holder, receiver, amount);
     }
 
     // ---------------------------------------------------------------- views
@@ -508,11 +524,19 @@ contract NoteLedger is IERC5267, Initializable {
         return _exitCount;
     }
 
+    /// @notice The next exit's certificate nonce and the `exitedBefore` it will carry: the head of the
+    /// exit history, which CertifiedExits holds too once it has paid every exit so far.
+    function exitHistory() external view returns (uint256 next, bytes32 exitedBefore) {
+        return (_exitCount, _exitHistory);
+    }
+
     /// @notice The exit certificate of the exit with certificate nonce `nonce`.
     function exitOf(uint256 nonce) external view returns (ExitCertificate memory) {
         if (nonce >= _exitCount) revert UnknownExit(nonce);
         ExitRecord memory record = _exits[nonce];
-        return ExitCertificate(_note, _chain, record.height, record.holder, record.receiver, record.amount, nonce);
+        return ExitCertificate(
+            _note, _chain, record.height, record.holder, record.receiver, record.amount, nonce, record.exitedBefore
+        );
     }
 
     /// @notice `holder`'s authorization `authorization` (all zero if there is none).
@@ -618,6 +642,31 @@ contract NoteLedger is IERC5267, Initializable {
             }
         }
         if (validators != 0) _balances[_validatorsPool] += validators;
+    }
+
+    /// @dev Gives the exit of `amount` from `holder` to `receiver` the next nonce and the history's head,
+    /// records and emits it, and moves the head on to it.
+    function _recordExit(address holder, address receiver, uint256 amount) private returns (uint256 certificate) {
+        certificate = _exitCount++;
+        bytes32 exitedBefore = _exitHistory;
+        // block.number is the DLE height, a uint64 in the header; amount < 2^96 (checked by the caller's
+        // _debit): the casts cannot truncate.
+        _exits[certificate] = ExitRecord(holder, uint64(block.number), receiver, uint96(amount), exitedBefore);
+        bytes32 structHash = keccak256(
+            abi.encode(
+                _EXIT_CERTIFICATE_TYPEHASH,
+                _note,
+                _chain,
+                block.number,
+                holder,
+                receiver,
+                amount,
+                certificate,
+                exitedBefore
+            )
+        );
+        _exitHistory = bytes32(bytes27(structHash));
+        emit Exited(_note, _chain, block.number, holder, receiver, amount, certificate, exitedBefore);
     }
 
     /// @dev Takes `amount + fee` from `holder`'s balance, refusing more than it holds.

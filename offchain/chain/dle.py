@@ -49,7 +49,7 @@ _BLOCK_TYPE = b"BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)"
 _CBDC_DRAW_TYPE = b"CbdcDraw(uint256 id,address cbdc,bytes32 selection,uint256 group)"
 _EXIT_TYPE = (
     b"ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,"
-    b"uint256 amount,uint256 nonce)"
+    b"uint256 amount,uint256 nonce,bytes32 exitedBefore)"
 )
 _FAULT_TYPE = (
     b"FaultReport(bytes32 chain,uint256 height,address offender,uint8 role,uint8 kind,bytes32 evidenceHash,"
@@ -76,9 +76,31 @@ class ExitCertificate:
     receiver: str
     amount: int
     nonce: int
+    exited_before: bytes = bytes(32)
+    """The head of the chain's exit history before this exit (zero for the first): the mainchain pays
+    a chain's exits in nonce order and only along one history (CertifiedExits.exitHistoryOf)."""
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (self.note, self.chain, self.height, self.holder, self.receiver, self.amount, self.nonce)
+        return (
+            self.note,
+            self.chain,
+            self.height,
+            self.holder,
+            self.receiver,
+            self.amount,
+            self.nonce,
+            self.exited_before,
+        )
+
+    @property
+    def struct_hash(self) -> bytes:
+        """The certificate's EIP-712 struct hash (the same in every paying contract's domain)."""
+        return _exit_struct_hash(self)
+
+    @property
+    def exited_after(self) -> bytes:
+        """The history's head once this exit is paid: the next exit's `exited_before`."""
+        return exit_history_head(self.struct_hash)
 
 
 @dataclass(frozen=True)
@@ -244,10 +266,40 @@ class Digests:
 
 def _exit_struct_hash(certificate: ExitCertificate) -> bytes:
     struct = encode(
-        ["bytes32", "uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256"],
+        ["bytes32", "uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256", "bytes32"],
         [keccak(_EXIT_TYPE), *certificate.as_tuple()],
     )
     return keccak(struct)
+
+
+EXIT_HEAD_BYTES = 27
+"""CertifiedExits keeps the exit history's head as bytes27 (one slot with the next nonce)."""
+
+
+def exit_history_head(struct_hash: bytes) -> bytes:
+    """The exit history's head after the certificate with `struct_hash`: its first 27 bytes, zero-padded."""
+    return struct_hash[:EXIT_HEAD_BYTES] + bytes(32 - EXIT_HEAD_BYTES)
+
+
+def check_exit_order(note: int, certificate_nonce: int, exited_before: bytes, history: tuple[int, bytes]) -> None:
+    """CertifiedExits' order check in Python: `history` is `exitHistoryOf(note)` (next nonce, head).
+    ContractRevert `CertificateUsed`, `ExitOutOfOrder` (an earlier exit is unpaid: pay it first) or
+    `ExitHistoryMismatch` (the certificate is of another history: a fork)."""
+    expected, head = history
+    if certificate_nonce < expected:
+        raise ContractRevert("CertificateUsed", {"note": note, "nonce": certificate_nonce})
+    if certificate_nonce > expected:
+        raise ContractRevert(
+            "ExitOutOfOrder",
+            {"note": note, "expected": expected, "given": certificate_nonce},
+            f"pay exit {expected} of {note} first (exits are paid in order)",
+        )
+    if exited_before != head:
+        raise ContractRevert(
+            "ExitHistoryMismatch",
+            {"note": note, "expected": head, "given": exited_before},
+            "the certificate is of another exit history than the one paid (a fork of the chain)",
+        )
 
 
 def _separator(name: bytes, chain_id: int, contract: str) -> bytes:
@@ -357,6 +409,11 @@ class DleChainClient(DeploymentClient):
     def block_digest(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
         """DleRegistry.blockDigest, read from the contract (`digests.block` computes it off chain)."""
         return bytes(self.registry.functions.blockDigest(chain, height, header_hash).call())
+
+    def exit_history(self, note: int) -> tuple[int, bytes]:
+        """CoNETCash.exitHistoryOf(note): the nonce of the exit it pays next and the head it must name."""
+        nonce, head = self.cash.functions.exitHistoryOf(note).call()
+        return int(nonce), bytes(head)
 
     def exit_digest(self, certificate: ExitCertificate) -> bytes:
         """CoNETCash.exitDigest, read from the contract (`digests.exit` computes it off chain)."""
@@ -512,8 +569,9 @@ class DleChainClient(DeploymentClient):
             raise ContractRevert("WrongChain", {"expected": chain, "given": certificate.chain})
         if certificate.amount == 0 or certificate.amount > outstanding:
             raise ContractRevert("InvalidExitAmount", {"amount": certificate.amount, "outstanding": outstanding})
-        if self.cash.functions.isExitNonceUsed(certificate.note, certificate.nonce).call():
-            raise ContractRevert("CertificateUsed", {"note": certificate.note, "nonce": certificate.nonce})
+        check_exit_order(
+            certificate.note, certificate.nonce, certificate.exited_before, self.exit_history(certificate.note)
+        )
         record = self.chain_record(chain)
         self.check_certificate(record.group, epoch, self.digests.exit(certificate), signatures)
 
@@ -530,6 +588,7 @@ class DleChainClient(DeploymentClient):
 
 
 __all__ = [
+    "EXIT_HEAD_BYTES",
     "ChainRecord",
     "Digests",
     "DleChainClient",
@@ -537,6 +596,8 @@ __all__ = [
     "ExitCertificate",
     "FaultKind",
     "FaultReport",
+    "check_exit_order",
+    "exit_history_head",
     "members_hash",
     "recover_signer",
 ]

@@ -18,7 +18,7 @@ from web3.contract import Contract
 from web3.exceptions import ContractLogicError
 from web3.types import TxReceipt
 
-from offchain.chain.dle import Digests, DleChainClient, ExitCertificate
+from offchain.chain.dle import Digests, DleChainClient, ExitCertificate, check_exit_order
 from offchain.chain.web3_contracts import (
     DEFAULT_RECEIPT_TIMEOUT,
     ContractRevert,
@@ -164,6 +164,11 @@ class OdexVaultClient(DeploymentClient):
     def is_exit_nonce_used(self, receipt: int, nonce: int) -> bool:
         return bool(self.vault.functions.isExitNonceUsed(receipt, nonce).call())
 
+    def exit_history(self, receipt: int) -> tuple[int, bytes]:
+        """OdexVault.exitHistoryOf(receipt): the nonce of the exit it pays next and the head it must name."""
+        nonce, head = self.vault.functions.exitHistoryOf(receipt).call()
+        return int(nonce), bytes(head)
+
     def exit_digest(self, certificate: ExitCertificate) -> bytes:
         """OdexVault.exitDigest, read from the contract (`digests.vault_exit` computes it off chain)."""
         return bytes(self.vault.functions.exitDigest(certificate.as_tuple()).call())
@@ -257,8 +262,9 @@ class OdexVaultClient(DeploymentClient):
             raise ContractRevert("WrongChain", {"expected": held.chain, "given": certificate.chain})
         if certificate.amount == 0 or certificate.amount > held.outstanding:
             raise ContractRevert("InvalidExitAmount", {"amount": certificate.amount, "outstanding": held.outstanding})
-        if self.is_exit_nonce_used(certificate.note, certificate.nonce):
-            raise ContractRevert("CertificateUsed", {"note": certificate.note, "nonce": certificate.nonce})
+        check_exit_order(
+            certificate.note, certificate.nonce, certificate.exited_before, self.exit_history(certificate.note)
+        )
         record = self._dle.chain_record(held.chain)
         self._dle.check_certificate(record.group, epoch, self.digests.vault_exit(certificate), signatures)
 

@@ -71,12 +71,22 @@ from offchain.dle.messages import (
     ChainDump,
     Commit,
     Evidence,
+    ExitRequest,
+    ExitSignature,
     Final,
     Outcome,
     Rejection,
     TimeoutReport,
 )
-from offchain.dle.note import PROGRAM, ExitCertificate, NoteTerms, chain_id_of, genesis_state, note_program
+from offchain.dle.note import (
+    PROGRAM,
+    ExitCertificate,
+    NoteReader,
+    NoteTerms,
+    chain_id_of,
+    genesis_state,
+    note_program,
+)
 from offchain.dle.poh import ProofOfHistory
 from offchain.dle.pool import WaitingPool
 from offchain.dle.roles import (
@@ -305,6 +315,29 @@ class ArchiveNode:
 
     async def _head(self, body: bytes) -> bytes:
         return self._dump(fixed_bytes(body, 32, "chain"), None)
+
+    async def _exit_certificate(self, body: bytes) -> bytes:
+        """This node's signature over exit `nonce` of the chain, as its final head records it
+        (`NoteLedger.exitOf`). The mainchain pays a chain's exits in order, so the holder of a later
+        exit may have to pay an earlier one first; every archive node of the group signs it again
+        here, and the caller assembles the group's certificate (`DleClient.exit_certificate`). Safe to
+        sign any number of times: it is the exit this node certified when it accepted the block, on
+        the one history it keeps (one block per height)."""
+        request = ExitRequest.decode(body)
+        try:
+            state = self.store.head(request.chain).state
+        except UnknownChain:
+            raise RemoteError("unknown-chain", "this archive node does not keep the chain") from None
+        reader = NoteReader(self._engine)
+        try:
+            count = reader.exit_count(state, request.chain)
+            exit_ = reader.exit_of(state, request.chain, request.nonce) if request.nonce < count else None
+        except Exception as error:  # a chain without the note program (a Selection Chain) has no exits
+            raise RemoteError("unknown-exit", f"the chain has no exits: {error}") from None
+        if exit_ is None:
+            raise RemoteError("unknown-exit", f"the chain has {count} exits, none with nonce {request.nonce}")
+        certificate = exit_.encode()
+        return ExitSignature(certificate, sign(self._secret, self._domains.exit(certificate))).encode()
 
     def _dump(self, chain: bytes, start: int | None) -> bytes:
         try:
@@ -1342,6 +1375,7 @@ _METHODS: dict[str, str] = {
     "roles": "_roles",
     "chain": "_chain",
     "head": "_head",
+    "exit_certificate": "_exit_certificate",
     "accept": "_accept",
     "final": "_final",
     "report_timeout": "_report_timeout",

@@ -38,7 +38,7 @@ from dle_vm.engine import Engine
 from dle_vm.hashing import keccak
 from dle_vm.signature import SIGNATURE_SIZE, BadSignature, recover, sign
 from dle_vm.state import State
-from offchain.dle.messages import Commit, Evidence, Final, Proposal, TimeoutReport, Validation
+from offchain.dle.messages import Commit, Evidence, ExitRequest, Final, Proposal, TimeoutReport, Validation
 from offchain.dle.note import NoteReader
 from offchain.dle.roles import ArchiveGroup, ChainRoles, RolesError, RolesRecord
 
@@ -275,6 +275,8 @@ def _chain_of(method: str, body: bytes) -> bytes:
     """The chain a request to an archive node is about (decoding errors surface as bad-request)."""
     if method in ("roles", "chain", "head"):
         return fixed_bytes(body, 32, "chain")
+    if method == "exit_certificate":
+        return ExitRequest.decode(body).chain
     if method == "accept":
         return Commit.decode(body).block.header.chain_id
     if method == "final":
@@ -303,6 +305,9 @@ class ArchiveAccess:
         "roles": Rule.READER,
         "chain": Rule.READER,
         "head": Rule.READER,
+        # An exit certificate says no more than the head does (the exits are in its state), and the
+        # mainchain pays a chain's exits in order: any participant may need an earlier one to pay it.
+        "exit_certificate": Rule.READER,
         "accept": Rule.MEMBER,
         "final": Rule.MEMBER,
         "report_timeout": Rule.REPORTER,

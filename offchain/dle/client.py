@@ -17,8 +17,9 @@ from dle_vm.state import State
 from dle_vm.transaction import Transaction
 from offchain.dle.digests import Domains
 from offchain.dle.member import check_final
-from offchain.dle.messages import ChainDump, Outcome, Submit, TimeoutReport
-from offchain.dle.roles import ArchiveGroup, RolesError, RolesRecord
+from offchain.dle.messages import ChainDump, ExitRequest, ExitSignature, Outcome, Submit, TimeoutReport
+from offchain.dle.note import ExitCertificate
+from offchain.dle.roles import ArchiveGroup, RolesError, RolesRecord, join_certificate
 from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
 
 __all__ = ["DleClient", "DleError"]
@@ -81,6 +82,41 @@ class DleClient:
         if state.root != block.header.state_root:
             raise DleError("bad-state", "the archive node sent a state that is not the head's")
         return block.header.height, state
+
+    async def exit_certificate(self, chain: bytes, nonce: int, group_id: int) -> tuple[ExitCertificate, bytes, int]:
+        """Exit `nonce` of `chain` certified by every archive node of group `group_id`'s current epoch
+        (each asked with `exit_certificate`, each answer checked): (certificate, signatures ascending by
+        signer, epoch), ready for `CoNETCash.exit`/`OdexVault.withdraw`. The mainchain pays a chain's exits
+        in order: this is how the holder of a later exit gets an earlier one to pay it first."""
+        group = self._group_of(group_id)
+        body = ExitRequest(chain, nonce).encode()
+        signatures: dict[bytes, bytes] = {}
+        agreed: bytes | None = None
+        for node in group.members:
+            try:
+                answer = ExitSignature.decode(
+                    await self._transport.call(node, "exit_certificate", body, timeout=self._archive_timeout)
+                )
+            except RemoteError as error:
+                raise DleError(error.code, f"archive node 0x{node.hex()}: {error.message}") from error
+            except (PeerTimeout, PeerUnavailable) as error:
+                raise DleError("archive-unavailable", str(error)) from error
+            if agreed is None:
+                agreed = answer.certificate
+            if answer.certificate != agreed:
+                raise DleError("certificate-mismatch", f"archive node 0x{node.hex()} records another exit {nonce}")
+            signatures[node] = answer.signature
+        if agreed is None:
+            raise DleError("archive-unavailable", "the archive group has no member")
+        certificate = ExitCertificate.decode(agreed)
+        if certificate.chain != chain or certificate.nonce != nonce:
+            raise DleError("certificate-mismatch", f"the archive group certified another exit than {nonce}")
+        joined = join_certificate(signatures)
+        try:
+            group.verify(self._domains.exit(agreed), joined)
+        except RolesError as error:
+            raise DleError("not-certified", f"exit {nonce} is not certified by the whole group: {error}") from error
+        return certificate, joined, group.epoch
 
     async def _archive(self, method: str, body: bytes) -> bytes:
         host = self._host(body[:32])

@@ -268,7 +268,9 @@ async def _check_chain(
     (count,) = reader.view(head, chain, "exitCount")
     unpaid, paid = [], 0
     for nonce in range(int(count)):
-        ((_note, _chain, _height, _holder, _receiver, amount, _nonce),) = reader.view(head, chain, "exitOf", nonce)
+        ((_note, _chain, _height, _holder, _receiver, amount, _nonce, _before),) = reader.view(
+            head, chain, "exitOf", nonce
+        )
         if is_paid(nonce):
             paid += 1
         else:

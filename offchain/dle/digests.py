@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from eth_utils.address import to_checksum_address
 
@@ -19,7 +20,10 @@ from dle_vm.hashing import keccak
 from offchain.chain.deployer import Role
 from offchain.chain.dle import Digests, ExitCertificate, FaultReport
 
-__all__ = ["Domains", "archive_roles_digest"]
+if TYPE_CHECKING:
+    from offchain.dle.note import ExitCertificate as NoteExit
+
+__all__ = ["Domains", "archive_roles_digest", "mainchain_certificate"]
 
 
 @dataclass(frozen=True)
@@ -75,17 +79,7 @@ class Domains:
         vault = self.vault
         receipt_chain = vault is not None and chain_id_of(self.mainchain_id, vault, exit_.note) == exit_.chain
         digest = self._digests.vault_exit if receipt_chain else self._digests.exit
-        return digest(
-            ExitCertificate(
-                exit_.note,
-                exit_.chain,
-                exit_.height,
-                to_checksum_address(exit_.holder),
-                to_checksum_address(exit_.receiver),
-                exit_.amount,
-                exit_.nonce,
-            )
-        )
+        return digest(mainchain_certificate(exit_))
 
     def cbdc_draw(self, order: int, cbdc: bytes, selection: bytes, group: int) -> bytes:
         """The archive group's consent that `cbdc` was drawn to fill CoNETCash order `order`."""
@@ -99,6 +93,20 @@ class Domains:
             chain, height, to_checksum_address(offender), Role(role), kind, evidence_hash, to_checksum_address(reporter)
         )
         return self._digests.fault(report)
+
+
+def mainchain_certificate(certificate: NoteExit) -> ExitCertificate:
+    """The program's exit certificate (`Exited`) as the mainchain client submits it: the same fields."""
+    return ExitCertificate(
+        certificate.note,
+        certificate.chain,
+        certificate.height,
+        to_checksum_address(certificate.holder),
+        to_checksum_address(certificate.receiver),
+        certificate.amount,
+        certificate.nonce,
+        certificate.exited_before,
+    )
 
 
 def archive_roles_digest(encoded_roles: bytes) -> bytes:

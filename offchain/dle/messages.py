@@ -32,6 +32,8 @@ __all__ = [
     "ChainDump",
     "Commit",
     "Evidence",
+    "ExitRequest",
+    "ExitSignature",
     "Final",
     "Outcome",
     "Proposal",
@@ -286,6 +288,41 @@ class TimeoutReport:
     def decode(cls, data: bytes) -> TimeoutReport:
         chain, version, member = rlp_list(decode_rlp(data), 3, "timeout report")
         return cls(fixed_bytes(chain, HASH, "chain"), uint(version, "version"), fixed_bytes(member, ADDRESS, "member"))
+
+
+@dataclass(frozen=True)
+class ExitRequest:
+    """A participant asks an archive node for its signature over exit `nonce` of `chain` (method
+    `exit_certificate`): the mainchain pays a chain's exits in order, so whoever holds a later exit
+    may need an earlier one, certified, to pay it first."""
+
+    chain: bytes
+    nonce: int
+
+    def encode(self) -> bytes:
+        return encode_rlp([self.chain, uint_bytes(self.nonce)])
+
+    @classmethod
+    def decode(cls, data: bytes) -> ExitRequest:
+        chain, nonce = rlp_list(decode_rlp(data), 2, "exit request")
+        return cls(fixed_bytes(chain, HASH, "chain"), uint(nonce, "nonce"))
+
+
+@dataclass(frozen=True)
+class ExitSignature:
+    """An archive node's answer to an `ExitRequest`: the certificate as its final head records it
+    (`abi.encode`, the `Exited` log data) and its signature over the certificate's exit digest."""
+
+    certificate: bytes
+    signature: bytes
+
+    def encode(self) -> bytes:
+        return encode_rlp([self.certificate, self.signature])
+
+    @classmethod
+    def decode(cls, data: bytes) -> ExitSignature:
+        certificate, signature = rlp_list(decode_rlp(data), 2, "exit signature")
+        return cls(_bytes(certificate, "certificate"), fixed_bytes(signature, SIGNATURE, "signature"))
 
 
 REFUSED = 1

@@ -246,7 +246,9 @@ class NoteTerms:
 
 @dataclass(frozen=True)
 class ExitCertificate:
-    """CoNETCash's `ExitCertificate`, as the program's `Exited` event yields it."""
+    """CoNETCash's `ExitCertificate`, as the program's `Exited` event yields it. `exited_before` is the
+    head of the chain's exit history before this exit (zero for the first; then bytes27 of the previous
+    certificate's EIP-712 struct hash): the mainchain pays the exits in nonce order along that history."""
 
     note: int
     chain: bytes
@@ -255,11 +257,21 @@ class ExitCertificate:
     receiver: bytes
     amount: int
     nonce: int
+    exited_before: bytes = bytes(32)
 
-    _TYPES = ("uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256")
+    _TYPES = ("uint256", "bytes32", "uint256", "address", "address", "uint256", "uint256", "bytes32")
 
     def as_tuple(self) -> tuple[Any, ...]:
-        return (self.note, self.chain, self.height, self.holder, self.receiver, self.amount, self.nonce)
+        return (
+            self.note,
+            self.chain,
+            self.height,
+            self.holder,
+            self.receiver,
+            self.amount,
+            self.nonce,
+            self.exited_before,
+        )
 
     def encode(self) -> bytes:
         """abi.encode(certificate): the `Exited` log's data."""
@@ -267,8 +279,10 @@ class ExitCertificate:
 
     @classmethod
     def decode(cls, data: bytes) -> ExitCertificate:
-        note, chain, height, holder, receiver, amount, nonce = decode(list(cls._TYPES), data)
-        return cls(note, chain, height, bytes.fromhex(holder[2:]), bytes.fromhex(receiver[2:]), amount, nonce)
+        note, chain, height, holder, receiver, amount, nonce, exited_before = decode(list(cls._TYPES), data)
+        return cls(
+            note, chain, height, bytes.fromhex(holder[2:]), bytes.fromhex(receiver[2:]), amount, nonce, exited_before
+        )
 
     @classmethod
     def from_logs(cls, logs: Iterable[Log], program: Program | None = None) -> list[ExitCertificate]:
@@ -411,6 +425,26 @@ class NoteReader:
 
     def balance(self, state: State, chain: bytes, account: bytes) -> int:
         return int(self.view(state, chain, "balanceOf", account)[0])
+
+    def exit_count(self, state: State, chain: bytes) -> int:
+        """The number of exits so far: the next exit's certificate nonce."""
+        return int(self.view(state, chain, "exitCount")[0])
+
+    def exit_of(self, state: State, chain: bytes, nonce: int) -> ExitCertificate:
+        """The certificate of exit `nonce` (`exitOf`); ValueError (`UnknownExit`) if there is none yet."""
+        ((note, chain_, height, holder, receiver, amount, nonce_, exited_before),) = self.view(
+            state, chain, "exitOf", nonce
+        )
+        return ExitCertificate(
+            int(note),
+            bytes(chain_),
+            int(height),
+            bytes.fromhex(str(holder)[2:]),
+            bytes.fromhex(str(receiver)[2:]),
+            int(amount),
+            int(nonce_),
+            bytes(exited_before),
+        )
 
     def nonce(self, state: State, chain: bytes, signer: bytes) -> int:
         """`signer`'s next nonce for the program's signed messages."""

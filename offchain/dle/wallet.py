@@ -203,6 +203,15 @@ class NoteChain:
             signer.deduct_to(secret, payee, holder, authorization, to, amount, nonce, expiry, tx_nonce=tx_nonce)
         )
 
+    async def certified_exit(self, nonce: int) -> tuple[ExitCertificate, bytes, int]:
+        """Exit `nonce` of this chain, whoever made it, certified by every archive node of the chain's
+        group: (certificate, signatures, epoch). The mainchain pays exits in order, so a holder pays the
+        unpaid earlier ones with these first (`offchain/cash_cli.py`, `offchain/odex/cli.py`)."""
+        try:
+            return await self.client.exit_certificate(self.chain, nonce, self.group)
+        except DleError as error:
+            raise WalletError(f"note {self.note}: exit {nonce}: {error.message}") from error
+
     async def exit(self, secret: bytes, amount: int, receiver: bytes) -> ExitResult:
         """Burn `amount` of the holder's balance on the chain; the result is ready for CoNETCash.exit."""
         signer, nonce, tx_nonce, expiry = await self._prepare(secret)

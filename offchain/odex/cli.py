@@ -25,7 +25,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +34,6 @@ from web3 import Web3
 
 from dle_vm.hashing import keccak
 from offchain.chain.cash import CashError, format_amount, parse_amount
-from offchain.chain.dle import ExitCertificate as MainchainExitCertificate
 from offchain.chain.odex import OdexVaultClient
 from offchain.chain.web3_contracts import ChainError, Sender
 from offchain.devnet.dle import (
@@ -48,6 +47,7 @@ from offchain.devnet.dle import (
 )
 from offchain.devnet.wallet_cli import DevnetWallet, WalletSettings, explained_group, wait_for, wallet_options
 from offchain.dle.client import DleError
+from offchain.dle.digests import mainchain_certificate
 from offchain.dle.transport import TransportError
 from offchain.dle.wallet import NoteChain, WalletError
 from offchain.odex.order import (
@@ -474,21 +474,18 @@ def withdraw(ctx: click.Context, receipt: int, amount: str, receiver: str | None
         f"receipt {receipt}: exit {cert.nonce} of {amount} {symbol} final in block {cert.height}, "
         f"certified by archive group epoch {result.epoch}"
     )
+    # The vault pays a receipt's exits in order: pay the earlier ones still unpaid first (their
+    # receivers are paid, this wallet pays the gas), each certified by the archive group on request.
+    for earlier in range(vault.exit_history(receipt)[0], cert.nonce):
+        prior, signatures, epoch = wallet.on_receipt(receipt, partial(NoteChain.certified_exit, nonce=earlier))
+        vault.withdraw(mainchain_certificate(prior), epoch, signatures)
+        click.echo(
+            f"receipt {receipt}: paid the earlier exit {earlier} ({format_amount(prior.amount, decimals)} {symbol} "
+            f"to 0x{prior.receiver.hex()}) first: exits are paid in order"
+        )
     to = Web3.to_checksum_address("0x" + paid_to.hex())
     before = vault.balance_of(held.asset, to)
-    paid = vault.withdraw(
-        MainchainExitCertificate(
-            note=cert.note,
-            chain=cert.chain,
-            height=cert.height,
-            holder=Web3.to_checksum_address("0x" + cert.holder.hex()),
-            receiver=to,
-            amount=cert.amount,
-            nonce=cert.nonce,
-        ),
-        result.epoch,
-        result.signatures,
-    )
+    paid = vault.withdraw(mainchain_certificate(cert), result.epoch, result.signatures)
     after = vault.balance_of(held.asset, to)
     click.echo(
         f"receipt {receipt}: the vault paid {format_amount(paid.amount, decimals)} {symbol} to {to}; its balance "
