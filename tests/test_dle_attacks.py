@@ -250,7 +250,7 @@ def test_a_creator_withholding_final_cannot_get_a_second_block_certified_at_that
         certified, certificate = cbdc.withheld[0]
         assert certified.header.height == height
         group = note.dle._current_group()
-        group.verify(DOMAINS.block(note.chain, height, certified.hash), certificate)  # a certified block
+        group.verify(DOMAINS.certificate(note.chain, height, certified.hash), certificate)  # a certified block
         # The holder spends the same balance again (same nonce) through the next creator.
         note.nonces[address_of_secret(BUYER)] -= 1
         to_bob = note.transfer(BUYER, BOB, everything)
@@ -290,7 +290,7 @@ def test_a_restarted_witness_never_signs_a_second_block_at_one_height_under_one_
                 note.chain, head.block.header.height + 1, head.block.hash, head.state.root, transactions_root(()),
                 timestamp, head.block.header.poh_tick, roles.group,
             )  # fmt: skip
-            return Proposal(roles.version, Block(header, (), (cbdc._sign_header(header),))).encode()
+            return Proposal(roles.version, Block(header, (), (cbdc._sign_header(header, roles),))).encode()
 
         transport = note.dle.network.transport(cbdc.address)
         first = Vote.decode(await transport.call(witness, "propose", proposal(head.block.header.timestamp), timeout=5))

@@ -294,7 +294,7 @@ class Equivocates(MemberNode):
         if self.armed:
             self.armed = False
             header = replace(block.header, timestamp=block.header.timestamp + 1)
-            other = type(block)(header, block.transactions, (self._sign_header(header),))
+            other = type(block)(header, block.transactions, (self._sign_header(header, record.roles),))
             roles = record.roles
             await self._call(roles.witnesses[0], "propose", Proposal(roles.version, other).encode(), 1.0)
         return await super()._attempt(record, block, post, parent, genesis_pre)
