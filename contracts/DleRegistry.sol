@@ -455,14 +455,11 @@ contract DleRegistry is EIP712 {
     /// (FAULT_REFUSED_VALID_BLOCK) or its vote for it (FAULT_SIGNED_INVALID_BLOCK), in the report's role
     /// under the report's roles version.
     function _checkAccused(FaultReport calldata report, bytes calldata signature) private view {
-        bytes32 digest;
-        if (report.kind == FAULT_REFUSED_VALID_BLOCK) {
-            digest = refusalDigest(report.chain, report.height, report.rolesVersion, report.role, report.headerHash);
-        } else if (report.kind == FAULT_SIGNED_INVALID_BLOCK) {
-            digest = blockDigest(report.chain, report.height, report.rolesVersion, report.role, report.headerHash);
-        } else {
-            revert UnknownFaultKind(report.kind);
-        }
+        uint8 kind = report.kind;
+        if (kind != FAULT_REFUSED_VALID_BLOCK && kind != FAULT_SIGNED_INVALID_BLOCK) revert UnknownFaultKind(kind);
+        bytes32 digest = kind == FAULT_REFUSED_VALID_BLOCK
+            ? refusalDigest(report.chain, report.height, report.rolesVersion, report.role, report.headerHash)
+            : blockDigest(report.chain, report.height, report.rolesVersion, report.role, report.headerHash);
         address signer = ECDSA.recoverCalldata(digest, signature);
         if (signer != report.offender) revert NotOffendersSignature(signer, report.offender);
     }
