@@ -55,7 +55,6 @@ ARCHIVE_FIRST, ARCHIVE_NODES = 10, 20
 
 USDC = 10**6
 ORDER_TIMEOUT = 3_600
-EPOCH_GRACE = 24 * 3600
 VOTING_DELAY, VOTING_PERIOD, TIMELOCK_DELAY = 1, 60, 30
 
 ENDPOINTS = ["https://node.example.net:443", "wss://node.example.net:8443"]
@@ -231,7 +230,7 @@ def _measure_economy(
     admin, treasury, holder = accounts[ADMIN], accounts[TREASURY], accounts[HOLDER]
     cbdc, reporter = accounts[SPENDER], accounts[REPORTER]
     params = run.deploy("ParameterStore", admin, admin, ORDER_TIMEOUT)
-    dle = run.deploy("DleRegistry", admin, registry.address, staking.address, EPOCH_GRACE)
+    dle = run.deploy("DleRegistry", admin, registry.address, staking.address, params.address)
     cash = run.deploy("CoNETCash", admin, token.address, oracle.address, staking.address, params.address, dle.address)
     baseline = run.deploy("FillBaseline", admin)
     run.send(None, token.functions.grantRole(token.functions.REISSUER_ROLE().call(), cash.address), admin)

@@ -7,7 +7,6 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {Math} from "@openzeppelin/contracts/utils/math/Math.sol";
 import {CertifiedExits} from "./CertifiedExits.sol";
 import {DleRegistry} from "./DleRegistry.sol";
-import {NodeRegistry} from "./NodeRegistry.sol";
 import {ParameterKeys, ParameterStore} from "./governance/ParameterStore.sol";
 import {ICoNETToken} from "./interfaces/ICoNETToken.sol";
 import {IPriceOracle} from "./interfaces/IPriceOracle.sol";
@@ -104,7 +103,6 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
     IPriceOracle private immutable _oracle;
     IStaking private immutable _staking;
     ParameterStore private immutable _params;
-    NodeRegistry private immutable _nodes; // the registry's own: where the group count is read
 
     uint256 private _nextId = 1;
     mapping(uint256 id => Note) private _notes;
@@ -194,7 +192,6 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
         _oracle = oracle_;
         _staking = staking_;
         _params = params_;
-        _nodes = registry_.nodeRegistry();
     }
 
     // ---------------------------------------------------------------- buyers
@@ -273,7 +270,7 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
         if (note.status != Status.Ordered) revert OrderNotOpen(id);
         if (draw.cbdc != msg.sender) revert NotDrawnCbdc(id, draw.cbdc, msg.sender);
         if (!_staking.meetsMinimum(msg.sender, Role.CBDC)) revert NotStakedCbdc(msg.sender);
-        uint256 group = _groupFor(id);
+        uint256 group = _dleRegistry().groupFor(id);
         if (draw.group != group) revert WrongDrawGroup(id, draw.group, group);
         // Only the group that keeps the note's chain drew its CBDC; all of its epoch's members sign.
         _dleRegistry().verifyGroupCertificate(group, _cbdcDrawDigest(draw), epoch, signatures);
@@ -449,12 +446,6 @@ contract CoNETCash is ERC721, CertifiedExits, TransientReentrancyGuard {
 
     function _cbdcDrawDigest(CbdcDraw calldata draw) private view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(_CBDC_DRAW_TYPEHASH, draw)));
-    }
-
-    /// @dev The group that keeps asset `id`'s chain: same rule as DleRegistry.groupFor (id modulo the
-    /// node registry's group count, which never shrinks).
-    function _groupFor(uint256 id) private view returns (uint256) {
-        return id % _nodes.groupCount();
     }
 
     function _pullExactly(IERC20 stablecoin, uint256 amount) private {

@@ -4,6 +4,7 @@ pragma solidity ^0.8.28;
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {NodeRegistry} from "./NodeRegistry.sol";
+import {ParameterKeys, ParameterStore} from "./governance/ParameterStore.sol";
 import {IStaking} from "./interfaces/IStaking.sol";
 import {ISlashing} from "./interfaces/ISlashing.sol";
 import {DleChainId} from "./libraries/DleChainId.sol";
@@ -22,9 +23,13 @@ import {Role} from "./types/Role.sol";
 ///
 /// An epoch is a snapshot of one archive group: the owners of its archive-node NFTs in NodeRegistry
 /// that still meet the archive minimum stake, sorted by address. `refreshGroup` opens a new epoch when
-/// that set has changed. A certificate names the epoch that signed it and is accepted while that epoch
-/// is current, or for `epochGrace` seconds after it ended, so a certificate signed just before a
-/// member joined or left is not lost.
+/// that set has changed. A certificate names the epoch that signed it and is accepted only while that
+/// epoch is current, and only from an epoch of at least the governed `MIN_ARCHIVE_GROUP_SIZE` members:
+/// once a member has left, the ones who stayed cannot certify alone what it would have refused. What
+/// an ended epoch certified before it ended is re-certified by the current one.
+///
+/// A chain belongs to the group its asset id maps to, `assetId % groupCount` at registration
+/// (`groupFor`), and keeps that group: a group cannot register another group's chain.
 ///
 /// Signatures are 65-byte secp256k1 signatures (r ‖ s ‖ v), concatenated in ascending order of the
 /// signers' addresses. Sorted order rules out duplicates; comparing the hash of the recovered signers
@@ -53,11 +58,16 @@ contract DleRegistry is EIP712 {
 
     /// @notice One epoch of an archive group, in one slot: a certificate check reads it once.
     /// `membersHash` is the first 20 bytes of keccak256 of the sorted members; forging a certificate
-    /// would take a second preimage of it, 2^160 work.
+    /// would take a second preimage of it, 2^160 work. `size` is the number of members and `minimum`
+    /// the governed MIN_ARCHIVE_GROUP_SIZE when the epoch opened (both at most MAX_GROUP_SIZE): kept
+    /// here so that the check reads no other contract; `refreshGroup` opens a new epoch when the
+    /// governed minimum changed. Timestamps of 40 bits last until the year 36812.
     struct Epoch {
         bytes20 membersHash;
-        uint48 startedAt;
-        uint48 endedAt;
+        uint40 startedAt;
+        uint40 endedAt;
+        uint8 size;
+        uint8 minimum;
     }
 
     /// @notice One DLE chain.
@@ -101,7 +111,7 @@ contract DleRegistry is EIP712 {
 
     NodeRegistry private immutable _nodes;
     IStaking private immutable _staking;
-    uint64 private immutable _epochGrace;
+    ParameterStore private immutable _params;
 
     mapping(uint256 group => uint256 epoch) private _currentEpochs;
     mapping(uint256 group => mapping(uint256 epoch => Epoch)) private _epochs;
@@ -118,8 +128,12 @@ contract DleRegistry is EIP712 {
     error GroupTooLarge(uint256 group, uint256 size);
     /// @notice Group `group` has no epoch `epoch`.
     error UnknownEpoch(uint256 group, uint256 epoch);
-    /// @notice Epoch `epoch` of group `group` ended at `endedAt`, longer ago than the grace period.
-    error EpochExpired(uint256 group, uint256 epoch, uint48 endedAt);
+    /// @notice Epoch `epoch` of group `group` has ended; `current` is the group's current epoch.
+    error EpochEnded(uint256 group, uint256 epoch, uint256 current);
+    /// @notice Epoch `epoch` of group `group` has `size` members, fewer than the governed `minimum`.
+    error GroupTooSmall(uint256 group, uint256 epoch, uint256 size, uint256 minimum);
+    /// @notice Asset #`assetId`'s chain belongs to group `expected`, not `given`.
+    error WrongGroup(uint256 assetId, uint256 given, uint256 expected);
     /// @notice The signatures are not a whole number of 65-byte signatures.
     error MalformedSignatures(uint256 length);
     /// @notice Signer `index` is not above the one before it: signatures must be sorted by signer.
@@ -181,31 +195,38 @@ contract DleRegistry is EIP712 {
 
     /// @param nodes_ The node registry whose archive NFTs form the groups.
     /// @param staking_ Checks archive stakes and slashes equivocators; this registry needs its slasher role.
-    /// @param epochGrace_ Seconds an ended epoch's certificates stay valid.
-    constructor(NodeRegistry nodes_, IStaking staking_, uint64 epochGrace_) EIP712("CoNET DLE", "1") {
-        if (address(nodes_) == address(0) || address(staking_) == address(0)) revert ZeroAddress();
+    /// @param params_ Where the governed minimum group size (`MIN_ARCHIVE_GROUP_SIZE`) is read.
+    constructor(NodeRegistry nodes_, IStaking staking_, ParameterStore params_) EIP712("CoNET DLE", "1") {
+        if (address(nodes_) == address(0) || address(staking_) == address(0) || address(params_) == address(0)) {
+            revert ZeroAddress();
+        }
         _nodes = nodes_;
         _staking = staking_;
-        _epochGrace = epochGrace_;
+        _params = params_;
     }
 
     // ---------------------------------------------------------------- archive groups
 
-    /// @notice Opens a new epoch of `group` if its staked archive nodes differ from the current epoch's.
-    /// Anyone may call it; archive nodes do after a member joins, leaves or unbonds.
+    /// @notice Opens a new epoch of `group` if its staked archive nodes differ from the current epoch's,
+    /// or the governed minimum group size changed since it opened. Anyone may call it; archive nodes do
+    /// after a member joins, leaves or unbonds.
     /// @return epoch The current epoch after the call.
     /// @return changed Whether a new epoch was opened.
     function refreshGroup(uint256 group) external returns (uint256 epoch, bool changed) {
         if (group >= _nodes.groupCount()) revert UnknownArchiveGroup(group);
         address[] memory members = _stakedMembers(group);
         bytes20 membersHash = _membersHash(members);
+        // Bounded to [2, 64] by the parameter store's bounds: the cast cannot truncate.
+        uint8 minimum = uint8(minGroupSize());
         epoch = _currentEpochs[group];
-        if (epoch != 0 && _epochs[group][epoch].membersHash == membersHash) return (epoch, false);
+        Epoch storage current = _epochs[group][epoch];
+        if (epoch != 0 && current.membersHash == membersHash && current.minimum == minimum) return (epoch, false);
 
-        if (epoch != 0) _epochs[group][epoch].endedAt = uint48(block.timestamp);
+        if (epoch != 0) current.endedAt = uint40(block.timestamp);
         epoch += 1;
         _currentEpochs[group] = epoch;
-        _epochs[group][epoch] = Epoch(membersHash, uint48(block.timestamp), 0);
+        // At most MAX_GROUP_SIZE members (`_stakedMembers`): the cast cannot truncate.
+        _epochs[group][epoch] = Epoch(membersHash, uint40(block.timestamp), 0, uint8(members.length), minimum);
         _members[group][epoch] = members;
         emit EpochStarted(group, epoch, membersHash, members);
         return (epoch, true);
@@ -215,7 +236,7 @@ contract DleRegistry is EIP712 {
 
     /// @notice Records the DLE chain of `asset` #`assetId`, on the genesis certificate of its group.
     /// @param genesisHash Hash of the chain's genesis block header.
-    /// @param group The archive group that keeps the chain.
+    /// @param group The archive group that keeps the chain: `groupFor(assetId)`, or WrongGroup.
     /// @param epoch The epoch of `group` that signed.
     /// @param signatures The epoch's signatures of the ChainGenesis struct, sorted by signer.
     /// @return chain The chain id (DleChainId.compute(asset, assetId)).
@@ -229,6 +250,8 @@ contract DleRegistry is EIP712 {
     ) external returns (bytes32 chain) {
         chain = DleChainId.compute(asset, assetId);
         if (_chains[chain].registeredAt != 0) revert ChainAlreadyRegistered(chain);
+        uint256 expected = groupFor(assetId);
+        if (group != expected) revert WrongGroup(assetId, group, expected);
         bytes32 digest = _hashTypedDataV4(
             keccak256(abi.encode(_GENESIS_TYPEHASH, chain, genesisHash, asset, assetId, group))
         );
@@ -328,6 +351,13 @@ contract DleRegistry is EIP712 {
 
     // ---------------------------------------------------------------- views
 
+    /// @notice The archive group that keeps the chain of asset #`assetId` (a note or receipt id) if it
+    /// is registered now: `assetId % groupCount`. The group count only grows, so a chain registers with
+    /// the group of the count at its registration and keeps it (`chainOf(chain).group`).
+    function groupFor(uint256 assetId) public view returns (uint256) {
+        return assetId % _nodes.groupCount();
+    }
+
     /// @notice The EIP-712 digest a DLE member signs for block `headerHash` at `height` of `chain`, under
     /// roles version `rolesVersion`, serving in `role`.
     function blockDigest(bytes32 chain, uint256 height, uint256 rolesVersion, Role role, bytes32 headerHash)
@@ -418,9 +448,10 @@ contract DleRegistry is EIP712 {
         return _staking;
     }
 
-    /// @notice Seconds an ended epoch's certificates stay valid.
-    function epochGrace() external view returns (uint64) {
-        return _epochGrace;
+    /// @notice The fewest members an epoch must have for its certificates to count (governed); an
+    /// epoch holds the value it opened with (`epochOf(group, epoch).minimum`) until `refreshGroup`.
+    function minGroupSize() public view returns (uint256) {
+        return _params.value(ParameterKeys.MIN_ARCHIVE_GROUP_SIZE);
     }
 
     // ---------------------------------------------------------------- internals
@@ -428,10 +459,9 @@ contract DleRegistry is EIP712 {
     function _verifyGroup(uint256 group, uint256 epoch, bytes32 digest, bytes calldata signatures) private view {
         Epoch memory record = _epochs[group][epoch];
         if (record.startedAt == 0) revert UnknownEpoch(group, epoch);
-        // An epoch that has not ended is the current one.
-        if (record.endedAt != 0 && block.timestamp > uint256(record.endedAt) + _epochGrace) {
-            revert EpochExpired(group, epoch, record.endedAt);
-        }
+        // An epoch that has not ended is the current one; an ended one certifies nothing more, whatever
+        // its members still sign.
+        if (record.endedAt != 0) revert EpochEnded(group, epoch, _currentEpochs[group]);
         if (signatures.length == 0 || signatures.length % _SIGNATURE_LENGTH != 0) {
             revert MalformedSignatures(signatures.length);
         }
@@ -449,6 +479,9 @@ contract DleRegistry is EIP712 {
             previous = signer;
         }
         if (_membersHash(signers) != record.membersHash) revert SignersNotGroup(group, epoch);
+        // The signers are the whole epoch, so their count is its size. A lone archive node is no group:
+        // it would certify its own chains.
+        if (count < record.minimum) revert GroupTooSmall(group, epoch, count, record.minimum);
     }
 
     /// @dev Reverts unless `signature` is the offender's own: its signed refusal of the report's block

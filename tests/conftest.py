@@ -110,10 +110,18 @@ def stake(staking: Any, token: Any, node: Any, role: Role, amount: int) -> None:
     staking.stake(int(role), amount, sender=node)
 
 
+def restake_archive(staking: Any, token: Any, treasury: Any, node: Any) -> None:
+    """`node`, an archive node that requested its whole stake back, stakes the minimum again: it is a
+    member of its group again at the next `refreshGroup`."""
+    token.transfer(node, MIN_STAKE[Role.ARCHIVE], sender=treasury)
+    stake(staking, token, node, Role.ARCHIVE, MIN_STAKE[Role.ARCHIVE])
+
+
 # ---------------------------------------------------------------- the CoNETCash economy
 
 ORDER_TIMEOUT = 3_600
-EPOCH_GRACE = DAY
+MIN_GROUP_SIZE = 2
+"""ParameterStore's default MIN_ARCHIVE_GROUP_SIZE: an epoch of one archive node certifies nothing."""
 CONET_PRICE = 5 * 10**6  # $0.05 with 8 decimals
 DOLLAR = 10**8  # $1.00 with 8 decimals
 ARCHIVE_NODES = 4  # two archive groups of two
@@ -140,8 +148,8 @@ def params(project: Any, admin: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def dle(project: Any, admin: Any, registry: Any, staking: Any) -> Any:
-    contract = admin.deploy(project.DleRegistry, registry, staking, EPOCH_GRACE)
+def dle(project: Any, admin: Any, registry: Any, staking: Any, params: Any) -> Any:
+    contract = admin.deploy(project.DleRegistry, registry, staking, params)
     staking.grantRole(staking.SLASHER_ROLE(), contract, sender=admin)
     return contract
 

@@ -12,7 +12,6 @@ from conftest import (
     CONET_PRICE,
     DAY,
     DOLLAR,
-    EPOCH_GRACE,
     MIN_STAKE,
     ORDER_TIMEOUT,
     Draws,
@@ -20,6 +19,8 @@ from conftest import (
     exit_digest,
     group_of,
     group_signatures,
+    public_key,
+    restake_archive,
     reverts_with,
     reverts_with_wrong_signers,
     set_prices,
@@ -620,13 +621,15 @@ def test_an_unknown_epoch_is_refused(
 
 
 @pytest.mark.parametrize("leaves_by", ["unbonding", "deregistering"])
-def test_an_ended_epoch_signs_until_its_grace_runs_out(
+def test_an_ended_epoch_pays_no_exit_and_a_lone_member_none_either(
     chain: Any,
     admin: Any,
     cash: Any,
     dle: Any,
     registry: Any,
     staking: Any,
+    token: Any,
+    treasury: Any,
     archive_nodes: list[Any],
     live: int,
     alice: Any,
@@ -635,31 +638,41 @@ def test_an_ended_epoch_signs_until_its_grace_runs_out(
     group = live % 2
     old = members_of(registry, archive_nodes, live)
     leaver, stayer = old
+    certificate, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 0, old)
     if leaves_by == "unbonding":
         staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=leaver)
     else:
         registry.deregister(registry.tokenOf(leaver, int(Role.ARCHIVE)), sender=leaver)
     receipt = dle.refreshGroup(group, sender=admin)
     assert dle.currentEpoch(group) == 2
-    ended = dle.epochOf(group, 1).endedAt
-    assert ended == chain.blocks[receipt.block_number].timestamp
+    assert dle.epochOf(group, 1).endedAt == chain.blocks[receipt.block_number].timestamp
     assert dle.epochMembers(group, 2) == [stayer.address]
+    outstanding = cash.outstandingOf(live)
 
-    # At the last second of the grace period epoch 1 still signs...
-    chain.pending_timestamp = ended + EPOCH_GRACE
-    certificate, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 0, old)
-    cash.exit(certificate, 1, signatures, sender=alice)
-    # ... one second later it does not.
-    chain.pending_timestamp = ended + EPOCH_GRACE + 1
-    certificate, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 1, old)
-    with reverts_with(dle.EpochExpired, group=group, epoch=1, endedAt=ended):
+    # The pair signed while both were members; once the leaver is out, that certificate pays nothing:
+    # the members who stayed could otherwise sign now what the leaver would have refused.
+    with reverts_with(dle.EpochEnded, group=group, epoch=1, current=2):
         cash.exit(certificate, 1, signatures, sender=alice)
-    # Epoch 2 is the one remaining member, alone; the old pair does not sign for it.
+    # Epoch 2 is the one remaining member, alone: no group, whoever signs.
     with reverts_with(dle.SignersNotGroup, group=group, epoch=2):
         cash.exit(certificate, 2, signatures, sender=alice)
-    certificate, signatures = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 1, [stayer])
-    cash.exit(certificate, 2, signatures, sender=alice)
-    assert cash.outstandingOf(live) == 40 * USDC
+    alone, lone = exit_of(chain, cash, registry, archive_nodes, live, alice, 5 * USDC, 0, [stayer])
+    with reverts_with(dle.GroupTooSmall, group=group, epoch=2, size=1, minimum=2):
+        cash.exit(alone, 2, lone, sender=alice)
+    assert cash.outstandingOf(live) == outstanding and not cash.isExitNonceUsed(live, 0)
+
+    # The leaver is back (stakes again, or registers anew and joins the smaller group): epoch 3, of
+    # both, re-certifies the exit and it is paid once.
+    if leaves_by == "unbonding":
+        restake_archive(staking, token, treasury, leaver)
+    else:
+        registry.register(
+            int(Role.ARCHIVE), public_key(leaver), ["https://archive.example"], (0, 0, 0, 0), "eu", sender=leaver
+        )
+        assert registry.archiveGroupOf(registry.tokenOf(leaver, int(Role.ARCHIVE))) == group
+    dle.refreshGroup(group, sender=admin)
+    cash.exit(certificate, 3, signatures, sender=alice)
+    assert cash.outstandingOf(live) == outstanding - 5 * USDC
 
 
 # ---------------------------------------------------------------- fill, buy, cancel, claim

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from conftest import (
-    EPOCH_GRACE,
     MIN_STAKE,
     Draws,
     group_of,
+    restake_archive,
     reverts_with,
     reverts_with_wrong_signers,
     set_prices,
@@ -231,9 +231,9 @@ def test_a_forged_or_partial_group_signature_is_refused(
     _unchanged(cash, token, stablecoin, order, [alice, cbdc, rival], before)
 
 
-def test_a_draw_certified_by_an_ended_epoch_expires_with_its_grace(
-    chain: Any,
+def test_a_draw_certified_by_an_ended_epoch_fills_nothing(
     admin: Any,
+    treasury: Any,
     cash: Any,
     dle: Any,
     token: Any,
@@ -254,17 +254,21 @@ def test_a_draw_certified_by_an_ended_epoch_expires_with_its_grace(
     staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
     dle.refreshGroup(group, sender=admin)
     assert dle.currentEpoch(group) == 2
-    ended = dle.epochOf(group, 1).endedAt
-    chain.pending_timestamp = ended + EPOCH_GRACE + 1
     set_prices(oracle, admin, token, stablecoin)  # fresh prices again: only the draw may fail
     before = _world(cash, token, stablecoin, order, [alice, cbdc, rival])
-    with reverts_with(dle.EpochExpired, group=group, epoch=1, endedAt=ended):
+    with reverts_with(dle.EpochEnded, group=group, epoch=1, current=2):
         cash.fill(draw, 1, signatures, sender=cbdc)
-    # Epoch 2 is the member left, alone; the old pair's certificate is not its certificate.
+    # Epoch 2 is the member left, alone; the old pair's certificate is not its certificate, and its own
+    # is no group's.
     with reverts_with(dle.SignersNotGroup, group=group, epoch=2):
         cash.fill(draw, 2, signatures, sender=cbdc)
+    alone, _, lone = draws.certify(cash, order, cbdc, epoch=2, signers=[old[1]])
+    with reverts_with(dle.GroupTooSmall, group=group, epoch=2, size=1, minimum=2):
+        cash.fill(alone, 2, lone, sender=cbdc)
     _unchanged(cash, token, stablecoin, order, [alice, cbdc, rival], before)
-    draws.fill(cash, order, cbdc, signers=[old[1]])  # the current epoch certifies it
+    restake_archive(staking, token, treasury, old[0])  # the leaver is back: epoch 3, of both
+    dle.refreshGroup(group, sender=admin)
+    cash.fill(draw, 3, signatures, sender=cbdc)
     assert cash.noteOf(order).party == cbdc.address
 
 

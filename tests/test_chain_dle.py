@@ -423,17 +423,22 @@ def test_an_equivocating_archive_node_is_slashed_and_leaves_the_next_epoch(devne
     assert changed and epoch == 2
     assert client.epoch_members(0, 2) == [address_of(honest)]
 
-    # Epoch 1 ended now; a day (the deploy's grace) later its certificates are refused.
+    # Epoch 1 ended now: its certificates are refused, by the client's check and by the contract; the
+    # member left is all of epoch 2, and alone it is no group.
     cash = devnet.book.address("CoNETCash")
-    old = sign(client.digests.genesis(cash, 55, GENESIS, 0), [cheat, honest])
-    ended = client.epoch(0, 1).ended_at
-    rpc(devnet.node.uri, "evm_setNextBlockTimestamp", [ended + 24 * 3600 + 1])
-    rpc(devnet.node.uri, "evm_mine")
+    old = sign(client.digests.genesis(cash, 56, GENESIS, 0), [cheat, honest])
+    current = sign(client.digests.genesis(cash, 56, GENESIS, 0), [honest])
     for precheck in (True, False):
-        expired = refusal(client.register_chain, cash, 55, GENESIS, 0, 1, old, precheck=precheck)
-        assert (expired.error, expired.inputs) == ("EpochExpired", {"group": 0, "epoch": 1, "endedAt": ended})
-    current = sign(client.digests.genesis(cash, 55, GENESIS, 0), [honest])
-    assert client.register_chain(cash, 55, GENESIS, 0, 2, current) == client.chain_id_of(cash, 55)
+        ended = refusal(client.register_chain, cash, 56, GENESIS, 0, 1, old, precheck=precheck)
+        assert (ended.error, ended.inputs) == ("EpochEnded", {"group": 0, "epoch": 1, "current": 2})
+        alone = refusal(client.register_chain, cash, 56, GENESIS, 0, 2, current, precheck=precheck)
+        assert (alone.error, alone.inputs) == ("GroupTooSmall", {"group": 0, "epoch": 2, "size": 1, "minimum": 2})
+    # Asset 55 is group 1's (55 % 2): group 0 may not register it whatever it signs.
+    wrong = sign(client.digests.genesis(cash, 55, GENESIS, 0), [honest])
+    for precheck in (True, False):
+        refused = refusal(client.register_chain, cash, 55, GENESIS, 0, 2, wrong, precheck=precheck)
+        assert (refused.error, refused.inputs) == ("WrongGroup", {"assetId": 55, "given": 0, "expected": 1})
+    assert not client.is_registered(client.chain_id_of(cash, 55))
 
 
 def test_a_client_without_a_key_reads_but_does_not_send_and_a_missing_receipt_times_out(devnet: Devnet) -> None:

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.anvil
 
 USDC = 10**6
 DEPLOYER, BUYER, CBDC, WITNESS, ARCHIVE = 0, 1, 2, 3, 4
-GROUP_ARCHIVES = (6, 7)  # the fixture's archive nodes: token ids 1 and 2, groups 1 and 0
+GROUP_ARCHIVES = (6, 7, 8, 9)  # the fixture's archive nodes: token ids 1 to 4, two in each group
 KILL_TIMEOUT = 60.0
 
 
@@ -89,7 +89,8 @@ def devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devnet]:
         w3 = connect(node.uri)
         senders = {i: Sender(w3, dev_key(i), receipt_timeout=30) for i in (*range(6), *GROUP_ARCHIVES)}
         devnet = Devnet(node, w3, addressbook.load("avalanche:anvil", books), senders)
-        # One archive node per group and both groups' first epoch: they certify the CBDC's draws.
+        # Two archive nodes per group (a group of one certifies nothing) and both groups' first epoch:
+        # they certify the CBDC's draws.
         for index in GROUP_ARCHIVES:
             register_archive(devnet, index, ["https://archive.example"])
         for group in (0, 1):
@@ -163,10 +164,10 @@ def test_the_mirror_follows_the_deployment_a_buy_and_fill_and_a_stake(devnet: De
     mirror = Mirror.from_address_book(devnet.w3, devnet.book, tmp_path / "mirror.db")
     deployed = mirror.poll()
     # The deployment itself: the parameter store's constructor sets every parameter, then the mock
-    # stablecoin is listed; then the fixture's two archive nodes stake and register, each group's first
+    # stablecoin is listed; then the fixture's four archive nodes stake and register, each group's first
     # epoch opens, and the CBDC stakes.
-    archives = [Staked, NodeRegistered, ArchiveGroupJoined] * 2 + [EpochStarted] * 2
-    assert [type(e) for e in deployed] == [ParameterSet] * 8 + [StablecoinListed, *archives, Staked]
+    archives = [Staked, NodeRegistered, ArchiveGroupJoined] * 4 + [EpochStarted] * 2
+    assert [type(e) for e in deployed] == [ParameterSet] * 9 + [StablecoinListed, *archives, Staked]
     assert mirror.parameters()["TRANSFER_FEE_BPS"] == 5
     assert mirror.parameter("ORDER_TIMEOUT") == 24 * 3600
     stablecoin = devnet.book.address("MockStablecoin")
@@ -282,13 +283,16 @@ def test_a_restarted_mirror_resumes_exactly_where_it_stopped(devnet: Devnet, tmp
         group,
     )
     assert (node.prices.outbound_per_mb, node.prices.per_mb_memory) == (1, 4)
-    # The group's second epoch: the fixture's archive node of that group, and this one.
+    # The group's second epoch: the fixture's archive nodes of that group, and this one.
     epoch = second.epoch(group)
     nodes = devnet.contract("NodeRegistry").functions
-    (fellow,) = (
-        i for i in GROUP_ARCHIVES if nodes.archiveGroupOf(nodes.tokenOf(devnet.address(i), 1).call()).call() == group
-    )
-    expected = tuple(sorted((devnet.address(ARCHIVE), devnet.address(fellow)), key=lambda a: int(a, 16)))
+    fellows = [
+        devnet.address(i)
+        for i in GROUP_ARCHIVES
+        if nodes.archiveGroupOf(nodes.tokenOf(devnet.address(i), 1).call()).call() == group
+    ]
+    assert len(fellows) == 2
+    expected = tuple(sorted((devnet.address(ARCHIVE), *fellows), key=lambda a: int(a, 16)))
     assert epoch is not None and epoch.members == expected and epoch.epoch == 2
     *_, started = second.events(kinds=[EpochStarted])
     assert isinstance(started, EpochStarted) and started.members_hash == epoch.members_hash

@@ -357,7 +357,8 @@ async def _open(
     witness_cls: Any = MemberNode,
 ) -> tuple[LocalDle, NoteTerms]:
     """Group 0's archive nodes with the real mainchain adapter, the staked members, one note opened
-    (drawn from the pool with real stake checks, registered on DleRegistry)."""
+    (drawn from the pool with real stake checks, registered on DleRegistry). `note` must be even: group 0
+    keeps the chains of even asset ids (`DleRegistry.groupFor`)."""
     dle = LocalDle(
         directory, chain.domains, chain.mainchain(), timeouts=Timeouts(vote=1.0, accept=1.0, final=1.0, archive=20.0)
     )
@@ -394,7 +395,7 @@ def test_a_refusing_validator_loses_its_validator_stake_on_chain(slashing_chain:
     token = slashing_chain.contract("CoNETToken")
 
     async def scenario() -> tuple[bytes, bytes]:
-        dle, terms = await _open(slashing_chain, tmp_path, 1001, key("cbdc a"), validator_cls=Refuses)
+        dle, terms = await _open(slashing_chain, tmp_path, 1000, key("cbdc a"), validator_cls=Refuses)
         host = dle.host(terms.chain)
         refuser = host.roles(terms.chain).roles.validator_for(host.store.head(terms.chain).block.hash)
         node = dle.members[refuser]

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from conftest import (
-    EPOCH_GRACE,
     MIN_STAKE,
     REPORTER_BPS,
     eip712_digest,
     group_of,
     group_signatures,
+    restake_archive,
     reverts_with,
     reverts_with_wrong_signers,
     sign_digest,
@@ -349,10 +349,11 @@ def test_only_the_chains_whole_group_certifies_a_fault(
     assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
 
 
-def test_an_expired_epoch_cannot_certify_a_fault(
-    chain: Any,
+def test_an_ended_epoch_certifies_no_fault_and_a_lone_member_none_either(
     dle: Any,
     staking: Any,
+    token: Any,
+    treasury: Any,
     registry: Any,
     archive_nodes: list[Any],
     admin: Any,
@@ -362,44 +363,23 @@ def test_an_expired_epoch_cannot_certify_a_fault(
     offender: Any,
 ) -> None:
     old = group_of(registry, archive_nodes, GROUP)
-    staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
-    dle.refreshGroup(GROUP, sender=admin)
-    ended = dle.epochOf(GROUP, 1).endedAt
     report = fault(chain_id, offender, carol)
     signatures = certified(dle, old, report)
-    chain.mine(1, timestamp=ended + EPOCH_GRACE + 1)
     own = accused(dle, report, offender)
-    with reverts_with(dle.EpochExpired, group=GROUP, epoch=1, endedAt=ended):
+    staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
+    dle.refreshGroup(GROUP, sender=admin)
+    with reverts_with(dle.EpochEnded, group=GROUP, epoch=1, current=2):
         dle.reportFault(report, own, 1, signatures, sender=bob)
     with reverts_with(dle.UnknownEpoch, group=GROUP, epoch=3):
         dle.reportFault(report, own, 3, signatures, sender=bob)
-    # The current epoch (the member that stayed) certifies it.
-    receipt = dle.reportFault(report, own, 2, certified(dle, old[1:], report), sender=bob)
-    assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
-
-
-def test_an_ended_epoch_certifies_a_fault_within_its_grace(
-    chain: Any,
-    dle: Any,
-    staking: Any,
-    registry: Any,
-    archive_nodes: list[Any],
-    admin: Any,
-    bob: Any,
-    carol: Any,
-    chain_id: bytes,
-    offender: Any,
-) -> None:
-    old = group_of(registry, archive_nodes, GROUP)
-    staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
+    # The member that stayed is all of epoch 2: alone, it slashes nobody.
+    with reverts_with(dle.GroupTooSmall, group=GROUP, epoch=2, size=1, minimum=2):
+        dle.reportFault(report, own, 2, certified(dle, old[1:], report), sender=bob)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
+    # The leaver is back: the current epoch, of both, certifies the fault.
+    restake_archive(staking, token, treasury, old[0])
     dle.refreshGroup(GROUP, sender=admin)
-    report = fault(chain_id, offender, carol)
-    signatures = certified(dle, old, report)
-    # The report's own block is the last second of the grace.
-    ended = dle.epochOf(GROUP, 1).endedAt
-    chain.pending_timestamp = ended + EPOCH_GRACE
-    receipt = dle.reportFault(report, accused(dle, report, offender), 1, signatures, sender=bob)
-    assert chain.blocks[receipt.block_number].timestamp == ended + EPOCH_GRACE
+    receipt = dle.reportFault(report, own, 3, signatures, sender=bob)
     assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
 
 

@@ -1,6 +1,7 @@
 """DleRegistry: archive-group epochs (opened, kept, renewed on a member leaving, unbonding or joining),
 chain registration on a genesis certificate, group certificates (every member of the epoch, no more, no
-fewer, sorted; an ended epoch within its grace), and equivocation reports that slash the signer."""
+fewer, sorted; never an ended epoch nor one below the minimum size; a chain only from the group its asset
+id maps to), and equivocation reports that slash the signer."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import (
-    EPOCH_GRACE,
+    MIN_GROUP_SIZE,
     MIN_STAKE,
     REPORTER_BPS,
     block_digest,
@@ -103,10 +104,12 @@ def test_the_first_refresh_opens_epoch_1_with_the_sorted_staked_members(
         assert (event.group, event.epoch, list(event.members)) == (group, 1, members)
         assert bytes(event.membersHash) == members_hash(members)
         record = dle.epochOf(group, 1)
-        assert (bytes(record.membersHash), record.startedAt, record.endedAt) == (
+        assert (bytes(record.membersHash), record.startedAt, record.endedAt, record.size, record.minimum) == (
             members_hash(members),
             chain.blocks[receipt.block_number].timestamp,
             0,
+            2,
+            MIN_GROUP_SIZE,
         )
         assert dle.epochMembers(group, 1) == members
         assert dle.currentEpoch(group) == 1
@@ -119,6 +122,28 @@ def test_an_unchanged_group_keeps_its_epoch(dle: Any, admin: Any, epochs: None) 
     assert started(receipt, dle) == []
     assert dle.currentEpoch(0) == 1
     assert dle.epochOf(0, 1) == before
+
+
+def test_a_raised_minimum_group_size_applies_at_the_next_refresh(
+    dle: Any, params: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    pair = group_of(registry, archive_nodes, 0)
+    signatures = group_signatures(pair, DIGEST)
+    params.setParameter(params.MIN_ARCHIVE_GROUP_SIZE(), 3, sender=admin)
+    assert dle.minGroupSize() == 3
+    dle.verifyGroupCertificate(0, DIGEST, 1, signatures)  # epoch 1 opened under the minimum of 2
+    # Anyone refreshes: the same members, a new epoch under the new minimum, and the pair is too few.
+    receipt = dle.refreshGroup(0, sender=archive_nodes[0])
+    (event,) = started(receipt, dle)
+    assert (event.epoch, list(event.members)) == (2, sort(pair))
+    assert (dle.epochOf(0, 2).size, dle.epochOf(0, 2).minimum) == (2, 3)
+    with reverts_with(dle.EpochEnded, group=0, epoch=1, current=2):
+        dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
+    with reverts_with(dle.GroupTooSmall, group=0, epoch=2, size=2, minimum=3):
+        dle.verifyGroupCertificate(0, DIGEST, 2, signatures)
+    assert dle.refreshGroup.call(0, sender=admin) == (2, False)
+    with reverts_with(params.ParameterOutOfBounds, key=params.MIN_ARCHIVE_GROUP_SIZE(), value=1, min=2, max=64):
+        params.setParameter(params.MIN_ARCHIVE_GROUP_SIZE(), 1, sender=admin)
 
 
 def test_a_member_unbonding_below_the_minimum_opens_a_new_epoch(
@@ -269,7 +294,7 @@ def test_a_genesis_certificate_registers_only_what_was_signed(
     dle: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
 ) -> None:
     signatures = group_signatures(group_of(registry, archive_nodes, 1), dle.genesisDigest(ASSET, 7, GENESIS, 1))
-    for asset, asset_id, genesis in ((ASSET, 8, GENESIS), (ASSET, 7, HEADER_A), (admin.address, 7, GENESIS)):
+    for asset, asset_id, genesis in ((ASSET, 9, GENESIS), (ASSET, 7, HEADER_A), (admin.address, 7, GENESIS)):
         with reverts_with_wrong_signers(dle, dle.genesisDigest(asset, asset_id, genesis, 1), signatures, 1, 1):
             dle.registerChain(asset, asset_id, genesis, 1, 1, signatures, sender=admin)
     # The other group's members cannot register a chain for this group.
@@ -280,6 +305,63 @@ def test_a_genesis_certificate_registers_only_what_was_signed(
         )
     with reverts_with(dle.UnknownEpoch, group=1, epoch=2):
         dle.registerChain(ASSET, 7, GENESIS, 1, 2, signatures, sender=admin)
+
+
+def test_a_group_cannot_register_another_groups_chain(
+    dle: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+) -> None:
+    """Asset 7 maps to group 1 (7 % 2): group 0, all of it signing, cannot open it."""
+    assert dle.groupFor(7) == 1 and dle.groupFor(8) == 0
+    chain_id = dle.chainIdOf(ASSET, 7)
+    digest = dle.genesisDigest(ASSET, 7, GENESIS, 0)
+    with reverts_with(dle.WrongGroup, assetId=7, given=0, expected=1):
+        dle.registerChain(
+            ASSET, 7, GENESIS, 0, 1, group_signatures(group_of(registry, archive_nodes, 0), digest), sender=admin
+        )
+    assert not dle.isRegistered(chain_id)
+
+
+def test_the_lone_archive_node_of_a_new_group_registers_and_certifies_nothing(
+    dle: Any,
+    registry: Any,
+    staking: Any,
+    token: Any,
+    treasury: Any,
+    accounts: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    epochs: None,
+) -> None:
+    """The attack of issue 12: the 21st archive node opens a third group and is all of it. It may not
+    register a chain of another group's asset, nor one of its own group's (a group of one is too small),
+    nor certify anything at all."""
+    joined = []
+    while registry.groupCount() < 3:
+        node = accounts.generate_test_account()
+        admin.transfer(node, "1 ether")
+        token.transfer(node, MIN_STAKE[Role.ARCHIVE], sender=treasury)
+        stake(staking, token, node, Role.ARCHIVE, MIN_STAKE[Role.ARCHIVE])
+        registry.register(
+            int(Role.ARCHIVE), public_key(node), ["https://archive.example"], (0, 0, 0, 0), "eu", sender=node
+        )
+        joined.append(node)
+    lone = joined[-1]
+    assert len(archive_nodes) + len(joined) == 21
+    assert registry.archiveGroupOf(registry.tokenOf(lone, int(Role.ARCHIVE))) == 2
+    dle.refreshGroup(2, sender=lone)
+    assert list(dle.epochMembers(2, 1)) == [lone.address]
+    # Asset 7 now maps to group 1 (7 % 3), asset 8 to group 2.
+    with reverts_with(dle.WrongGroup, assetId=7, given=2, expected=1):
+        dle.registerChain(
+            ASSET, 7, GENESIS, 2, 1, sign_digest(lone, dle.genesisDigest(ASSET, 7, GENESIS, 2)), sender=lone
+        )
+    with reverts_with(dle.GroupTooSmall, group=2, epoch=1, size=1, minimum=MIN_GROUP_SIZE):
+        dle.registerChain(
+            ASSET, 8, GENESIS, 2, 1, sign_digest(lone, dle.genesisDigest(ASSET, 8, GENESIS, 2)), sender=lone
+        )
+    with reverts_with(dle.GroupTooSmall, group=2, epoch=1, size=1, minimum=MIN_GROUP_SIZE):
+        dle.verifyGroupCertificate(2, DIGEST, 1, sign_digest(lone, DIGEST))
+    assert not dle.isRegistered(dle.chainIdOf(ASSET, 7)) and not dle.isRegistered(dle.chainIdOf(ASSET, 8))
 
 
 # ---------------------------------------------------------------- certificates
@@ -350,23 +432,35 @@ def test_a_chain_certificate_is_checked_against_the_chains_group(
         dle.verifyChainCertificate(chain_id, DIGEST, 1, group_signatures(group_of(registry, archive_nodes, 0), DIGEST))
 
 
-def test_an_ended_epoch_is_accepted_within_its_grace_and_refused_after(
-    chain: Any, dle: Any, staking: Any, registry: Any, archive_nodes: list[Any], admin: Any, epochs: None
+def test_an_ended_epoch_certifies_nothing_and_a_lone_member_is_no_group(
+    dle: Any,
+    staking: Any,
+    token: Any,
+    treasury: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    admin: Any,
+    epochs: None,
 ) -> None:
     old = group_of(registry, archive_nodes, 0)
+    signatures = group_signatures(old, DIGEST)
+    dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
     staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
     dle.refreshGroup(0, sender=admin)
-    ended = dle.epochOf(0, 1).endedAt
-    assert dle.epochGrace() == EPOCH_GRACE
-    signatures = group_signatures(old, DIGEST)
-    chain.mine(1, timestamp=ended + EPOCH_GRACE)
-    dle.verifyGroupCertificate(0, DIGEST, 1, signatures)  # the last second of grace
-    chain.mine(1, timestamp=ended + EPOCH_GRACE + 1)
-    with reverts_with(dle.EpochExpired, group=0, epoch=1, endedAt=ended):
+    # The member that left would have refused; the epoch it signed in is over for everything.
+    with reverts_with(dle.EpochEnded, group=0, epoch=1, current=2):
         dle.verifyGroupCertificate(0, DIGEST, 1, signatures)
-    dle.verifyGroupCertificate(0, DIGEST, 2, group_signatures(old[1:], DIGEST))  # the current epoch never expires
+    # The one who stayed is the whole of epoch 2, and alone it is no group.
+    assert dle.minGroupSize() == MIN_GROUP_SIZE == 2
+    with reverts_with(dle.GroupTooSmall, group=0, epoch=2, size=1, minimum=2):
+        dle.verifyGroupCertificate(0, DIGEST, 2, group_signatures(old[1:], DIGEST))
     with reverts_with(dle.UnknownEpoch, group=0, epoch=3):
         dle.verifyGroupCertificate(0, DIGEST, 3, signatures)
+    # The member stakes again: epoch 3, of two, certifies again.
+    token.transfer(old[0], MIN_STAKE[Role.ARCHIVE], sender=treasury)
+    stake(staking, token, old[0], Role.ARCHIVE, MIN_STAKE[Role.ARCHIVE])
+    dle.refreshGroup(0, sender=admin)
+    dle.verifyGroupCertificate(0, DIGEST, 3, signatures)
 
 
 # ---------------------------------------------------------------- equivocation

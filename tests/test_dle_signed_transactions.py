@@ -26,10 +26,10 @@ from dle_vm.engine import BlockContext, InvalidTransaction, apply_transactions, 
 from dle_vm.hashing import keccak
 from dle_vm.state import State
 from dle_vm.transaction import SYSTEM_SENDER, Transaction
-from offchain.dle.authority import AuthorityError, NoteAuthority, Refund
+from offchain.dle.authority import AuthorityError, ChainRefundLog, NoteAuthority, NotYetSeen, Refund
 from offchain.dle.client import DleError
 from offchain.dle.local import address_of_secret
-from offchain.dle.member import MemberNode
+from offchain.dle.member import ConsensusFailed, MemberNode
 from offchain.dle.note import (
     GAS_LIMIT,
     PROGRAM,
@@ -379,6 +379,104 @@ def test_a_proven_refund_is_applied_once_and_a_wrong_one_never(tmp_path: Path) -
             assert reader.supply(state, note.chain) == (VALUE + 20_000_000, VALUE)
 
     run(scenario())
+
+
+async def _pooled_note_with_a_refund(tmp_path: Path) -> tuple[Note, Refunds, Transaction]:
+    """A note whose buyer exited it whole (pooled on the mainchain), a view in which the mainchain shows
+    its re-funding to Carol, and the system transaction that applies it."""
+    view = Refunds()
+    note = await open_note(tmp_path, refunds=view)
+    buyer = address_of_secret(BUYER)
+    exit_tx = note.signer.exit(BUYER, buyer, buyer, VALUE, 0, int(time.time()) + 3600)
+    assert (await note.client.submit(note.chain, [exit_tx])).receipts[0].success
+    view.events[(note.terms.cash, note.terms.note)] = [Refund(address_of_secret(CAROL), 20_000_000)]
+    return note, view, refund_transaction(note.chain, 0, address_of_secret(CAROL), 20_000_000)
+
+
+def _lagging(note: Note) -> tuple[Refunds, MemberNode]:
+    """Gives the chain's first witness and one archive node a mainchain view that shows no re-funding
+    yet; returns that view and the chain's creator."""
+    archives = list(note.dle.archives.values())
+    roles = archives[0].roles(note.chain).roles
+    behind = Refunds()
+    note.dle.members[roles.witnesses[0]]._authority = NoteAuthority(note.dle.engine, behind)
+    archives[1]._authority = NoteAuthority(note.dle.engine, behind)
+    return behind, note.dle.members[roles.creator]
+
+
+def test_a_node_whose_mainchain_view_lags_says_not_yet_and_signs_once_it_has_seen_the_refund(
+    tmp_path: Path,
+) -> None:
+    """Review finding (c): a member or archive node that has not seen the `NoteRefunded` yet neither
+    signs nor refuses (a refusal would get the honest creator judged): it answers `not-yet`, is asked the
+    same block again, and signs once its view shows the event. Nobody is reported."""
+
+    async def scenario() -> None:
+        note, view, refund = await _pooled_note_with_a_refund(tmp_path)
+        behind, creator = _lagging(note)
+        version = creator.roles(note.chain).roles.version
+        creator.timeouts = replace(creator.timeouts, not_yet_wait=0.1, not_yet_retries=30)
+
+        async def catch_up() -> None:
+            await asyncio.sleep(0.5)
+            behind.events.update(view.events)
+
+        caught_up = asyncio.create_task(catch_up())
+        await creator._round(note.chain, (refund,))
+        await caught_up
+        reader = NoteReader(note.dle.engine)
+        for archive in note.dle.archives.values():
+            state = archive.store.head(note.chain).state
+            assert reader.refund_count(state, note.chain) == 1
+            assert reader.balance(state, note.chain, address_of_secret(CAROL)) == 20_000_000
+        assert note.mainchain.faults == []
+        assert creator.roles(note.chain).roles.version == version
+
+    run(scenario())
+
+
+def test_a_node_whose_view_never_shows_the_refund_stalls_the_round_and_nobody_is_judged(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        note, _, refund = await _pooled_note_with_a_refund(tmp_path)
+        _, creator = _lagging(note)
+        version = creator.roles(note.chain).roles.version
+        creator.timeouts = replace(creator.timeouts, not_yet_wait=0.05, not_yet_retries=3)
+        with pytest.raises(ConsensusFailed, match="do not see the block's mainchain proof yet"):
+            await creator._round(note.chain, (refund,))
+        reader = NoteReader(note.dle.engine)
+        for archive in note.dle.archives.values():
+            state = archive.store.head(note.chain).state
+            assert reader.refund_count(state, note.chain) == 0
+            assert reader.balance(state, note.chain, address_of_secret(CAROL)) == 0
+        assert note.mainchain.faults == []
+        assert creator.roles(note.chain).roles.version == version
+
+    run(scenario())
+
+
+class _Log:
+    """`NoteRefunds` over a fixed list of (block number, buyer, amount) and a head."""
+
+    def __init__(self, head: int, events: list[tuple[int, bytes, int]]) -> None:
+        self.head, self.events = head, events
+
+    def note_refunds(self, note: int, *, confirmations: int = 0) -> list[tuple[bytes, int]]:
+        return [(buyer, amount) for number, buyer, amount in self.events if number <= self.head - confirmations]
+
+
+def test_a_refund_counts_only_once_it_is_confirmations_deep() -> None:
+    cash, carol = b"\xca" * 20, address_of_secret(CAROL)
+    log = _Log(head=10, events=[(9, carol, 5)])
+    assert ChainRefundLog(log, cash).refunds(cash, 7) == (Refund(carol, 5),)
+    deep = ChainRefundLog(log, cash, confirmations=3)
+    assert deep.refunds(cash, 7) == ()
+    assert deep.refunds(b"\x0d" * 20, 7) == ()  # another contract's asset: never shown
+    log.head = 12
+    assert deep.refunds(cash, 7) == (Refund(carol, 5),)
+    with pytest.raises(ValueError, match="confirmations"):
+        ChainRefundLog(log, cash, confirmations=-1)
+    # The authority tells "not yet" from "wrong".
+    assert issubclass(NotYetSeen, AuthorityError)
 
 
 def test_a_job_that_fails_once_another_is_dropped_is_dropped_too_and_nobody_is_reported(tmp_path: Path) -> None:

@@ -294,11 +294,11 @@ def test_the_member_that_signed_a_wrong_match_loses_its_stake_on_chain(
     certifies a FaultReport for the member that signed it, and DleRegistry slashes exactly that stake."""
     for group_id in (0, 1):
         dle.refreshGroup(group_id, sender=admin)
-    book_group = 1
     genesis = keccak(b"the book's genesis: market " + MARKET)
-    archive = group_of(registry, archive_nodes, book_group)
     vault = "0x" + VAULT.hex()
     asset_id = int.from_bytes(MARKET, "big")
+    book_group = dle.groupFor(asset_id)  # the market id modulo the group count, like any asset id
+    archive = group_of(registry, archive_nodes, book_group)
     dle.registerChain(
         vault,
         asset_id,

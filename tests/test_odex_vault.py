@@ -40,7 +40,7 @@ USDC = 10**6
 DEPLOYER = 0
 ARCHIVES = (2, 3, 4, 5)  # token ids 1..4: groups 1, 0, 1, 0
 CBDC, TRADER, OTHER, SERVICE = 6, 7, 8, 9
-GROUP = 1
+GROUP = 1  # note 1's (1 % 2): the CoNETCash chain the cross-domain test registers
 GENESIS = keccak(b"genesis header of a receipt chain")
 DEFAULT_CAP_UNITS = 1_000_000
 REENTRANCY = keccak(text="ReentrancyGuardReentrantCall()")[:4]
@@ -115,17 +115,23 @@ class Devnet:
         receipt = Sender(self.w3, dev_key(DEPLOYER), receipt_timeout=30).transact(factory.constructor(*args))
         return self.w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
 
+    def group_for(self, receipt: int) -> int:
+        """The archive group that keeps receipt `receipt`'s chain: `DleRegistry.groupFor`."""
+        return self.dle.group_for(receipt)
+
     def register(self, receipt: int) -> bytes:
-        """Registers receipt `receipt`'s chain with group GROUP (once) and returns its id."""
+        """Registers receipt `receipt`'s chain with its group (once) and returns its id."""
         chain = self.digests.chain_id_of(self.vault, receipt)
         if not self.dle.is_registered(chain):
-            digest = self.digests.genesis(self.vault, receipt, GENESIS, GROUP)
-            self.dle.register_chain(self.vault, receipt, GENESIS, GROUP, 1, sign(digest, self.group(GROUP)))
+            group = self.group_for(receipt)
+            digest = self.digests.genesis(self.vault, receipt, GENESIS, group)
+            self.dle.register_chain(self.vault, receipt, GENESIS, group, 1, sign(digest, self.group(group)))
         return chain
 
     def certify(self, certificate: ExitCertificate, signers: list[int] | None = None) -> bytes:
-        """The archive group's signatures over `certificate` in the vault's domain."""
-        return sign(self.digests.vault_exit(certificate), self.group(GROUP) if signers is None else signers)
+        """The signatures over `certificate` in the vault's domain of its receipt's group (or `signers`)."""
+        members = self.group(self.group_for(certificate.note)) if signers is None else signers
+        return sign(self.digests.vault_exit(certificate), members)
 
     def assert_conserved(self) -> None:
         """The vault holds of every asset exactly what its receipts have outstanding."""
@@ -425,11 +431,12 @@ def test_a_bad_certificate_is_refused_by_name(devnet: Devnet, flaw: str, error: 
     receipt = fresh_receipt(devnet)
     receiver = Account.create().address
     certificate = exit_of(devnet, receipt, receiver, ETHER, 0)
-    members = devnet.group(GROUP)
+    group = devnet.group_for(receipt)
+    members = devnet.group(group)
     signers = {
         "missing signer": members[:1],
-        "extra signer": [*members, devnet.group(1 - GROUP)[0]],
-        "other group": devnet.group(1 - GROUP),
+        "extra signer": [*members, devnet.group(1 - group)[0]],
+        "other group": devnet.group(1 - group),
         "forged by strangers": [TRADER, OTHER],
     }.get(flaw, members)
     if flaw == "another receipt's chain":

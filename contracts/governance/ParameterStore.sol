@@ -16,6 +16,7 @@ library ParameterKeys {
     bytes32 internal constant NOTE_CAP_UNITS = "NOTE_CAP_UNITS";
     bytes32 internal constant ORDER_TIMEOUT = "ORDER_TIMEOUT";
     bytes32 internal constant ODEX_RECEIPT_CAP_UNITS = "ODEX_RECEIPT_CAP_UNITS";
+    bytes32 internal constant MIN_ARCHIVE_GROUP_SIZE = "MIN_ARCHIVE_GROUP_SIZE";
 }
 
 /// @title Parameter store
@@ -44,6 +45,10 @@ contract ParameterStore is Ownable {
     bytes32 public constant ORDER_TIMEOUT = ParameterKeys.ORDER_TIMEOUT;
     /// @notice Largest oDEX deposit receipt, in whole units of the deposited asset.
     bytes32 public constant ODEX_RECEIPT_CAP_UNITS = ParameterKeys.ODEX_RECEIPT_CAP_UNITS;
+    /// @notice Fewest archive nodes an epoch of a group needs for its certificates to count (2 to 64,
+    /// DleRegistry.MAX_GROUP_SIZE): below it, a group certifies nothing. A change applies to a group
+    /// at its next `DleRegistry.refreshGroup`, which anyone may call.
+    bytes32 public constant MIN_ARCHIVE_GROUP_SIZE = ParameterKeys.MIN_ARCHIVE_GROUP_SIZE;
 
     /// @notice The address that stands for the chain's native coin (AVAX) in the oDEX asset list.
     address public constant NATIVE_ASSET = address(0);
@@ -103,6 +108,7 @@ contract ParameterStore is Ownable {
         _define(NOTE_CAP_UNITS, 100, 1, 1_000_000);
         _define(ORDER_TIMEOUT, orderTimeout, 60, 30 days);
         _define(ODEX_RECEIPT_CAP_UNITS, 1_000_000, 1, 1_000_000_000);
+        _define(MIN_ARCHIVE_GROUP_SIZE, 2, 2, 64);
     }
 
     // ---------------------------------------------------------------- governance

@@ -104,7 +104,14 @@ _REASONS: dict[str, Callable[[dict[str, Any]], str]] = {
         f"order {a.get('id')}'s CBDC is drawn by archive group {a.get('expected')}, not {a.get('given')}"
     ),
     "SignersNotGroup": lambda a: f"the draw is not certified by every member of group {a.get('group')}",
-    "EpochExpired": lambda a: f"the draw's epoch {a.get('epoch')} of group {a.get('group')} has expired",
+    "EpochEnded": lambda a: (
+        f"the draw's epoch {a.get('epoch')} of group {a.get('group')} has ended: "
+        f"ask the group's current epoch {a.get('current')} to certify it"
+    ),
+    "GroupTooSmall": lambda a: (
+        f"group {a.get('group')} has {a.get('size')} archive nodes, "
+        f"fewer than the {a.get('minimum')} a certificate needs"
+    ),
     "OrderNotOpen": lambda a: f"order {a.get('id')} is not open (filled, cancelled or unknown)",
     "OrderNotExpired": lambda a: f"order {a.get('id')} may be cancelled from {a.get('deadline')} on",
     "NotBuyer": lambda a: f"only the buyer may cancel order {a.get('id')}",

@@ -78,7 +78,6 @@ class DeployConfig:
     local_conet_price: int = 5 * USD // 100
     local_stablecoin_price: int = 1 * USD
     order_timeout: int = 24 * 3600
-    epoch_grace: int = 24 * 3600
     governance: GovernanceConfig | None = None
     """None: PUBLIC_GOVERNANCE on public chains, LOCAL_GOVERNANCE on local ones."""
 
@@ -172,7 +171,9 @@ def deploy(
             if mock in book.contracts:
                 raise DeployError(f"the address book of chain {chain_id} lists a {mock}; it never belongs there")
     params = run.ensure("ParameterStore", [], account.address, config.order_timeout)
-    dle = run.ensure("DleRegistry", ["NodeRegistry", "Staking"], nodes.address, staking.address, config.epoch_grace)
+    dle = run.ensure(
+        "DleRegistry", ["NodeRegistry", "Staking", "ParameterStore"], nodes.address, staking.address, params.address
+    )
     cash = run.ensure(
         "CoNETCash",
         ["CoNETToken", "PriceOracle", "Staking", "ParameterStore", "DleRegistry"],

@@ -164,6 +164,9 @@ class EpochRecord:
     members_hash: bytes
     started_at: int
     ended_at: int
+    size: int
+    minimum: int
+    """The governed minimum group size when the epoch opened: its certificates count only if size >= it."""
 
 
 def _address(value: str) -> bytes:
@@ -364,8 +367,8 @@ class DleChainClient(DeploymentClient):
         return int(self.registry.functions.currentEpoch(group).call())
 
     def epoch(self, group: int, epoch: int) -> EpochRecord:
-        members_hash_, started, ended = self.registry.functions.epochOf(group, epoch).call()
-        return EpochRecord(group, epoch, bytes(members_hash_), int(started), int(ended))
+        members_hash_, started, ended, size, minimum = self.registry.functions.epochOf(group, epoch).call()
+        return EpochRecord(group, epoch, bytes(members_hash_), int(started), int(ended), int(size), int(minimum))
 
     def epoch_members(self, group: int, epoch: int) -> list[str]:
         return [Web3.to_checksum_address(a) for a in self.registry.functions.epochMembers(group, epoch).call()]
@@ -380,10 +383,16 @@ class DleChainClient(DeploymentClient):
         genesis, asset, group, registered_at, asset_id = self.registry.functions.chainOf(chain).call()
         return ChainRecord(chain, bytes(genesis), asset, int(group), int(registered_at), int(asset_id))
 
-    def note_refunds(self, note: int) -> list[tuple[bytes, int]]:
-        """(buyer, amount) of every `CoNETCash.NoteRefunded` of note `note`, in chain order (this node's
-        own reading of the mainchain: what a DLE node checks a re-funding against)."""
-        events = self.cash.events.NoteRefunded.get_logs(from_block=0, argument_filters={"id": note})
+    def note_refunds(self, note: int, *, confirmations: int = 0) -> list[tuple[bytes, int]]:
+        """(buyer, amount) of every `CoNETCash.NoteRefunded` of note `note` at least `confirmations`
+        blocks deep, in chain order (this node's own reading of the mainchain: what a DLE node checks a
+        re-funding against)."""
+        head = int(self.w3.eth.block_number)
+        if head < confirmations:
+            return []
+        events = self.cash.events.NoteRefunded.get_logs(
+            from_block=0, to_block=head - confirmations, argument_filters={"id": note}
+        )
         ordered = sorted(events, key=lambda e: (e["blockNumber"], e["logIndex"]))
         return [(bytes.fromhex(str(e["args"]["buyer"])[2:]), int(e["args"]["amount"])) for e in ordered]
 
@@ -412,16 +421,14 @@ class DleChainClient(DeploymentClient):
 
     def check_certificate(self, group: int, epoch: int, digest: bytes, signatures: bytes) -> list[str]:
         """DleRegistry's group check in Python: every member of epoch `epoch` of `group`, sorted, no
-        one else, the epoch current or within its grace. Returns the signers; ContractRevert otherwise."""
+        one else, the epoch current and of at least the governed minimum size. Returns the signers;
+        ContractRevert otherwise. (An epoch can still end between this check and the transaction's
+        block: the contract then refuses, and the estimate reports it.)"""
         record = self.epoch(group, epoch)
         if record.started_at == 0:
             raise ContractRevert("UnknownEpoch", {"group": group, "epoch": epoch})
-        # The transaction lands in a later block than the latest: at the grace's last second the
-        # contract may still refuse, and the estimate then reports it.
-        now = int(self.w3.eth.get_block("latest")["timestamp"])
-        grace = int(self.registry.functions.epochGrace().call())
-        if record.ended_at != 0 and now > record.ended_at + grace:
-            raise ContractRevert("EpochExpired", {"group": group, "epoch": epoch, "endedAt": record.ended_at})
+        if record.ended_at != 0:
+            raise ContractRevert("EpochEnded", {"group": group, "epoch": epoch, "current": self.current_epoch(group)})
         if not signatures or len(signatures) % SIGNATURE_LENGTH:
             raise ContractRevert("MalformedSignatures", {"length": len(signatures)})
         count = len(signatures) // SIGNATURE_LENGTH
@@ -442,7 +449,19 @@ class DleChainClient(DeploymentClient):
                 {"group": group, "epoch": epoch},
                 f"missing {missing or 'none'}, not members {strangers or 'none'}",
             )
+        if count < record.minimum:
+            raise ContractRevert(
+                "GroupTooSmall", {"group": group, "epoch": epoch, "size": count, "minimum": record.minimum}
+            )
         return signers
+
+    def group_for(self, asset_id: int) -> int:
+        """DleRegistry.groupFor: the archive group a chain of asset id `asset_id` registers with now."""
+        return int(self.registry.functions.groupFor(asset_id).call())
+
+    def min_group_size(self) -> int:
+        """DleRegistry.minGroupSize: the fewest members an epoch needs for its certificates to count."""
+        return int(self.registry.functions.minGroupSize().call())
 
     # ---------------------------------------------------------------- transactions
 
@@ -475,6 +494,9 @@ class DleChainClient(DeploymentClient):
         if precheck:
             if self.is_registered(chain):
                 raise ContractRevert("ChainAlreadyRegistered", {"chain": chain})
+            expected = self.group_for(asset_id)
+            if group != expected:
+                raise ContractRevert("WrongGroup", {"assetId": asset_id, "given": group, "expected": expected})
             self.check_certificate(group, epoch, self.digests.genesis(asset, asset_id, genesis_hash, group), signatures)
         function = self.registry.functions.registerChain(asset, asset_id, genesis_hash, group, epoch, signatures)
         receipt = self._transact(function)

@@ -59,7 +59,7 @@ from dle_vm.state import State
 from dle_vm.transaction import Transaction
 from offchain.dle import roulette
 from offchain.dle.auth import ArchiveAccess, Forbidden, as_caller, caller
-from offchain.dle.authority import AuthorityError, BlockAuthority, NoteAuthority
+from offchain.dle.authority import NOT_YET, AuthorityError, BlockAuthority, NoteAuthority, NotYetSeen
 from offchain.dle.digests import Domains
 from offchain.dle.member import check_final, execute, member_signers
 from offchain.dle.messages import (
@@ -365,6 +365,9 @@ class ArchiveNode:
             return self._reject(block, "names another archive group")
         try:
             self._authority.check(pre, block, roles.witnesses)
+        except NotYetSeen as error:
+            # No signed rejection: the block may well be right, this node's mainchain view lags.
+            raise RemoteError(NOT_YET, str(error)) from error
         except AuthorityError as error:
             return self._reject(block, f"unauthorised: {error}")
         try:
@@ -757,6 +760,9 @@ class ArchiveNode:
         try:
             self._authority.check(pre, block, record.roles.witnesses)
             post, receipts = execute(self._engine, pre, header, block.transactions)
+        except NotYetSeen as error:
+            # Judging now would call a block wrong that this node cannot yet see is right.
+            raise RemoteError(NOT_YET, f"cannot judge the block yet: {error}") from error
         except (AuthorityError, InvalidTransaction):
             return False
         return post.root == header.state_root and all(receipt.success for receipt in receipts)

@@ -42,10 +42,12 @@ from offchain.dle.note import GAS_LIMIT, PROGRAM, NoteReader, Program, note_prog
 __all__ = [
     "MAX_BLOCK_TRANSACTIONS",
     "MAX_SUBMIT_TRANSACTIONS",
+    "NOT_YET",
     "USER_ACTIONS",
     "AuthorityError",
     "BlockAuthority",
     "ChainRefundLog",
+    "NotYetSeen",
     "NoteAuthority",
     "Refund",
     "RefundLog",
@@ -59,10 +61,20 @@ MAX_BLOCK_TRANSACTIONS = 4096
 (`member.MemberTimeouts.max_batch`) of at most 64 transactions (`MAX_SUBMIT_TRANSACTIONS`)."""
 MAX_SUBMIT_TRANSACTIONS = 64
 """The most transactions one `submit` may carry."""
+NOT_YET = "not-yet"
+"""The `RemoteError` code of a node that cannot check a block's proof before its mainchain view catches
+up (`NotYetSeen`): neither a vote nor a refusal; the creator asks again."""
 
 
 class AuthorityError(ValueError):
     """A block carries a system transaction its proof does not support (or lacks one the rules demand)."""
+
+
+class NotYetSeen(AuthorityError):
+    """The proof a system transaction needs is not in this node's view of the mainchain *yet*: a
+    re-funding numbered past the last `NoteRefunded` the node has seen at its confirmation depth. The
+    event may be on the mainchain already, so the node neither signs nor calls the block wrong: it
+    answers "not yet" and is asked again."""
 
 
 @dataclass(frozen=True)
@@ -84,21 +96,27 @@ class RefundLog(Protocol):
 class NoteRefunds(Protocol):
     """The mainchain reading `ChainRefundLog` needs (`offchain.chain.dle.DleChainClient`)."""
 
-    def note_refunds(self, note: int) -> list[tuple[bytes, int]]: ...
+    def note_refunds(self, note: int, *, confirmations: int = 0) -> list[tuple[bytes, int]]: ...
 
 
 class ChainRefundLog:
     """`RefundLog` read from the node's own mainchain RPC, for the one CoNETCash contract `cash`: a
-    re-funding of any other asset (an oDEX vault's receipt, another deployment) is never shown."""
+    re-funding of any other asset (an oDEX vault's receipt, another deployment) is never shown. Only
+    events at least `confirmations` blocks deep count: a re-funding a reorganization could undo must
+    not become DLE balance (the node answers "not yet" until it is deep enough)."""
 
-    def __init__(self, chain: NoteRefunds, cash: bytes) -> None:
+    def __init__(self, chain: NoteRefunds, cash: bytes, *, confirmations: int = 0) -> None:
+        if confirmations < 0:
+            raise ValueError("confirmations must be >= 0")
         self._chain = chain
         self._cash = cash
+        self._confirmations = confirmations
 
     def refunds(self, asset: bytes, note: int) -> Sequence[Refund]:
         if asset != self._cash:
             return ()
-        return tuple(Refund(buyer, amount) for buyer, amount in self._chain.note_refunds(note))
+        events = self._chain.note_refunds(note, confirmations=self._confirmations)
+        return tuple(Refund(buyer, amount) for buyer, amount in events)
 
 
 class BlockAuthority(Protocol):
@@ -191,7 +209,9 @@ class NoteAuthority:
             if index != applied + offset:
                 raise AuthorityError(f"re-funding {index} out of order: the next is {applied + offset}")
             if index >= len(events):
-                raise AuthorityError(f"the mainchain shows {len(events)} re-fundings of note {note}, not {index + 1}")
+                raise NotYetSeen(
+                    f"this node's mainchain view shows {len(events)} re-fundings of note {note}, not {index + 1} (yet)"
+                )
             if events[index] != Refund(buyer, amount):
                 raise AuthorityError(f"re-funding {index} of note {note} differs from the mainchain's NoteRefunded")
 

@@ -204,8 +204,12 @@ class ArchiveGroups:
         )
 
     def keeper_of(self, asset_id: int) -> ArchiveGroup:
-        """The group that keeps the chain of note (or other asset) `asset_id`."""
-        groups = sorted(self.groups().items())
-        if not groups:
-            raise NoArchiveGroup("no archive group has a current epoch: no chain can be kept")
-        return groups[asset_id % len(groups)][1]
+        """The group that opens (and keeps) the chain of note (or other asset) `asset_id` now: the
+        mainchain's rule, `DleRegistry.groupFor`, asset id modulo the node registry's group count. A
+        chain already registered keeps the group its record names, even after the count grew."""
+        if not self._snapshot.read_at:
+            self.refresh()
+        count = self._snapshot.count
+        if count == 0:
+            raise NoArchiveGroup("the node registry has no archive group: no chain can be kept")
+        return self.group_of(asset_id % count)

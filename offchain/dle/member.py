@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from coincurve import PrivateKey
 
@@ -48,9 +49,11 @@ from offchain.dle.auth import MemberAccess, as_caller
 from offchain.dle.authority import (
     MAX_BLOCK_TRANSACTIONS,
     MAX_SUBMIT_TRANSACTIONS,
+    NOT_YET,
     AuthorityError,
     BlockAuthority,
     NoteAuthority,
+    NotYetSeen,
 )
 from offchain.dle.digests import Domains
 from offchain.dle.messages import (
@@ -107,6 +110,10 @@ class Timeouts:
     """How long a creator waits for more transactions before starting a block."""
     max_batch: int = 64
     attempts: int = 6
+    not_yet_wait: float = 0.5
+    """Between asks of a member or archive node that answered `not-yet` (its mainchain view does not show
+    a proof the block needs yet): it is asked again, the same request, up to `not_yet_retries` times."""
+    not_yet_retries: int = 10
 
 
 def execute(
@@ -400,11 +407,16 @@ class MemberNode:
         try:
             return self._reexecute_or_raise(pre, block, roles)
         except RemoteError as error:
+            if error.code not in _SIGNED_REFUSALS:
+                raise  # not-yet: this node cannot tell yet, it refuses nothing
             raise self._refuse(block, roles, error) from error
 
     def _reexecute_or_raise(self, pre: State, block: Block, roles: ChainRoles) -> State:
         try:
             self._authority.check(pre, block, roles.witnesses)
+        except NotYetSeen as error:
+            # Maybe right, maybe not: this node cannot tell before its mainchain view catches up.
+            raise RemoteError(NOT_YET, str(error)) from error
         except AuthorityError as error:
             raise RemoteError("unauthorised", f"the block is not authorised: {error}") from error
         try:
@@ -765,6 +777,29 @@ class MemberNode:
             return Outcome(outcome.block, outcome.certificate, receipts[len(prefix) :], outcome.exit_certificates)
         raise ConsensusFailed(f"no final block for chain 0x{chain.hex()[:12]} after {self.timeouts.attempts} attempts")
 
+    async def _ask_until_seen(
+        self, nodes: Sequence[bytes], asks: Sequence[Callable[[], Awaitable[bytes | Exception]]]
+    ) -> list[bytes | Exception]:
+        """Every node's answer to its request. A node that answers `not-yet` — its mainchain view does not
+        show a proof the block needs, yet — is asked the same again, `not_yet_wait` apart, at most
+        `not_yet_retries` times; still not seeing it, the round fails and nobody is reported (it
+        neither refused nor signed). The block is the same every time: a node that voted keeps one vote."""
+        answers = list(await asyncio.gather(*(ask() for ask in asks)))
+        for _ in range(self.timeouts.not_yet_retries):
+            waiting = [i for i, answer in enumerate(answers) if _is_not_yet(answer)]
+            if not waiting:
+                return answers
+            await asyncio.sleep(self.timeouts.not_yet_wait)
+            for i, answer in zip(waiting, await asyncio.gather(*(asks[i]() for i in waiting)), strict=True):
+                answers[i] = answer
+        late = [nodes[i] for i, answer in enumerate(answers) if _is_not_yet(answer)]
+        if late:
+            raise ConsensusFailed(
+                f"{len(late)} node(s), first 0x{late[0].hex()}, do not see the block's mainchain proof yet: "
+                "submit again once the mainchain event is deep enough"
+            )
+        return answers
+
     def _sign_header(self, header: Header, roles: ChainRoles) -> bytes:
         return self._sign_vote(header, roles)
 
@@ -775,25 +810,24 @@ class MemberNode:
         roles = record.roles
         header = block.header
         validator = roles.validator_for(header.parent_hash)
-        calls: list[Awaitable[bytes | Exception]]
+        asks: list[Callable[[], Awaitable[bytes | Exception]]]
         if parent is None:
             # Genesis: nothing precedes it; every member re-executes from the program's empty state.
             request = encode_genesis(block, genesis_pre, record)
-            calls = [
-                self._call(m, "validate_genesis", request, self.timeouts.vote) for m in (*roles.witnesses, validator)
+            asks = [
+                partial(self._call, m, "validate_genesis", request, self.timeouts.vote)
+                for m in (*roles.witnesses, validator)
             ]
         else:
-            calls = [
-                self._call(w, "propose", Proposal(roles.version, block).encode(), self.timeouts.vote)
-                for w in roles.witnesses
-            ]
+            proposal = Proposal(roles.version, block).encode()
+            asks = [partial(self._call, w, "propose", proposal, self.timeouts.vote) for w in roles.witnesses]
             from offchain.dle.store import StoredBlock
 
             assert isinstance(parent, StoredBlock)
             validation = Validation(block, parent.block, parent.certificate, parent.state, record)
-            calls.append(self._call(validator, "validate", validation.encode(), self.timeouts.vote))
-        answers = await asyncio.gather(*calls)
+            asks.append(partial(self._call, validator, "validate", validation.encode(), self.timeouts.vote))
         members = (*roles.witnesses, validator)
+        answers = await self._ask_until_seen(members, asks)
         signatures = [block.signatures[0]]
         for member, answer in zip(members, answers, strict=True):
             if isinstance(answer, (PeerTimeout, PeerUnavailable)):
@@ -826,8 +860,10 @@ class MemberNode:
             signatures.append(vote.signature)
         signed = block.with_signatures(signatures)
         group = self._group_of(roles.group)
-        accepts = await asyncio.gather(
-            *(self._call(node, "accept", Commit(signed).encode(), self.timeouts.accept) for node in group.members)
+        commit = Commit(signed).encode()
+        accepts = await self._ask_until_seen(
+            group.members,
+            [partial(self._call, node, "accept", commit, self.timeouts.accept) for node in group.members],
         )
         archive_signatures: dict[bytes, bytes] = {}
         exit_signatures: dict[bytes, tuple[bytes, ...]] = {}
@@ -993,3 +1029,11 @@ _METHODS: dict[str, str] = {
     "submit": "_submit",
     "open_genesis": "_open_genesis",
 }
+
+
+_SIGNED_REFUSALS = ("invalid-block", "unauthorised")
+"""The verdicts of re-execution a member signs its refusal for: the block is invalid on its pre-state."""
+
+
+def _is_not_yet(answer: bytes | Exception) -> bool:
+    return isinstance(answer, RemoteError) and answer.code == NOT_YET

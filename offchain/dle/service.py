@@ -135,6 +135,9 @@ class NodeConfig:
     """Mirror and order polling."""
     groups_interval: float = 5.0
     """How often archive-group epochs are re-read from the mainchain."""
+    confirmations: int = 0
+    """How deep a mainchain event must be before this node signs a DLE block it proves (a re-funding);
+    0 on a devnet's instant-mining anvil, more on a public chain."""
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     @classmethod
@@ -160,12 +163,15 @@ class NodeConfig:
                 pool_grace=float(data.get("pool_grace", 5.0)),
                 poll_interval=float(data.get("poll_interval", 0.5)),
                 groups_interval=float(data.get("groups_interval", 5.0)),
+                confirmations=int(data.get("confirmations", 0)),
                 timeouts=Timeouts(**data.get("timeouts", {})),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ServiceError(f"malformed config {path}: {error!r}") from error
         if config.kind not in KINDS:
             raise ServiceError(f"{path}: kind must be one of {', '.join(KINDS)}, not {config.kind!r}")
+        if config.confirmations < 0:
+            raise ServiceError(f"{path}: confirmations must be 0 or more, not {config.confirmations}")
         if config.role not in (None, WITNESS, VALIDATOR):
             raise ServiceError(f"{path}: a member waits as witness ({WITNESS}) or validator ({VALIDATOR})")
         return config
@@ -187,11 +193,14 @@ class NodeConfig:
             "pool_grace": self.pool_grace,
             "poll_interval": self.poll_interval,
             "groups_interval": self.groups_interval,
+            "confirmations": self.confirmations,
             "timeouts": {
                 "vote": self.timeouts.vote,
                 "accept": self.timeouts.accept,
                 "archive": self.timeouts.archive,
                 "final": self.timeouts.final,
+                "not_yet_wait": self.timeouts.not_yet_wait,
+                "not_yet_retries": self.timeouts.not_yet_retries,
             },
         }
 
@@ -226,7 +235,9 @@ class _Context:
 
     def authority(self) -> NoteAuthority:
         """The proof check of system transactions, against this node's own reading of the mainchain."""
-        return NoteAuthority(self.engine, ChainRefundLog(self.chain, self.domains.cash))
+        return NoteAuthority(
+            self.engine, ChainRefundLog(self.chain, self.domains.cash, confirmations=self.config.confirmations)
+        )
 
     @classmethod
     def build(cls, config: NodeConfig) -> _Context:
