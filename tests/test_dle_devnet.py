@@ -502,7 +502,7 @@ def test_witnesses_re_signing_a_height_after_a_certified_role_change_are_not_sla
     chain_ids: list[bytes] = []
 
     async def scenario() -> None:
-        dle, terms = await _open(slashing_chain, tmp_path, 1003, key("cbdc a"), cbdc_cls=DiesMidBlock,
+        dle, terms = await _open(slashing_chain, tmp_path, 1004, key("cbdc a"), cbdc_cls=DiesMidBlock,
                                  witness_cls=KeepsVotes)  # fmt: skip
         chain_ids.append(terms.chain)
         creator = dle.members[address_of_secret(key("cbdc a"))]
