@@ -324,21 +324,27 @@ def _measure_economy(
     run.send("CoNETCash.fill(2 signers)", fill_of(4, members), cbdc)
     _measure_odex(run, accounts, params, dle, stablecoin, group, epoch, members)
 
-    # Equivocation: one archive node signs two blocks at one height.
+    # Equivocation: one archive node's key signs two block votes at one height, one roles version.
     cheat = members[0]
     first, second = keccak(text="block a"), keccak(text="block b")
-    signatures = [
-        bytes(Account.unsafe_sign_hash(dle.functions.blockDigest(chain_id, 30, block).call(), cheat).signature)
+    signed_blocks = [
+        (chain_id, 30, 1, archive, block, bytes(Account.unsafe_sign_hash(
+            dle.functions.blockDigest(chain_id, 30, 1, archive, block).call(), cheat
+        ).signature))
         for block in (first, second)
-    ]
-    report = dle.functions.reportEquivocation(chain_id, 30, first, signatures[0], second, signatures[1], archive)
+    ]  # fmt: skip
+    report = dle.functions.reportEquivocation(*signed_blocks)
     run.send("DleRegistry.reportEquivocation", report, reporter)
 
-    # A certified fault: the group (its two remaining signers) finds the witness signed an invalid block.
+    # A certified fault: the group (its two remaining signers) finds the witness signed an invalid block,
+    # and the witness's own vote for it shows it did, in its witness stake, under roles version 1.
     offender = accounts[WITNESS_NODE]
-    fault = (chain_id, 31, offender, int(Role.WITNESS), 2, keccak(text="evidence bundle"), reporter)
+    invalid = keccak(text="an invalid block")
+    fault = (chain_id, 31, 1, offender, int(Role.WITNESS), 2, invalid, keccak(text="evidence bundle"), reporter)
+    vote = dle.functions.blockDigest(chain_id, 31, 1, int(Role.WITNESS), invalid).call()
+    accused = bytes(Account.unsafe_sign_hash(vote, hd_key(WITNESS_NODE)).signature)
     signed = _sign(dle.functions.faultDigest(fault).call(), members)
-    run.send("DleRegistry.reportFault(2 signers)", dle.functions.reportFault(fault, epoch, signed), reporter)
+    run.send("DleRegistry.reportFault(2 signers)", dle.functions.reportFault(fault, accused, epoch, signed), reporter)
 
     _measure_governance(run, accounts, token, params)
 

@@ -14,9 +14,12 @@ import {Role} from "./types/Role.sol";
 /// @notice What the mainchain knows of the DLE (DESIGN §5): the archive groups, each as a sequence of
 /// epochs of fixed membership; the record of every DLE chain (genesis hash, asset, group); the check of
 /// a group certificate — signed by every member of the epoch, no more, no fewer; equivocation
-/// reports, which slash the signer of two different blocks at one height of one chain; and fault
-/// reports, which slash a member the chain's archive group certifies refused a valid block or signed an
-/// invalid one — faults the mainchain cannot re-execute, so the group that keeps the chain vouches.
+/// reports, which slash the signer of two different blocks at one height of one chain under one roles
+/// version, in the role its own signatures name; and fault reports, which slash a member the chain's
+/// archive group certifies refused a valid block or signed an invalid one — faults the mainchain cannot
+/// re-execute, so the group that keeps the chain vouches, and the accused's own signed refusal or vote
+/// shows that it was the accused, in that role, under that roles version. Both paths key their evidence
+/// by (chain, height, roles version, signer): one offence is slashed once.
 ///
 /// An epoch is a snapshot of one archive group: the owners of its archive-node NFTs in NodeRegistry
 /// that still meet the archive minimum stake, sorted by address. `refreshGroup` opens a new epoch when
@@ -41,10 +44,15 @@ contract DleRegistry is EIP712 {
 
     bytes32 private constant _GENESIS_TYPEHASH =
         keccak256("ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)");
-    bytes32 private constant _BLOCK_TYPEHASH = keccak256("BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)");
     // EIP-712 has no enum type: `role` is signed as the uint8 the ABI encodes a Role as.
+    bytes32 private constant _BLOCK_TYPEHASH = keccak256(
+        "BlockSignature(bytes32 chain,uint256 height,uint256 rolesVersion,uint8 role,bytes32 headerHash)"
+    );
+    bytes32 private constant _REFUSAL_TYPEHASH =
+        keccak256("Refusal(bytes32 chain,uint256 height,uint256 rolesVersion,uint8 role,bytes32 headerHash)");
     bytes32 private constant _FAULT_TYPEHASH = keccak256(
-        "FaultReport(bytes32 chain,uint256 height,address offender,uint8 role,uint8 kind,bytes32 evidenceHash,address reporter)"
+        "FaultReport(bytes32 chain,uint256 height,uint256 rolesVersion,address offender,uint8 role,uint8 kind,"
+        "bytes32 headerHash,bytes32 evidenceHash,address reporter)"
     );
     uint256 private constant _SIGNATURE_LENGTH = 65;
 
@@ -72,15 +80,31 @@ contract DleRegistry is EIP712 {
         uint256 assetId;
     }
 
-    /// @notice An archive group's finding that `offender`, serving `chain` in `role`, committed fault
-    /// `kind` at `height`. `evidenceHash` is keccak256 of the off-chain evidence bundle the group
-    /// judged (the block, the signatures, the re-execution); `reporter` receives the reporter's reward.
+    /// @notice A member's signature of block `headerHash` at `height` of `chain`, given under roles
+    /// version `rolesVersion` in `role` (its stake: CBDC for the note's CBDC creating its chain, WITNESS
+    /// for a witness or a promoted witness creating, VALIDATOR): the EIP-712 `BlockSignature`.
+    struct SignedBlock {
+        bytes32 chain;
+        uint256 height;
+        uint256 rolesVersion;
+        Role role;
+        bytes32 headerHash;
+        bytes signature;
+    }
+
+    /// @notice An archive group's finding that `offender`, serving `chain` in `role` under roles version
+    /// `rolesVersion`, committed fault `kind` on block `headerHash` at `height`: for
+    /// FAULT_REFUSED_VALID_BLOCK the block it refused, for FAULT_SIGNED_INVALID_BLOCK the block it signed.
+    /// `evidenceHash` is keccak256 of the off-chain evidence bundle the group judged (the block, the
+    /// signatures, the re-execution); `reporter` receives the reporter's reward.
     struct FaultReport {
         bytes32 chain;
         uint256 height;
+        uint256 rolesVersion;
         address offender;
         Role role;
         uint8 kind;
+        bytes32 headerHash;
         bytes32 evidenceHash;
         address reporter;
     }
@@ -125,6 +149,16 @@ contract DleRegistry is EIP712 {
     error SameBlock(bytes32 headerHash);
     /// @notice The two headers were signed by different keys.
     error DifferentSigners(address first, address second);
+    /// @notice The two signatures are of different chains or heights: no equivocation.
+    error DifferentHeights(bytes32 firstChain, uint256 firstHeight, bytes32 secondChain, uint256 secondHeight);
+    /// @notice The two blocks were signed under different roles versions: re-signing a height after a
+    /// certified role change (a rollback) is what an honest member does, not equivocation.
+    error DifferentRolesVersions(uint256 first, uint256 second);
+    /// @notice The two signatures name different roles: no role set gives one key two, so at most one of
+    /// them is a vote any honest node counts.
+    error DifferentRoles(Role first, Role second);
+    /// @notice The accused's signed refusal or vote recovers `signer`, not the report's `offender`.
+    error NotOffendersSignature(address signer, address offender);
     /// @notice `kind` is neither FAULT_REFUSED_VALID_BLOCK nor FAULT_SIGNED_INVALID_BLOCK.
     error UnknownFaultKind(uint8 kind);
 
@@ -134,15 +168,24 @@ contract DleRegistry is EIP712 {
     event ChainRegistered(
         bytes32 indexed chain, address indexed asset, uint256 indexed assetId, bytes32 genesisHash, uint256 group
     );
-    /// @notice `signer` signed two blocks at `height` of `chain`; `reporter` proved it.
+    /// @notice `signer` signed two blocks at `height` of `chain` under roles version `rolesVersion` in
+    /// `role`; `reporter` proved it and `slashed` of its `role` stake was slashed.
     event EquivocationReported(
-        bytes32 indexed chain, uint256 height, address indexed signer, address indexed reporter, uint256 slashed
+        bytes32 indexed chain,
+        uint256 height,
+        uint256 rolesVersion,
+        address indexed signer,
+        Role role,
+        address indexed reporter,
+        uint256 slashed
     );
-    /// @notice The archive group of `chain` certified fault `kind` of `offender` (in `role`) at `height`;
-    /// `slashed` of its stake was slashed and `reporter` rewarded. `evidenceHash` names the evidence bundle.
+    /// @notice The archive group of `chain` certified fault `kind` of `offender` (in `role`, under roles
+    /// version `rolesVersion`) at `height`; `slashed` of its stake was slashed and `reporter` rewarded.
+    /// `evidenceHash` names the evidence bundle.
     event FaultReported(
         bytes32 indexed chain,
         uint256 height,
+        uint256 rolesVersion,
         address indexed offender,
         Role role,
         uint8 kind,
@@ -251,68 +294,62 @@ contract DleRegistry is EIP712 {
 
     // ---------------------------------------------------------------- equivocation
 
-    /// @notice Proves that one key signed two different blocks at `height` of `chain` and slashes
-    /// that key's whole `role` stake; the caller gets the reporter's reward.
-    /// @param role The role the signer served in (its creator, witness, validator or archive stake).
-    function reportEquivocation(
-        bytes32 chain,
-        uint256 height,
-        bytes32 headerHashA,
-        bytes calldata signatureA,
-        bytes32 headerHashB,
-        bytes calldata signatureB,
-        Role role
-    ) external returns (uint256 slashed) {
-        if (headerHashA == headerHashB) revert SameBlock(headerHashA);
-        address signer = ECDSA.recoverCalldata(blockDigest(chain, height, headerHashA), signatureA);
-        address other = ECDSA.recoverCalldata(blockDigest(chain, height, headerHashB), signatureB);
+    /// @notice Proves that one key signed two different blocks at one height of one chain under one
+    /// roles version and slashes that key's whole stake in the role both signatures name — the role the
+    /// signer held in that role set, never one the caller picks. Blocks signed under different roles
+    /// versions are no equivocation: after a certified role change every member re-signs the height.
+    /// The caller gets the reporter's reward.
+    /// @param a The first signed block.
+    /// @param b The second signed block: same chain, height, roles version and role, another header.
+    /// @return slashed What was slashed.
+    function reportEquivocation(SignedBlock calldata a, SignedBlock calldata b) external returns (uint256 slashed) {
+        if (a.chain != b.chain || a.height != b.height) revert DifferentHeights(a.chain, a.height, b.chain, b.height);
+        if (a.rolesVersion != b.rolesVersion) revert DifferentRolesVersions(a.rolesVersion, b.rolesVersion);
+        if (a.role != b.role) revert DifferentRoles(a.role, b.role);
+        if (a.headerHash == b.headerHash) revert SameBlock(a.headerHash);
+        address signer = ECDSA.recoverCalldata(
+            blockDigest(a.chain, a.height, a.rolesVersion, a.role, a.headerHash), a.signature
+        );
+        address other = ECDSA.recoverCalldata(
+            blockDigest(b.chain, b.height, b.rolesVersion, b.role, b.headerHash), b.signature
+        );
         if (signer != other) revert DifferentSigners(signer, other);
-        // One report per signer and height, whichever pair of blocks proves it.
-        bytes32 evidence = keccak256(abi.encode(chain, height, signer));
         // Staking is the protocol's own contract and the slashed amount is known only after the call.
         // slither-disable-next-line reentrancy-events
-        slashed = ISlashing(address(_staking)).slash(signer, role, type(uint256).max, evidence, msg.sender);
-        emit EquivocationReported(chain, height, signer, msg.sender, slashed);
+        slashed = ISlashing(address(_staking)).slash(
+            signer, a.role, type(uint256).max, _offenceKey(a.chain, a.height, a.rolesVersion, signer), msg.sender
+        );
+        emit EquivocationReported(a.chain, a.height, a.rolesVersion, signer, a.role, msg.sender, slashed);
     }
 
     // ---------------------------------------------------------------- certified faults
 
-    /// @notice Slashes `report.offender`'s whole `report.role` stake on the certificate of the archive
-    /// group that keeps `report.chain`: refusing to sign a valid block or signing an invalid one cannot
-    /// be re-executed here, so the group's all-members signature is the proof. One report per chain,
-    /// height, offender and kind; anyone may submit it, the reward goes to `report.reporter`.
+    /// @notice Slashes `report.offender`'s whole `report.role` stake on two proofs: the certificate of
+    /// the archive group that keeps `report.chain` (refusing a valid block or signing an invalid one
+    /// cannot be re-executed here, so the group's all-members signature vouches for the verdict), and
+    /// the offender's own signature — its signed `Refusal` of the block for FAULT_REFUSED_VALID_BLOCK,
+    /// its `BlockSignature` of the block for FAULT_SIGNED_INVALID_BLOCK — over the report's chain,
+    /// height, roles version, role and header. So a member that never answered (a timeout, handled by a
+    /// role change) is never slashed, and the role slashed is the one the offender signed in. One
+    /// offence per chain, height, roles version and offender, shared with `reportEquivocation`; anyone
+    /// may submit it, the reward goes to `report.reporter`.
     /// @param report The group's finding; its EIP-712 digest is `faultDigest(report)`.
+    /// @param accusedSignature The offender's signed refusal or block signature, as above.
     /// @param epoch The epoch of the chain's group that signed.
     /// @param signatures The epoch's signatures of the digest, sorted by signer.
     /// @return slashed What was slashed.
-    function reportFault(FaultReport calldata report, uint256 epoch, bytes calldata signatures)
-        external
-        returns (uint256 slashed)
-    {
-        uint8 kind = report.kind;
-        if (kind != FAULT_REFUSED_VALID_BLOCK && kind != FAULT_SIGNED_INVALID_BLOCK) revert UnknownFaultKind(kind);
+    function reportFault(
+        FaultReport calldata report,
+        bytes calldata accusedSignature,
+        uint256 epoch,
+        bytes calldata signatures
+    ) external returns (uint256 slashed) {
+        _checkAccused(report, accusedSignature);
         ChainRecord storage record = _chains[report.chain];
         uint256 group = record.group;
         if (record.registeredAt == 0) revert ChainNotRegistered(report.chain);
         _verifyGroup(group, epoch, faultDigest(report), signatures);
-        // Four words, where an equivocation's evidence hashes three: the two never share a preimage, and
-        // another bundle for the same fault (a second certificate, another epoch) is the same evidence.
-        bytes32 evidence = keccak256(abi.encode(report.chain, report.height, report.offender, kind));
-        // Staking is the protocol's own contract and the slashed amount is known only after the call.
-        // slither-disable-next-line reentrancy-events
-        slashed = ISlashing(address(_staking)).slash(
-            report.offender, report.role, type(uint256).max, evidence, report.reporter
-        );
-        emit FaultReported(
-            report.chain,
-            report.height,
-            report.offender,
-            report.role,
-            kind,
-            report.evidenceHash,
-            report.reporter,
-            slashed
-        );
+        slashed = _slashFault(report);
     }
 
     // ---------------------------------------------------------------- views
@@ -324,9 +361,35 @@ contract DleRegistry is EIP712 {
         return assetId % _nodes.groupCount();
     }
 
-    /// @notice The EIP-712 digest a DLE member signs for block `headerHash` at `height` of `chain`.
-    function blockDigest(bytes32 chain, uint256 height, bytes32 headerHash) public view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(_BLOCK_TYPEHASH, chain, height, headerHash)));
+    /// @notice The EIP-712 digest a DLE member signs for block `headerHash` at `height` of `chain`, under
+    /// roles version `rolesVersion`, serving in `role`.
+    function blockDigest(bytes32 chain, uint256 height, uint256 rolesVersion, Role role, bytes32 headerHash)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(_BLOCK_TYPEHASH, chain, height, rolesVersion, role, headerHash)));
+    }
+
+    /// @notice The EIP-712 digest a DLE member signs to refuse block `headerHash` at `height` of `chain`,
+    /// under roles version `rolesVersion`, serving in `role`.
+    function refusalDigest(bytes32 chain, uint256 height, uint256 rolesVersion, Role role, bytes32 headerHash)
+        public
+        view
+        returns (bytes32)
+    {
+        return
+            _hashTypedDataV4(keccak256(abi.encode(_REFUSAL_TYPEHASH, chain, height, rolesVersion, role, headerHash)));
+    }
+
+    /// @notice The evidence key Staking records for an offence of `signer` at `height` of `chain` under
+    /// roles version `rolesVersion`, by either slashing path.
+    function offenceKey(bytes32 chain, uint256 height, uint256 rolesVersion, address signer)
+        external
+        pure
+        returns (bytes32)
+    {
+        return _offenceKey(chain, height, rolesVersion, signer);
     }
 
     /// @notice The EIP-712 digest an archive group signs to certify `report`.
@@ -422,6 +485,50 @@ contract DleRegistry is EIP712 {
         // The signers are the whole epoch, so their count is its size. A lone archive node is no group:
         // it would certify its own chains.
         if (count < record.minimum) revert GroupTooSmall(group, epoch, count, record.minimum);
+    }
+
+    /// @dev Reverts unless `signature` is the offender's own: its signed refusal of the report's block
+    /// (FAULT_REFUSED_VALID_BLOCK) or its vote for it (FAULT_SIGNED_INVALID_BLOCK), in the report's role
+    /// under the report's roles version.
+    function _checkAccused(FaultReport calldata report, bytes calldata signature) private view {
+        uint8 kind = report.kind;
+        if (kind != FAULT_REFUSED_VALID_BLOCK && kind != FAULT_SIGNED_INVALID_BLOCK) revert UnknownFaultKind(kind);
+        bytes32 digest = kind == FAULT_REFUSED_VALID_BLOCK
+            ? refusalDigest(report.chain, report.height, report.rolesVersion, report.role, report.headerHash)
+            : blockDigest(report.chain, report.height, report.rolesVersion, report.role, report.headerHash);
+        address signer = ECDSA.recoverCalldata(digest, signature);
+        if (signer != report.offender) revert NotOffendersSignature(signer, report.offender);
+    }
+
+    /// @dev Slashes the offender of a checked fault report and says so.
+    function _slashFault(FaultReport calldata report) private returns (uint256 slashed) {
+        bytes32 evidence = _offenceKey(report.chain, report.height, report.rolesVersion, report.offender);
+        // Staking is the protocol's own contract and the slashed amount is known only after the call.
+        // slither-disable-next-line reentrancy-events
+        slashed = ISlashing(address(_staking)).slash(
+            report.offender, report.role, type(uint256).max, evidence, report.reporter
+        );
+        emit FaultReported(
+            report.chain,
+            report.height,
+            report.rolesVersion,
+            report.offender,
+            report.role,
+            report.kind,
+            report.evidenceHash,
+            report.reporter,
+            slashed
+        );
+    }
+
+    /// @dev One key per (chain, height, roles version, signer), whichever path proves the offence and
+    /// whichever pair of blocks or bundle of evidence it shows: an offence is slashed once.
+    function _offenceKey(bytes32 chain, uint256 height, uint256 rolesVersion, address signer)
+        private
+        pure
+        returns (bytes32)
+    {
+        return keccak256(abi.encode(chain, height, rolesVersion, signer));
     }
 
     function _membersHash(address[] memory members) private pure returns (bytes20) {

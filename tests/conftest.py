@@ -383,11 +383,27 @@ def genesis_digest(chain_id: int, dle: Any, asset: Any, asset_id: int, genesis: 
     return eip712_digest("CoNET DLE", chain_id, _abi_value(dle), "ChainGenesis", fields, message)
 
 
-def block_digest(chain_id: int, dle: Any, chain: bytes, height: int, header: bytes) -> bytes:
-    """DleRegistry.blockDigest(chain, height, header) for the registry at `dle`."""
-    fields = [("chain", "bytes32"), ("height", "uint256"), ("headerHash", "bytes32")]
-    message = {"chain": chain, "height": height, "headerHash": header}
-    return eip712_digest("CoNET DLE", chain_id, _abi_value(dle), "BlockSignature", fields, message)
+def block_digest(
+    chain_id: int,
+    dle: Any,
+    chain: bytes,
+    height: int,
+    version: int,
+    role: int,
+    header: bytes,
+    kind: str = "BlockSignature",
+) -> bytes:
+    """DleRegistry.blockDigest(chain, height, rolesVersion, role, header) for the registry at `dle`
+    (`kind="Refusal"`: DleRegistry.refusalDigest of the same fields)."""
+    fields = [
+        ("chain", "bytes32"),
+        ("height", "uint256"),
+        ("rolesVersion", "uint256"),
+        ("role", "uint8"),
+        ("headerHash", "bytes32"),
+    ]
+    message = {"chain": chain, "height": height, "rolesVersion": version, "role": role, "headerHash": header}
+    return eip712_digest("CoNET DLE", chain_id, _abi_value(dle), kind, fields, message)
 
 
 def dle_chain_id(chain_id: int, asset: Any, asset_id: int) -> bytes:

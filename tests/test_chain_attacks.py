@@ -210,11 +210,21 @@ def test_the_lone_archive_node_of_a_new_group_can_open_exit_and_slash_nothing(wo
     current = world.client.current_epoch(1)
     for answer in both_ways(attacker.submit_exit, theft, current, sign(attacker.digests.exit(theft), [lone])):
         assert (answer.error, answer.inputs) == ("SignersNotGroup", {"group": 1, "epoch": current})
-    # Slash the note's CBDC for a fault it never committed.
+    # Slash the note's CBDC for a fault it never committed: its own word is missing (the attacker's is no
+    # substitute), and even with a real vote of the CBDC's the lone node is not the chain's group.
+    block = keccak(b"a block the CBDC signed")
     report = FaultReport(
-        chain, 3, address(world.cbdc), Role.CBDC, FaultKind.SIGNED_INVALID_BLOCK, keccak(b"made up"), address(lone)
-    )
-    for answer in both_ways(attacker.report_fault, report, current, sign(attacker.digests.fault(report), [lone])):
+        chain, 3, 0, address(world.cbdc), Role.CBDC, FaultKind.SIGNED_INVALID_BLOCK, block, keccak(b"made up"),
+        address(lone),
+    )  # fmt: skip
+    group_word = sign(attacker.digests.fault(report), [lone])
+    forged = sign(attacker.digests.block(chain, 3, 0, Role.CBDC, block), [lone])
+    for answer in both_ways(attacker.report_fault, report, forged, current, group_word):
+        inputs = {name: str(value).lower() for name, value in answer.inputs.items()}
+        assert answer.error == "NotOffendersSignature"
+        assert inputs == {"signer": address(lone).lower(), "offender": address(world.cbdc).lower()}
+    vote = sign(attacker.digests.block(chain, 3, 0, Role.CBDC, block), [world.cbdc])
+    for answer in both_ways(attacker.report_fault, report, vote, current, group_word):
         assert (answer.error, answer.inputs) == ("SignersNotGroup", {"group": 1, "epoch": current})
 
     assert world.snapshot() == before

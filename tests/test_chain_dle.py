@@ -23,7 +23,7 @@ from web3 import Web3
 from offchain.chain import addressbook
 from offchain.chain.addressbook import AddressBook
 from offchain.chain.deployer import CONET, Role
-from offchain.chain.dle import DleChainClient, ExitCertificate, FaultKind, FaultReport, members_hash
+from offchain.chain.dle import DleChainClient, ExitCertificate, FaultKind, FaultReport, SignedBlock, members_hash
 from offchain.chain.mirror import (
     ChainRegistered,
     EquivocationReported,
@@ -178,17 +178,43 @@ def test_the_python_digests_equal_the_contracts(devnet: Devnet) -> None:
     assert client.digests.mainchain_id == 43112
     for group in (0, 1):
         assert client.digests.genesis(cash, NOTE, GENESIS, group) == client.genesis_digest(cash, NOTE, GENESIS, group)
-    for height, header in ((0, GENESIS), (7, keccak(b"block 7")), (2**64, b"\xff" * 32)):
-        assert client.digests.block(chain, height, header) == client.block_digest(chain, height, header)
+    for height, version, role, header in (
+        (0, 0, Role.CBDC, GENESIS),
+        (7, 3, Role.WITNESS, keccak(b"block 7")),
+        (2**64, 2**70, Role.VALIDATOR, b"\xff" * 32),
+    ):
+        vote = client.digests.block(chain, height, version, role, header)
+        assert vote == client.block_digest(chain, height, version, role, header)
+        refusal_ = client.digests.refusal(chain, height, version, role, header)
+        assert refusal_ == client.refusal_digest(chain, height, version, role, header) != vote
+        # The fast path (plain bytes and ints) and eth_abi's encoder agree.
+        assert client.digests.block(chain, height, version, int(role), bytearray(header)) == vote
+    assert client.digests.certificate(chain, 7, GENESIS) != client.digests.block(chain, 7, 0, 0, GENESIS)
     exits = [certificate(chain, address_of(REPORTER), 1, 0), certificate(chain, address_of(BUYER), 10**9, 254, 99)]
     for exit_ in exits:
         assert client.digests.exit(exit_) == client.exit_digest(exit_)
     report = FaultReport(
-        chain, 5, address_of(WITNESS), Role.WITNESS, FaultKind.REFUSED_VALID_BLOCK, GENESIS, address_of(REPORTER)
+        chain,
+        5,
+        2,
+        address_of(WITNESS),
+        Role.WITNESS,
+        FaultKind.REFUSED_VALID_BLOCK,
+        keccak(b"block 5"),
+        GENESIS,
+        address_of(REPORTER),
     )
     assert client.digests.fault(report) == client.fault_digest(report)
     other = FaultReport(
-        chain, 5, address_of(WITNESS), Role.VALIDATOR, FaultKind.REFUSED_VALID_BLOCK, GENESIS, address_of(REPORTER)
+        chain,
+        5,
+        2,
+        address_of(WITNESS),
+        Role.VALIDATOR,
+        FaultKind.REFUSED_VALID_BLOCK,
+        keccak(b"block 5"),
+        GENESIS,
+        address_of(REPORTER),
     )
     assert client.digests.fault(other) == client.fault_digest(other) != client.digests.fault(report)
     # And the digests are what the DLE's keys sign: the registry recovers exactly the group from them.
@@ -335,45 +361,74 @@ def test_a_bad_exit_certificate_gives_a_clear_error(
 def test_a_certified_fault_slashes_the_offender_and_rewards_the_reporter(devnet: Devnet, note_chain: bytes) -> None:
     client = devnet.client
     staking = devnet.contract("Staking").functions
+    header = keccak(b"block 4, invalid")
     report = FaultReport(
         note_chain,
         4,
+        1,
         address_of(WITNESS),
         Role.WITNESS,
         FaultKind.SIGNED_INVALID_BLOCK,
+        header,
         keccak(b"evidence bundle"),
         address_of(REPORTER),
     )
     reward = 1_500 * CONET * int(staking.reporterRewardBps().call()) // 10_000
     before = devnet.balance("CoNETToken", address_of(REPORTER))
     signatures = sign(client.digests.fault(report), devnet.group(GROUP))
-    wrong = refusal(client.report_fault, report, 1, sign(client.digests.fault(report), devnet.group(0)))
+    vote = sign(client.digests.block(note_chain, 4, 1, Role.WITNESS, header), [WITNESS])
+    wrong = refusal(client.report_fault, report, vote, 1, sign(client.digests.fault(report), devnet.group(0)))
     assert wrong.error == "SignersNotGroup"
+    # Without the offender's own vote (here the reporter's, or its vote under another roles version)
+    # the group's word is not enough, checked before sending and by the contract.
+    for precheck in (True, False):
+        for forged in (
+            sign(client.digests.block(note_chain, 4, 1, Role.WITNESS, header), [REPORTER]),
+            sign(client.digests.block(note_chain, 4, 2, Role.WITNESS, header), [WITNESS]),
+        ):
+            unsigned = refusal(client.report_fault, report, forged, 1, signatures, precheck=precheck)
+            assert unsigned.error == "NotOffendersSignature"
+    assert staking.stakeOf(address_of(WITNESS), int(Role.WITNESS)).call() == 1_500 * CONET
 
-    assert client.report_fault(report, 1, signatures) == 1_500 * CONET
+    assert client.report_fault(report, vote, 1, signatures) == 1_500 * CONET
     assert staking.stakeOf(address_of(WITNESS), int(Role.WITNESS)).call() == 0
     assert devnet.balance("CoNETToken", address_of(REPORTER)) == before + reward
     assert staking.isEvidenceUsed(report.evidence_key).call()
     for precheck in (True, False):
-        replay = refusal(client.report_fault, report, 1, signatures, precheck=precheck)
+        replay = refusal(client.report_fault, report, vote, 1, signatures, precheck=precheck)
         assert (replay.error, replay.inputs) == ("EvidenceAlreadyUsed", {"evidenceHash": report.evidence_key})
-    unknown = FaultReport(note_chain, 4, address_of(WITNESS), Role.WITNESS, 3, keccak(b"x"), address_of(REPORTER))
-    assert refusal(client.report_fault, unknown, 1, signatures).error == "UnknownFaultKind"
+    unknown = FaultReport(
+        note_chain, 4, 1, address_of(WITNESS), Role.WITNESS, 3, header, keccak(b"x"), address_of(REPORTER)
+    )
+    assert refusal(client.report_fault, unknown, vote, 1, signatures).error == "UnknownFaultKind"
 
 
 def test_an_equivocating_archive_node_is_slashed_and_leaves_the_next_epoch(devnet: Devnet, note_chain: bytes) -> None:
     client = devnet.client
     cheat, honest = devnet.group(0)
     headers = keccak(b"block 9 a"), keccak(b"block 9 b")
-    signatures = [sign(client.digests.block(note_chain, 9, header), [cheat]) for header in headers]
+    votes = [
+        SignedBlock(
+            note_chain, 9, 4, Role.ARCHIVE, h, sign(client.digests.block(note_chain, 9, 4, Role.ARCHIVE, h), [cheat])
+        )
+        for h in headers
+    ]
     stake = devnet.contract("Staking").functions.minimumStake(int(Role.ARCHIVE)).call()
-    same = refusal(
-        client.report_equivocation, note_chain, 9, headers[0], signatures[0], headers[0], signatures[0], Role.ARCHIVE
-    )
+    same = refusal(client.report_equivocation, votes[0], votes[0])
     assert same.error == "SameBlock"
-    slashed = client.report_equivocation(
-        note_chain, 9, headers[0], signatures[0], headers[1], signatures[1], Role.ARCHIVE
+    # A re-signing under the next roles version is no equivocation, before sending and on chain.
+    resigned = SignedBlock(
+        note_chain,
+        9,
+        5,
+        Role.ARCHIVE,
+        headers[1],
+        sign(client.digests.block(note_chain, 9, 5, Role.ARCHIVE, headers[1]), [cheat]),
     )
+    for precheck in (True, False):
+        later = refusal(client.report_equivocation, votes[0], resigned, precheck=precheck)
+        assert (later.error, later.inputs) == ("DifferentRolesVersions", {"first": 4, "second": 5})
+    slashed = client.report_equivocation(votes[0], votes[1])
     assert slashed == stake
     epoch, changed = client.refresh_group(0)
     assert changed and epoch == 2

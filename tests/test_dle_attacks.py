@@ -16,11 +16,12 @@ from test_dle_consensus import ALICE, BOB, BUYER, DOMAINS, VALUE, RecordingMainc
 
 from dle_vm.block import Block, Header, transactions_root
 from dle_vm.encoding import decode_rlp, encode_rlp
-from offchain.dle.archive import ROLE_VALIDATOR, ArchiveNode
+from dle_vm.signature import sign
+from offchain.dle.archive import ROLE_VALIDATOR, ROLE_WITNESS, ArchiveNode
 from offchain.dle.client import DleError
 from offchain.dle.local import LocalDle, MintLedger, address_of_secret
 from offchain.dle.member import MemberNode, Timeouts
-from offchain.dle.messages import Acceptance, Commit, Proposal, TimeoutReport, Validation, Vote
+from offchain.dle.messages import REFUSED, Acceptance, Commit, Evidence, Proposal, TimeoutReport, Validation, Vote
 from offchain.dle.note import NoteTerms
 from offchain.dle.roles import join_certificate
 from offchain.dle.store import ChainStore
@@ -250,7 +251,7 @@ def test_a_creator_withholding_final_cannot_get_a_second_block_certified_at_that
         certified, certificate = cbdc.withheld[0]
         assert certified.header.height == height
         group = note.dle._current_group()
-        group.verify(DOMAINS.block(note.chain, height, certified.hash), certificate)  # a certified block
+        group.verify(DOMAINS.certificate(note.chain, height, certified.hash), certificate)  # a certified block
         # The holder spends the same balance again (same nonce) through the next creator.
         note.nonces[address_of_secret(BUYER)] -= 1
         to_bob = note.transfer(BUYER, BOB, everything)
@@ -290,7 +291,7 @@ def test_a_restarted_witness_never_signs_a_second_block_at_one_height_under_one_
                 note.chain, head.block.header.height + 1, head.block.hash, head.state.root, transactions_root(()),
                 timestamp, head.block.header.poh_tick, roles.group,
             )  # fmt: skip
-            return Proposal(roles.version, Block(header, (), (cbdc._sign_header(header),))).encode()
+            return Proposal(roles.version, Block(header, (), (cbdc._sign_header(header, roles),))).encode()
 
         transport = note.dle.network.transport(cbdc.address)
         first = Vote.decode(await transport.call(witness, "propose", proposal(head.block.header.timestamp), timeout=5))
@@ -368,5 +369,51 @@ def test_a_timeout_that_empties_the_roster_is_co_signed_with_its_refill_draw_che
             assert node.roles(note.chain).roles == after
         assert note.balance(ALICE) == 1_000
         note.check_conservation()
+
+    run(scenario())
+
+
+def test_a_refusal_report_without_the_accuseds_signed_refusal_is_refused_and_slashes_nothing(tmp_path: Path) -> None:
+    """A creator (or anyone) reports that an honest witness refused a block: with no signed refusal, with
+    the creator's own signature in its place, or with the witness's vote offered as its refusal, every
+    archive node refuses the evidence; nobody is slashed and the roles stay. (A member's own signed
+    refusal of a valid block is slashed: test_dle_consensus.py, test_dle_devnet.py.)"""
+
+    async def scenario() -> None:
+        note = await open_note(tmp_path)
+        await note.pay(BUYER, ALICE, 1_000)
+        archive = next(iter(note.dle.archives.values()))
+        before = archive.roles(note.chain).roles
+        block = archive.store.block(note.chain, 1).block  # a valid block, signed under version 0
+        witness = before.witnesses[1]
+        refusal_digest = DOMAINS.refusal(note.chain, 1, before.version, ROLE_WITNESS, block.hash)
+        creator_secret = next(s for s in (key("cbdc"),) if address_of_secret(s) == before.creator)
+        witness_secret = next(
+            key(f"witness {i}") for i in range(12) if address_of_secret(key(f"witness {i}")) == witness
+        )
+        vote = DOMAINS.block(note.chain, 1, before.version, ROLE_WITNESS, block.hash)
+        forged = {
+            "no signed refusal": b"",
+            "the creator's word": sign(creator_secret, refusal_digest),
+            "the witness's vote": sign(witness_secret, vote),
+            "its refusal under another version": sign(
+                witness_secret, DOMAINS.refusal(note.chain, 1, before.version + 1, ROLE_WITNESS, block.hash)
+            ),
+            "its refusal in another role": sign(
+                witness_secret, DOMAINS.refusal(note.chain, 1, before.version, ROLE_VALIDATOR, block.hash)
+            ),
+        }
+        for what, signature in forged.items():
+            evidence = Evidence(REFUSED, before.version, witness, block, other_signature=signature, reason=what)
+            for node in note.dle.archives.values():
+                with pytest.raises(RemoteError, match="signed refusal"):
+                    node.judge(evidence, node.roles(note.chain))
+            with pytest.raises(RemoteError, match="signed refusal"):
+                await archive.handle("report_fault", evidence.encode())
+        mainchain = note.dle.mainchain
+        assert isinstance(mainchain, RecordingMainchain)
+        assert mainchain.faults == []
+        for node in note.dle.archives.values():
+            assert node.roles(note.chain).roles == before
 
     run(scenario())

@@ -28,7 +28,7 @@ from offchain.dle.client import DleClient, DleError
 from offchain.dle.digests import Domains
 from offchain.dle.local import LocalDle, address_of_secret
 from offchain.dle.member import MemberNode, Timeouts
-from offchain.dle.messages import Proposal, Vote
+from offchain.dle.messages import Proposal, Validation, Vote
 from offchain.dle.note import NoteReader, NoteSigner, NoteTerms, note_program
 from offchain.dle.transport import RemoteError
 
@@ -60,17 +60,45 @@ class RecordingMainchain:
     def register_chain(self, *args: Any) -> None:
         self.registered.append(args)
 
+    offences: set[tuple[bytes, int, int, bytes]] = field(default_factory=set)
+    """(chain, height, roles version, signer) of every slash: DleRegistry's one key per offence."""
+
+    def _once(self, chain: bytes, height: int, version: int, signer: bytes) -> None:
+        key = (chain, height, version, signer)
+        assert key not in self.offences, "EvidenceAlreadyUsed: one offence is slashed once"
+        self.offences.add(key)
+
     def report_equivocation(
-        self, chain: bytes, height: int, a: bytes, sa: bytes, b: bytes, sb: bytes, role: int
+        self, chain: bytes, height: int, version: int, role: int, a: bytes, sa: bytes, b: bytes, sb: bytes
     ) -> int:
+        """DleRegistry.reportEquivocation's checks: two headers, one signer, one version and role."""
         from dle_vm.signature import recover
 
-        signer = recover(DOMAINS.block(chain, height, a), sa)
-        assert signer == recover(DOMAINS.block(chain, height, b), sb) and a != b
+        signer = recover(DOMAINS.block(chain, height, version, role, a), sa)
+        assert signer == recover(DOMAINS.block(chain, height, version, role, b), sb) and a != b
+        self._once(chain, height, version, signer)
         self.faults.append((signer, role, 0))
         return 1
 
-    def report_fault(self, chain: bytes, height: int, offender: bytes, role: int, kind: int, *rest: Any) -> int:
+    def report_fault(
+        self,
+        chain: bytes,
+        height: int,
+        version: int,
+        offender: bytes,
+        role: int,
+        kind: int,
+        header: bytes,
+        accused: bytes,
+        *rest: Any,
+    ) -> int:
+        """DleRegistry.reportFault's own check (the group certificate aside): the offender's signed
+        refusal (kind 1) or vote (kind 2) of the block, in the role and version reported."""
+        from dle_vm.signature import recover
+
+        digest = (DOMAINS.refusal if kind == 1 else DOMAINS.block)(chain, height, version, role, header)
+        assert recover(digest, accused) == offender, "NotOffendersSignature"
+        self._once(chain, height, version, offender)
         self.faults.append((offender, role, kind))
         return 1
 
@@ -278,11 +306,15 @@ def test_the_creator_killed_mid_block_loses_no_final_transfer(tmp_path: Path) ->
 
 
 class Refuses(MemberNode):
+    """A validator that refuses every block, valid or not, with its signed refusal (it says the block is
+    invalid: the archive group's re-execution finds it is not)."""
+
     refuse = False
 
     async def _validate(self, body: bytes) -> bytes:
         if self.refuse:
-            raise RemoteError("refused", "this validator signs nothing")
+            request = Validation.decode(body)
+            raise self._refuse(request.block, request.roles.roles, RemoteError("invalid-block", "I sign nothing"))
         return await super()._validate(body)
 
 
@@ -315,7 +347,10 @@ class WrongRoot(MemberNode):
         if not self.wrong:
             return vote.encode()
         header = replace(vote.header, state_root=keccak(b"a root nobody reached"))
-        digest = self._domains.block(header.chain_id, header.height, header.hash)
+        roles = self.roles(header.chain_id).roles
+        digest = self._domains.block(
+            header.chain_id, header.height, roles.version, roles.stake_role(self.address), header.hash
+        )
         return Vote(header, sign(self._secret, digest)).encode()
 
 
@@ -343,7 +378,7 @@ class Equivocates(MemberNode):
         if self.armed:
             self.armed = False
             header = replace(block.header, timestamp=block.header.timestamp + 1)
-            other = type(block)(header, block.transactions, (self._sign_header(header),))
+            other = type(block)(header, block.transactions, (self._sign_header(header, record.roles),))
             roles = record.roles
             await self._call(roles.witnesses[0], "propose", Proposal(roles.version, other).encode(), 1.0)
         return await super()._attempt(record, block, post, parent, genesis_pre)

@@ -9,9 +9,11 @@
    stopped, also when a test fails.
 2. Faults slashed on the real chain: an in-process DLE (`LocalDle`) whose archive nodes are the staked
    members of group 0, with the real mainchain adapter (`offchain/dle/mainchain.py`) on anvil: a
-   validator refusing a valid block loses its whole VALIDATOR stake through `DleRegistry.reportFault`
-   (the group's certificate), and a creator signing two blocks at one height loses its CBDC stake
-   through `DleRegistry.reportEquivocation`.
+   validator refusing a valid block (with its signed refusal) loses its whole VALIDATOR stake through
+   `DleRegistry.reportFault` (the group's certificate and the refusal), a creator signing two blocks at
+   one height loses its CBDC stake through `DleRegistry.reportEquivocation` — once: the same offence
+   reported again, by either path, slashes nothing — and witnesses that re-signed a height after a
+   certified role change (the creator died mid-block) cannot be slashed for it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from web3 import Web3
 
 from dle_vm.hashing import keccak
 from offchain.chain.deployer import Role
-from offchain.chain.dle import DleChainClient, ExitCertificate
+from offchain.chain.dle import DleChainClient, ExitCertificate, FaultKind, FaultReport, SignedBlock, offence_key
 from offchain.chain.web3_contracts import ContractRevert, connect, load_contract
 from offchain.cli import main
 from offchain.devnet import dle as devnet
@@ -42,7 +44,7 @@ from offchain.dle.digests import Domains, mainchain_certificate
 from offchain.dle.local import LocalDle, address_of_secret
 from offchain.dle.mainchain import ArchiveGroups, ChainMainchain
 from offchain.dle.member import MemberNode, Timeouts
-from offchain.dle.messages import ChainDump, Proposal
+from offchain.dle.messages import ChainDump, Proposal, Validation
 from offchain.dle.note import NoteSigner, NoteTerms, note_program
 from offchain.dle.transport import RemoteError
 
@@ -235,7 +237,7 @@ class SlashingChain:
         return load_contract(self.w3, name, self.addresses[name])
 
     def mainchain(self) -> ChainMainchain:
-        return ChainMainchain(DleChainClient(self.w3, self.addresses, self.reporter))
+        return RecordingMainchain(DleChainClient(self.w3, self.addresses, self.reporter))
 
     def stake_of(self, secret: bytes, role: Role) -> int:
         owner = Web3.to_checksum_address("0x" + address_of_secret(secret).hex())
@@ -289,12 +291,56 @@ def slashing_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slashin
 
 
 class Refuses(MemberNode):
+    """A validator that refuses a valid block with its signed refusal (claiming it invalid)."""
+
     refuse = False
 
     async def _validate(self, body: bytes) -> bytes:
         if self.refuse:
-            raise RemoteError("refused", "this validator signs nothing")
+            request = Validation.decode(body)
+            raise self._refuse(request.block, request.roles.roles, RemoteError("invalid-block", "I sign nothing"))
         return await super()._validate(body)
+
+
+class KeepsVotes(MemberNode):
+    """A witness that keeps every vote it gave: (height, roles version, role, header hash, signature)."""
+
+    votes: list[tuple[int, int, int, bytes, bytes]]
+
+    async def _vote(self, header: Any, roles: Any, post: Any, creator_signature: bytes = b"") -> Any:
+        vote = await super()._vote(header, roles, post, creator_signature)
+        if not hasattr(self, "votes"):
+            self.votes = []
+        self.votes.append((header.height, roles.version, roles.stake_role(self.address), header.hash, vote.signature))
+        return vote
+
+
+class DiesMidBlock(MemberNode):
+    """A creator that has its block signed by the witnesses, then dies before the archive group sees it."""
+
+    armed = False
+    on_death: Any = None
+
+    async def _attempt(self, record: Any, block: Any, post: Any, parent: Any, genesis_pre: Any) -> Any:
+        if not self.armed:
+            return await super()._attempt(record, block, post, parent, genesis_pre)
+        roles = record.roles
+        for witness in roles.witnesses:
+            await self._call(witness, "propose", Proposal(roles.version, block).encode(), 1.0)
+        self.on_death()
+        await asyncio.sleep(3600)
+
+
+class RecordingMainchain(ChainMainchain):
+    """The real adapter, keeping the equivocation proofs it sent (to replay them)."""
+
+    proofs: list[tuple[Any, ...]]
+
+    def report_equivocation(self, *args: Any) -> int:
+        if not hasattr(self, "proofs"):
+            self.proofs = []
+        self.proofs.append(args)
+        return super().report_equivocation(*args)
 
 
 class Equivocates(MemberNode):
@@ -306,7 +352,7 @@ class Equivocates(MemberNode):
         if self.armed:
             self.armed = False
             header = replace(block.header, timestamp=block.header.timestamp + 1)
-            other = type(block)(header, block.transactions, (self._sign_header(header),))
+            other = type(block)(header, block.transactions, (self._sign_header(header, record.roles),))
             roles = record.roles
             await self._call(roles.witnesses[0], "propose", Proposal(roles.version, other).encode(), 1.0)
         return await super()._attempt(record, block, post, parent, genesis_pre)
@@ -320,6 +366,7 @@ async def _open(
     *,
     cbdc_cls: Any = MemberNode,
     validator_cls: Any = MemberNode,
+    witness_cls: Any = MemberNode,
 ) -> tuple[LocalDle, NoteTerms]:
     """Group 0's archive nodes with the real mainchain adapter, the staked members, one note opened
     (drawn from the pool with real stake checks, registered on DleRegistry). `note` must be even: group 0
@@ -330,7 +377,7 @@ async def _open(
     dle.add_archives(chain.archives)
     dle.add_member(cbdc, cls=cbdc_cls)
     for i in range(WITNESSES):
-        dle.add_member(key(f"witness {i}"), role=ROLE_WITNESS)
+        dle.add_member(key(f"witness {i}"), role=ROLE_WITNESS, cls=witness_cls)
     for i in range(VALIDATORS):
         dle.add_member(key(f"validator {i}"), role=ROLE_VALIDATOR, cls=validator_cls)
     terms = NoteTerms(
@@ -379,6 +426,7 @@ def test_a_refusing_validator_loses_its_validator_stake_on_chain(slashing_chain:
     (fault,) = registry.events.FaultReported().get_logs(from_block=0)
     assert fault["args"]["offender"] == Web3.to_checksum_address("0x" + refuser.hex())
     assert fault["args"]["kind"] == 1 and fault["args"]["slashed"] == stake
+    assert fault["args"]["role"] == int(Role.VALIDATOR)
     assert fault["args"]["reporter"] == Web3.to_checksum_address("0x" + host.hex())
     assert token.functions.balanceOf(fault["args"]["reporter"]).call() == stake // 10
 
@@ -388,8 +436,12 @@ def test_an_equivocating_creator_loses_its_cbdc_stake_on_chain(slashing_chain: S
     stake = slashing_chain.stake_of(cbdc, Role.CBDC)
     assert stake > 0
 
+    mainchain: list[RecordingMainchain] = []
+
     async def scenario() -> None:
         dle, terms = await _open(slashing_chain, tmp_path, 1002, cbdc, cbdc_cls=Equivocates)
+        assert isinstance(dle.mainchain, RecordingMainchain)
+        mainchain.append(dle.mainchain)
         node = dle.members[address_of_secret(cbdc)]
         assert isinstance(node, Equivocates)
         node.armed = True
@@ -404,7 +456,95 @@ def test_an_equivocating_creator_loses_its_cbdc_stake_on_chain(slashing_chain: S
     (reported,) = registry.events.EquivocationReported().get_logs(from_block=0)
     assert reported["args"]["signer"] == Web3.to_checksum_address("0x" + address_of_secret(cbdc).hex())
     assert reported["args"]["slashed"] == stake
+    # The role slashed is the one the signatures name: the creator's CBDC stake, under roles version 0.
+    assert (reported["args"]["role"], reported["args"]["rolesVersion"]) == (int(Role.CBDC), 0)
     # reportEquivocation rewards whoever submitted the proof: the archive group's reporting key.
     reporter = Account.from_key(slashing_chain.reporter).address
     assert reported["args"]["reporter"] == reporter
     assert slashing_chain.contract("CoNETToken").functions.balanceOf(reporter).call() == stake // 10
+
+    # One offence, slashed once: the same proof again, or the group's certificate that the creator
+    # signed an invalid block at that height under that version (with its own vote), slashes nothing.
+    (proof,) = mainchain[0].proofs
+    chain_id, height, version, role, hash_a, signature_a, _hash_b, _signature_b = proof
+    client = DleChainClient(slashing_chain.w3, slashing_chain.addresses, slashing_chain.reporter)
+    key_ = offence_key(chain_id, height, version, Web3.to_checksum_address("0x" + address_of_secret(cbdc).hex()))
+    for precheck in (True, False):
+        with pytest.raises(ContractRevert) as again:
+            mainchain[0].client.report_equivocation(
+                SignedBlock(chain_id, height, version, Role(role), hash_a, signature_a),
+                SignedBlock(chain_id, height, version, Role(role), _hash_b, _signature_b),
+                precheck=precheck,
+            )
+        assert (again.value.error, again.value.inputs) == ("EvidenceAlreadyUsed", {"evidenceHash": key_})
+        report = FaultReport(
+            chain_id,
+            height,
+            version,
+            Web3.to_checksum_address("0x" + address_of_secret(cbdc).hex()),
+            Role(role),
+            int(FaultKind.SIGNED_INVALID_BLOCK),
+            hash_a,
+            keccak(b"a second bundle"),
+            reporter,
+        )
+        certificate = b"".join(
+            bytes(Account.unsafe_sign_hash(slashing_chain.domains.fault(
+                chain_id, height, version, address_of_secret(cbdc), role, 2, hash_a, keccak(b"a second bundle"),
+                bytes.fromhex(reporter[2:]),
+            ), secret).signature)
+            for secret in sorted(slashing_chain.archives, key=lambda s: address_of_secret(s))
+        )  # fmt: skip
+        with pytest.raises(ContractRevert) as other_path:
+            client.report_fault(report, signature_a, 1, certificate, precheck=precheck)
+        assert (other_path.value.error, other_path.value.inputs) == ("EvidenceAlreadyUsed", {"evidenceHash": key_})
+    assert len(registry.events.EquivocationReported().get_logs(from_block=0)) == 1
+    cheat = Web3.to_checksum_address("0x" + address_of_secret(cbdc).hex())
+    assert all(log["args"]["offender"] != cheat for log in registry.events.FaultReported().get_logs(from_block=0))
+
+
+def test_witnesses_re_signing_a_height_after_a_certified_role_change_are_not_slashable_on_chain(
+    slashing_chain: SlashingChain, tmp_path: Path
+) -> None:
+    """The creator has its block at height 1 signed by the witnesses and dies; the timeout makes the
+    first witness creator (roles version 1) and the witnesses sign the new block at height 1. Each of
+    them signed two blocks at one height — under two roles versions, so the registry refuses to call it
+    equivocation, before sending and on chain, and no stake moves."""
+    votes: dict[bytes, list[tuple[int, int, int, bytes, bytes]]] = {}
+    chain_ids: list[bytes] = []
+
+    async def scenario() -> None:
+        dle, terms = await _open(slashing_chain, tmp_path, 1004, key("cbdc a"), cbdc_cls=DiesMidBlock,
+                                 witness_cls=KeepsVotes)  # fmt: skip
+        chain_ids.append(terms.chain)
+        creator = dle.members[address_of_secret(key("cbdc a"))]
+        assert isinstance(creator, DiesMidBlock)
+        creator.on_death = lambda: dle.kill(creator.address)
+        creator.armed = True
+        before = dle.host(terms.chain).roles(terms.chain).roles
+        await _pay(dle, terms, 0)  # the client reports the dead creator and resubmits to the new one
+        after = dle.host(terms.chain).roles(terms.chain).roles
+        assert after.version == before.version + 1 and after.creator == before.witnesses[0]
+        for witness in before.witnesses:
+            node = dle.members[witness]
+            assert isinstance(node, KeepsVotes)
+            votes[witness] = [v for v in getattr(node, "votes", []) if v[0] == 1]
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
+    client = DleChainClient(slashing_chain.w3, slashing_chain.addresses, slashing_chain.reporter)
+    secret_of = {address_of_secret(key(f"witness {i}")): key(f"witness {i}") for i in range(WITNESSES)}
+    stake = int(slashing_chain.contract("Staking").functions.minimumStake(int(Role.WITNESS)).call())
+    resigned = {w: v for w, v in votes.items() if len({vote[3] for vote in v}) == 2}
+    assert len(resigned) >= 3  # the witnesses that stayed witnesses signed height 1 twice
+    for witness, (first, second) in resigned.items():
+        assert first[1] + 1 == second[1] and first[3] != second[3]
+        a = SignedBlock(chain_ids[0], 1, first[1], Role(first[2]), first[3], first[4])
+        b = SignedBlock(chain_ids[0], 1, second[1], Role(second[2]), second[3], second[4])
+        for precheck in (True, False):
+            with pytest.raises(ContractRevert) as refused:
+                client.report_equivocation(a, b, precheck=precheck)
+            assert (refused.value.error, refused.value.inputs) == (
+                "DifferentRolesVersions",
+                {"first": first[1], "second": second[1]},
+            )
+        assert slashing_chain.stake_of(secret_of[witness], Role.WITNESS) == stake

@@ -1,7 +1,8 @@
 """DleRegistry.reportFault: a fault the mainchain cannot re-execute (refusing a valid block, signing an
-invalid one) slashes the offender's whole stake in one role on the certificate of the archive group that
-keeps the chain — every member of one epoch, within its grace — once per chain, height, offender and
-kind, with the reward to the reporter the group named."""
+invalid one) slashes the offender's whole stake in one role on two proofs — the certificate of the
+archive group that keeps the chain (every member of one epoch, within its grace) and the offender's own
+signed refusal or vote, in that role under that roles version — once per chain, height, roles version
+and offender (the key an equivocation uses too), with the reward to the reporter the group named."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from conftest import (
     restake_archive,
     reverts_with,
     reverts_with_wrong_signers,
+    sign_digest,
     stake,
 )
 from eth_abi import encode
+from eth_account import Account
 from eth_utils import to_checksum_address
 from eth_utils.crypto import keccak
 
@@ -30,6 +33,8 @@ ASSET_ID = 7
 GROUP = 1
 GENESIS = b"\x6e" * 32
 HEIGHT = 42
+VERSION = 2
+HEADER = keccak(b"the block judged")
 BUNDLE = keccak(b"the evidence bundle: block, signatures, re-execution trace")
 REFUSED, SIGNED_INVALID = 1, 2
 WITNESS_STAKE = 1_500 * CONET
@@ -37,9 +42,11 @@ VALIDATOR_STAKE = 2_000 * CONET
 FAULT_FIELDS = [
     ("chain", "bytes32"),
     ("height", "uint256"),
+    ("rolesVersion", "uint256"),
     ("offender", "address"),
     ("role", "uint8"),
     ("kind", "uint8"),
+    ("headerHash", "bytes32"),
     ("evidenceHash", "bytes32"),
     ("reporter", "address"),
 ]
@@ -84,14 +91,17 @@ def offender(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any)
 
 
 def fault(on: bytes, culprit: Any, named: Any, fault_kind: int = SIGNED_INVALID, **changes: Any) -> tuple[Any, ...]:
-    """A FaultReport tuple (chain, height, offender, role, kind, evidenceHash, reporter): `culprit` as a
-    witness of chain `on`, `named` as the reporter; `changes` replace fields by name."""
+    """A FaultReport tuple (chain, height, rolesVersion, offender, role, kind, headerHash, evidenceHash,
+    reporter): `culprit` as a witness of chain `on` under VERSION, `named` as the reporter; `changes`
+    replace fields by name."""
     report = {
         "chain": on,
         "height": HEIGHT,
+        "rolesVersion": VERSION,
         "offender": culprit.address,
         "role": int(Role.WITNESS),
         "kind": fault_kind,
+        "headerHash": HEADER,
         "evidenceHash": BUNDLE,
         "reporter": named.address,
     }
@@ -99,12 +109,25 @@ def fault(on: bytes, culprit: Any, named: Any, fault_kind: int = SIGNED_INVALID,
     return tuple(report[name] for name, _ in FAULT_FIELDS)
 
 
+def accused_digest(dle: Any, report: tuple[Any, ...]) -> bytes:
+    """What the offender must have signed for `report`: its Refusal of the block (kind 1) or its
+    BlockSignature of it (kind 2), in the report's role under the report's roles version."""
+    chain, height, version, _offender, role, kind, header, _bundle, _reporter = report
+    view = dle.refusalDigest if kind == REFUSED else dle.blockDigest
+    return bytes(view(chain, height, version, role, header))
+
+
+def accused(dle: Any, report: tuple[Any, ...], signer: Any) -> bytes:
+    """`signer`'s own signed refusal or vote for `report`."""
+    return sign_digest(signer, accused_digest(dle, report))
+
+
 def certified(dle: Any, members: list[Any], report: tuple[Any, ...]) -> bytes:
     return group_signatures(members, bytes(dle.faultDigest(report)))
 
 
-def evidence_key(chain: bytes, offender: Any, kind: int, height: int = HEIGHT) -> bytes:
-    return keccak(encode(["bytes32", "uint256", "address", "uint8"], [chain, height, offender.address, kind]))
+def evidence_key(chain: bytes, offender: Any, height: int = HEIGHT, version: int = VERSION) -> bytes:
+    return keccak(encode(["bytes32", "uint256", "uint256", "address"], [chain, height, version, offender.address]))
 
 
 def test_the_fault_digest_is_the_eip712_digest_of_the_report(
@@ -118,9 +141,11 @@ def test_the_fault_digest_is_the_eip712_digest_of_the_report(
     changed = {
         "chain": keccak(b"another chain"),
         "height": HEIGHT + 1,
+        "rolesVersion": VERSION + 1,
         "offender": carol.address,
         "role": int(Role.VALIDATOR),
         "kind": REFUSED,
+        "headerHash": keccak(b"another block"),
         "evidenceHash": keccak(b"another bundle"),
         "reporter": offender.address,
     }
@@ -151,8 +176,9 @@ def test_a_certified_fault_slashes_exactly_the_role_stake_and_rewards_the_named_
     pool, rewarded, submitter = token.balanceOf(treasury), token.balanceOf(carol), token.balanceOf(bob)
     reward = WITNESS_STAKE * REPORTER_BPS // 10_000
 
-    assert dle.reportFault.call(report, 1, signatures, sender=bob) == WITNESS_STAKE
-    receipt = dle.reportFault(report, 1, signatures, sender=bob)
+    own = accused(dle, report, offender)
+    assert dle.reportFault.call(report, own, 1, signatures, sender=bob) == WITNESS_STAKE
+    receipt = dle.reportFault(report, own, 1, signatures, sender=bob)
 
     (slashed,) = receipt.events.filter(staking.Slashed)
     assert (slashed.node, slashed.role, slashed.amount, slashed.reporter, slashed.reward) == (
@@ -162,8 +188,9 @@ def test_a_certified_fault_slashes_exactly_the_role_stake_and_rewards_the_named_
         carol.address,
         reward,
     )
-    assert bytes(slashed.evidenceHash) == evidence_key(chain_id, offender, kind)
+    assert bytes(slashed.evidenceHash) == evidence_key(chain_id, offender)
     (reported,) = receipt.events.filter(dle.FaultReported)
+    assert reported.rolesVersion == VERSION
     assert (
         bytes(reported.chain),
         reported.height,
@@ -184,7 +211,7 @@ def test_a_certified_fault_slashes_exactly_the_role_stake_and_rewards_the_named_
     assert token.balanceOf(treasury) == pool + WITNESS_STAKE - reward
 
 
-def test_a_fault_is_reported_once_per_chain_height_offender_and_kind(
+def test_a_fault_is_reported_once_per_chain_height_roles_version_and_offender(
     dle: Any,
     staking: Any,
     token: Any,
@@ -198,26 +225,96 @@ def test_a_fault_is_reported_once_per_chain_height_offender_and_kind(
 ) -> None:
     members = group_of(registry, archive_nodes, GROUP)
     report = fault(chain_id, offender, carol)
-    dle.reportFault(report, 1, certified(dle, members, report), sender=bob)
-    # The node stakes again; the same fault still cannot be used twice, whatever the bundle, the
-    # reporter or the role named.
+    dle.reportFault(report, accused(dle, report, offender), 1, certified(dle, members, report), sender=bob)
+    # The node stakes again; the same offence still cannot be slashed twice, whatever the bundle, the
+    # reporter, the block, the kind or the role named (each with the offender's own signature of it).
     stake(staking, token, offender, Role.WITNESS, WITNESS_STAKE)
-    key = evidence_key(chain_id, offender, SIGNED_INVALID)
+    key = evidence_key(chain_id, offender)
     for replay in (
         report,
         fault(chain_id, offender, carol, evidenceHash=keccak(b"another bundle")),
         fault(chain_id, offender, bob),
+        fault(chain_id, offender, carol, headerHash=keccak(b"another block")),
+        fault(chain_id, offender, carol, REFUSED),
         fault(chain_id, offender, carol, role=int(Role.VALIDATOR)),
     ):
         with reverts_with(staking.EvidenceAlreadyUsed, evidenceHash=key):
-            dle.reportFault(replay, 1, certified(dle, members, replay), sender=bob)
+            dle.reportFault(replay, accused(dle, replay, offender), 1, certified(dle, members, replay), sender=bob)
     assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
-    # Another kind, or another height, is another fault.
-    for other in (fault(chain_id, offender, carol, REFUSED), fault(chain_id, offender, carol, height=HEIGHT + 1)):
+    assert staking.stakeOf(offender, int(Role.VALIDATOR)) == VALIDATOR_STAKE
+    # Another roles version, or another height, is another offence.
+    for other in (
+        fault(chain_id, offender, carol, rolesVersion=VERSION + 1),
+        fault(chain_id, offender, carol, height=HEIGHT + 1),
+    ):
         if staking.stakeOf(offender, int(Role.WITNESS)) == 0:
             stake(staking, token, offender, Role.WITNESS, WITNESS_STAKE)
-        receipt = dle.reportFault(other, 1, certified(dle, members, other), sender=bob)
+        receipt = dle.reportFault(other, accused(dle, other, offender), 1, certified(dle, members, other), sender=bob)
         assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
+
+
+@pytest.mark.parametrize("kind", [REFUSED, SIGNED_INVALID])
+def test_a_fault_without_the_accuseds_own_signature_slashes_nothing(
+    dle: Any,
+    staking: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+    kind: int,
+) -> None:
+    """The whole group certifying a fault is not enough: a member that never answered (a timeout) has
+    signed no refusal, and a signature of anyone else, of another block, version, role or kind, or a
+    vote offered as a refusal, recovers somebody other than the offender."""
+    members = group_of(registry, archive_nodes, GROUP)
+    report = fault(chain_id, offender, carol, kind)
+    signatures = certified(dle, members, report)
+    other_kind = fault(chain_id, offender, carol, SIGNED_INVALID if kind == REFUSED else REFUSED)
+    forgeries = [
+        accused(dle, report, carol),  # the reporter's word for it
+        accused(dle, fault(chain_id, offender, carol, kind, headerHash=keccak(b"another block")), offender),
+        accused(dle, fault(chain_id, offender, carol, kind, rolesVersion=VERSION + 1), offender),
+        accused(dle, fault(chain_id, offender, carol, kind, role=int(Role.VALIDATOR)), offender),
+        accused(dle, other_kind, offender),
+    ]
+    for forged in forgeries:
+        signer = Account._recover_hash(accused_digest(dle, report), signature=forged)
+        with reverts_with(dle.NotOffendersSignature, signer=signer, offender=offender):
+            dle.reportFault(report, forged, 1, signatures, sender=bob)
+    with pytest.raises(Exception, match="length=0"):  # ECDSAInvalidSignatureLength(0): OpenZeppelin's
+        dle.reportFault(report, b"", 1, signatures, sender=bob)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
+    assert not staking.isEvidenceUsed(evidence_key(chain_id, offender))
+
+
+def test_a_certified_fault_then_an_equivocation_of_one_offence_slash_once(
+    dle: Any,
+    staking: Any,
+    token: Any,
+    registry: Any,
+    archive_nodes: list[Any],
+    bob: Any,
+    carol: Any,
+    chain_id: bytes,
+    offender: Any,
+) -> None:
+    """A witness signed an invalid block (certified, slashed) and a second block at that height under that
+    roles version: the equivocation report of the same offence slashes nothing, even after it staked
+    again."""
+    members = group_of(registry, archive_nodes, GROUP)
+    report = fault(chain_id, offender, carol)
+    own = accused(dle, report, offender)
+    dle.reportFault(report, own, 1, certified(dle, members, report), sender=bob)
+    stake(staking, token, offender, Role.WITNESS, WITNESS_STAKE)
+    other = keccak(b"a second block at the height")
+    second = sign_digest(offender, bytes(dle.blockDigest(chain_id, HEIGHT, VERSION, int(Role.WITNESS), other)))
+    a = (chain_id, HEIGHT, VERSION, int(Role.WITNESS), HEADER, own)
+    b = (chain_id, HEIGHT, VERSION, int(Role.WITNESS), other, second)
+    with reverts_with(staking.EvidenceAlreadyUsed, evidenceHash=evidence_key(chain_id, offender)):
+        dle.reportEquivocation(a, b, sender=bob)
+    assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
 
 
 @pytest.mark.parametrize("flaw", ["other group", "missing signer", "stranger added", "altered after signing"])
@@ -240,7 +337,7 @@ def test_only_the_chains_whole_group_certifies_a_fault(
         signatures = group_signatures(members, digest)
         altered = fault(chain_id, offender, bob)
         with reverts_with_wrong_signers(dle, bytes(dle.faultDigest(altered)), signatures, GROUP, 1):
-            dle.reportFault(altered, 1, signatures, sender=bob)
+            dle.reportFault(altered, accused(dle, altered, offender), 1, signatures, sender=bob)
     else:
         signers = {
             "other group": group_of(registry, archive_nodes, 1 - GROUP),
@@ -248,7 +345,7 @@ def test_only_the_chains_whole_group_certifies_a_fault(
             "stranger added": [*members, carol],
         }[flaw]
         with reverts_with(dle.SignersNotGroup, group=GROUP, epoch=1):
-            dle.reportFault(report, 1, group_signatures(signers, digest), sender=bob)
+            dle.reportFault(report, accused(dle, report, offender), 1, group_signatures(signers, digest), sender=bob)
     assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
 
 
@@ -268,20 +365,21 @@ def test_an_ended_epoch_certifies_no_fault_and_a_lone_member_none_either(
     old = group_of(registry, archive_nodes, GROUP)
     report = fault(chain_id, offender, carol)
     signatures = certified(dle, old, report)
+    own = accused(dle, report, offender)
     staking.requestUnstake(int(Role.ARCHIVE), MIN_STAKE[Role.ARCHIVE], sender=old[0])
     dle.refreshGroup(GROUP, sender=admin)
     with reverts_with(dle.EpochEnded, group=GROUP, epoch=1, current=2):
-        dle.reportFault(report, 1, signatures, sender=bob)
+        dle.reportFault(report, own, 1, signatures, sender=bob)
     with reverts_with(dle.UnknownEpoch, group=GROUP, epoch=3):
-        dle.reportFault(report, 3, signatures, sender=bob)
+        dle.reportFault(report, own, 3, signatures, sender=bob)
     # The member that stayed is all of epoch 2: alone, it slashes nobody.
     with reverts_with(dle.GroupTooSmall, group=GROUP, epoch=2, size=1, minimum=2):
-        dle.reportFault(report, 2, certified(dle, old[1:], report), sender=bob)
+        dle.reportFault(report, own, 2, certified(dle, old[1:], report), sender=bob)
     assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE
     # The leaver is back: the current epoch, of both, certifies the fault.
     restake_archive(staking, token, treasury, old[0])
     dle.refreshGroup(GROUP, sender=admin)
-    receipt = dle.reportFault(report, 3, signatures, sender=bob)
+    receipt = dle.reportFault(report, own, 3, signatures, sender=bob)
     assert receipt.events.filter(dle.FaultReported)[0].slashed == WITNESS_STAKE
 
 
@@ -290,8 +388,9 @@ def test_an_unknown_kind_is_refused(
     dle: Any, registry: Any, archive_nodes: list[Any], bob: Any, carol: Any, chain_id: bytes, offender: Any, kind: int
 ) -> None:
     report = fault(chain_id, offender, carol, kind)
+    own = sign_digest(offender, keccak(b"whatever a vote of an unknown kind would be"))
     with reverts_with(dle.UnknownFaultKind, kind=kind):
-        dle.reportFault(report, 1, certified(dle, group_of(registry, archive_nodes, GROUP), report), sender=bob)
+        dle.reportFault(report, own, 1, certified(dle, group_of(registry, archive_nodes, GROUP), report), sender=bob)
 
 
 def test_a_fault_on_an_unregistered_chain_is_refused(
@@ -299,8 +398,9 @@ def test_a_fault_on_an_unregistered_chain_is_refused(
 ) -> None:
     unknown = keccak(b"no such chain")
     report = fault(unknown, offender, carol)
+    members = group_of(registry, archive_nodes, GROUP)
     with reverts_with(dle.ChainNotRegistered, chain=unknown):
-        dle.reportFault(report, 1, certified(dle, group_of(registry, archive_nodes, GROUP), report), sender=bob)
+        dle.reportFault(report, accused(dle, report, offender), 1, certified(dle, members, report), sender=bob)
 
 
 def test_an_offender_cannot_be_its_own_reporter_nor_be_slashed_in_a_role_it_holds_no_stake_in(
@@ -316,8 +416,8 @@ def test_an_offender_cannot_be_its_own_reporter_nor_be_slashed_in_a_role_it_hold
     members = group_of(registry, archive_nodes, GROUP)
     selfish = fault(chain_id, offender, offender)
     with reverts_with(staking.SelfReport, node=offender):
-        dle.reportFault(selfish, 1, certified(dle, members, selfish), sender=bob)
+        dle.reportFault(selfish, accused(dle, selfish, offender), 1, certified(dle, members, selfish), sender=bob)
     unstaked = fault(chain_id, offender, carol, role=int(Role.CBDC))
     with reverts_with(staking.NothingToSlash, node=offender, role=int(Role.CBDC)):
-        dle.reportFault(unstaked, 1, certified(dle, members, unstaked), sender=bob)
+        dle.reportFault(unstaked, accused(dle, unstaked, offender), 1, certified(dle, members, unstaked), sender=bob)
     assert staking.stakeOf(offender, int(Role.WITNESS)) == WITNESS_STAKE

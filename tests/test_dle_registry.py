@@ -493,14 +493,28 @@ def witness(accounts: Any, admin: Any, treasury: Any, token: Any, staking: Any) 
     return account
 
 
-def signed_block(chain: Any, dle: Any, signer: Any, header: bytes, height: int = HEIGHT, on: bytes = CHAIN) -> bytes:
-    digest = dle.blockDigest(on, height, header)
-    assert digest == block_digest(chain.chain_id, dle, on, height, header)
-    return sign_digest(signer, digest)
+VERSION = 3
+"""The roles version the equivocation tests' blocks are signed under."""
 
 
-def evidence(signer: Any, height: int = HEIGHT) -> bytes:
-    return keccak(encode(["bytes32", "uint256", "address"], [CHAIN, height, signer.address]))
+def signed_block(
+    chain: Any,
+    dle: Any,
+    signer: Any,
+    header: bytes,
+    height: int = HEIGHT,
+    on: bytes = CHAIN,
+    version: int = VERSION,
+    role: Role = Role.WITNESS,
+) -> tuple[Any, ...]:
+    """A DleRegistry.SignedBlock: `signer`'s BlockSignature of `header` under `version` in `role`."""
+    digest = dle.blockDigest(on, height, version, int(role), header)
+    assert digest == block_digest(chain.chain_id, dle, on, height, version, int(role), header)
+    return (on, height, version, int(role), header, sign_digest(signer, digest))
+
+
+def evidence(signer: Any, height: int = HEIGHT, on: bytes = CHAIN, version: int = VERSION) -> bytes:
+    return keccak(encode(["bytes32", "uint256", "uint256", "address"], [on, height, version, signer.address]))
 
 
 def test_two_blocks_at_one_height_signed_by_one_witness_slash_its_stake(
@@ -511,7 +525,7 @@ def test_two_blocks_at_one_height_signed_by_one_witness_slash_its_stake(
     pool, reporter = token.balanceOf(treasury), token.balanceOf(bob)
     reward = 1_500 * CONET * REPORTER_BPS // 10_000
 
-    receipt = dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+    receipt = dle.reportEquivocation(first, second, sender=bob)
 
     (slashed,) = receipt.events.filter(staking.Slashed)
     assert (slashed.node, slashed.role, slashed.amount, slashed.reporter, slashed.reward) == (
@@ -522,24 +536,27 @@ def test_two_blocks_at_one_height_signed_by_one_witness_slash_its_stake(
         reward,
     )
     assert bytes(slashed.evidenceHash) == evidence(witness)
+    assert bytes(dle.offenceKey(CHAIN, HEIGHT, VERSION, witness.address)) == evidence(witness)
     (reported,) = receipt.events.filter(dle.EquivocationReported)
-    assert (reported.chain, reported.height, reported.signer, reported.reporter, reported.slashed) == (
-        CHAIN,
-        HEIGHT,
-        witness.address,
-        bob.address,
-        1_500 * CONET,
-    )
+    assert (
+        reported.chain,
+        reported.height,
+        reported.rolesVersion,
+        reported.signer,
+        reported.role,
+        reported.reporter,
+        reported.slashed,
+    ) == (CHAIN, HEIGHT, VERSION, witness.address, int(Role.WITNESS), bob.address, 1_500 * CONET)
     assert staking.stakeOf(witness, int(Role.WITNESS)) == 0
     assert not staking.meetsMinimum(witness, int(Role.WITNESS))
     assert token.balanceOf(bob) == reporter + reward
     assert token.balanceOf(treasury) == pool + 1_500 * CONET - reward
     assert staking.isEvidenceUsed(evidence(witness))
 
-    # The same height again, even with another pair of blocks, is the same evidence.
+    # The same height and version again, even with another pair of blocks, is the same offence.
     third = signed_block(chain, dle, witness, HEADER_C)
     with reverts_with(staking.EvidenceAlreadyUsed, evidenceHash=evidence(witness)):
-        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_C, third, int(Role.WITNESS), sender=bob)
+        dle.reportEquivocation(first, third, sender=bob)
 
 
 def test_an_equivocation_slashes_unbonding_stake_too(
@@ -548,27 +565,77 @@ def test_an_equivocation_slashes_unbonding_stake_too(
     staking.requestUnstake(int(Role.WITNESS), 1_500 * CONET, sender=witness)
     first = signed_block(chain, dle, witness, HEADER_A)
     second = signed_block(chain, dle, witness, HEADER_B)
-    receipt = dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+    receipt = dle.reportEquivocation(first, second, sender=bob)
     assert receipt.events.filter(dle.EquivocationReported)[0].slashed == 1_500 * CONET
     assert staking.unbondingOf(witness, int(Role.WITNESS)) == (0, 0)
+
+
+def test_re_signing_a_height_after_a_certified_role_change_is_no_equivocation(
+    chain: Any, dle: Any, staking: Any, bob: Any, witness: Any
+) -> None:
+    """After a certified rollback (the roles version moved on) an honest member signs the height again,
+    another block: the two signatures bind two versions, and the registry refuses to call that
+    equivocation; the stake is untouched."""
+    before = signed_block(chain, dle, witness, HEADER_A, version=VERSION)
+    after = signed_block(chain, dle, witness, HEADER_B, version=VERSION + 1)
+    with reverts_with(dle.DifferentRolesVersions, first=VERSION, second=VERSION + 1):
+        dle.reportEquivocation(before, after, sender=bob)
+    # Nor can a reporter relabel one of them: the signature binds the version it was given under.
+    relabelled = (*after[:2], VERSION, *after[3:])
+    stranger = Account._recover_hash(
+        dle.blockDigest(CHAIN, HEIGHT, VERSION, int(Role.WITNESS), HEADER_B), signature=after[5]
+    )
+    with reverts_with(dle.DifferentSigners, first=witness, second=stranger):
+        dle.reportEquivocation(before, relabelled, sender=bob)
+    assert staking.stakeOf(witness, int(Role.WITNESS)) == 1_500 * CONET
+    assert not staking.isEvidenceUsed(evidence(witness))
+
+
+def test_the_role_slashed_is_the_one_the_signatures_name_not_the_reporters(
+    chain: Any, dle: Any, staking: Any, token: Any, treasury: Any, bob: Any, witness: Any
+) -> None:
+    """An equivocating witness with 1 wei of validator stake: a reporter who relabels the signatures as
+    validator votes (to spare the big stake, or to hit the small one) recovers a stranger; mixing the
+    labels is refused; the witness stake, the one the signatures name, is the one slashed."""
+    token.transfer(witness, 1, sender=treasury)
+    stake(staking, token, witness, Role.VALIDATOR, 1)
+    first = signed_block(chain, dle, witness, HEADER_A)
+    second = signed_block(chain, dle, witness, HEADER_B)
+    as_validator = [(*signed[:3], int(Role.VALIDATOR), *signed[4:]) for signed in (first, second)]
+    strangers = [
+        Account._recover_hash(dle.blockDigest(CHAIN, HEIGHT, VERSION, int(Role.VALIDATOR), h), signature=signed[5])
+        for h, signed in ((HEADER_A, first), (HEADER_B, second))
+    ]
+    assert witness.address not in strangers
+    with reverts_with(dle.DifferentSigners, first=strangers[0], second=strangers[1]):
+        dle.reportEquivocation(*as_validator, sender=bob)
+    with reverts_with(dle.DifferentRoles, first=int(Role.WITNESS), second=int(Role.VALIDATOR)):
+        dle.reportEquivocation(first, as_validator[1], sender=bob)
+    assert staking.stakeOf(witness, int(Role.VALIDATOR)) == 1
+    receipt = dle.reportEquivocation(first, second, sender=bob)
+    assert receipt.events.filter(dle.EquivocationReported)[0].role == int(Role.WITNESS)
+    assert staking.stakeOf(witness, int(Role.WITNESS)) == 0
+    assert staking.stakeOf(witness, int(Role.VALIDATOR)) == 1
 
 
 def test_an_equivocating_archive_member_is_slashed_and_leaves_its_group(
     chain: Any, dle: Any, staking: Any, registry: Any, archive_nodes: list[Any], admin: Any, bob: Any, epochs: None
 ) -> None:
+    """A key that signs two block votes in its archive stake role (no honest archive node votes: it
+    certifies) is slashed in that role like any other."""
     cheat, honest = group_of(registry, archive_nodes, 0)
-    first = signed_block(chain, dle, cheat, HEADER_A)
-    second = signed_block(chain, dle, cheat, HEADER_B)
-    dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.ARCHIVE), sender=bob)
+    first = signed_block(chain, dle, cheat, HEADER_A, role=Role.ARCHIVE)
+    second = signed_block(chain, dle, cheat, HEADER_B, role=Role.ARCHIVE)
+    dle.reportEquivocation(first, second, sender=bob)
     assert staking.stakeOf(cheat, int(Role.ARCHIVE)) == 0
     dle.refreshGroup(0, sender=admin)
     assert dle.epochMembers(0, 2) == [honest.address]
 
 
 def test_one_block_twice_is_no_equivocation(chain: Any, dle: Any, bob: Any, witness: Any) -> None:
-    signature = signed_block(chain, dle, witness, HEADER_A)
+    signed = signed_block(chain, dle, witness, HEADER_A)
     with reverts_with(dle.SameBlock, headerHash=HEADER_A):
-        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, signature, HEADER_A, signature, int(Role.WITNESS), sender=bob)
+        dle.reportEquivocation(signed, signed, sender=bob)
 
 
 def test_blocks_signed_by_two_keys_are_no_equivocation(
@@ -577,37 +644,46 @@ def test_blocks_signed_by_two_keys_are_no_equivocation(
     first = signed_block(chain, dle, witness, HEADER_A)
     second = signed_block(chain, dle, carol, HEADER_B)
     with reverts_with(dle.DifferentSigners, first=witness, second=carol):
-        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+        dle.reportEquivocation(first, second, sender=bob)
 
 
 def test_blocks_at_two_heights_are_no_equivocation(chain: Any, dle: Any, bob: Any, witness: Any) -> None:
-    """A signature of a block at another height, presented as one at this height, recovers to a stranger."""
+    """Two heights are refused outright; a signature of a block at another height, presented as one at
+    this height, recovers to a stranger."""
     first = signed_block(chain, dle, witness, HEADER_A)
     second = signed_block(chain, dle, witness, HEADER_B, height=HEIGHT + 1)
-    stranger = Account._recover_hash(dle.blockDigest(CHAIN, HEIGHT, HEADER_B), signature=second)
+    with reverts_with(
+        dle.DifferentHeights, firstChain=CHAIN, firstHeight=HEIGHT, secondChain=CHAIN, secondHeight=HEIGHT + 1
+    ):
+        dle.reportEquivocation(first, second, sender=bob)
+    moved = (CHAIN, HEIGHT, *second[2:])
+    stranger = Account._recover_hash(
+        dle.blockDigest(CHAIN, HEIGHT, VERSION, int(Role.WITNESS), HEADER_B), signature=second[5]
+    )
     assert stranger != witness.address
     with reverts_with(dle.DifferentSigners, first=witness, second=stranger):
-        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
+        dle.reportEquivocation(first, moved, sender=bob)
 
 
 def test_an_equivocator_cannot_report_itself(chain: Any, dle: Any, staking: Any, witness: Any) -> None:
     first = signed_block(chain, dle, witness, HEADER_A)
     second = signed_block(chain, dle, witness, HEADER_B)
     with reverts_with(staking.SelfReport, node=witness):
-        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=witness)
+        dle.reportEquivocation(first, second, sender=witness)
     assert staking.stakeOf(witness, int(Role.WITNESS)) == 1_500 * CONET
 
 
 def test_an_equivocator_without_stake_in_the_role_is_not_slashable(
     chain: Any, dle: Any, staking: Any, bob: Any, witness: Any
 ) -> None:
-    first = signed_block(chain, dle, witness, HEADER_A)
-    second = signed_block(chain, dle, witness, HEADER_B)
+    first = signed_block(chain, dle, witness, HEADER_A, role=Role.VALIDATOR)
+    second = signed_block(chain, dle, witness, HEADER_B, role=Role.VALIDATOR)
     with reverts_with(staking.NothingToSlash, node=witness, role=int(Role.VALIDATOR)):
-        dle.reportEquivocation(CHAIN, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.VALIDATOR), sender=bob)
+        dle.reportEquivocation(first, second, sender=bob)
+    assert staking.stakeOf(witness, int(Role.WITNESS)) == 1_500 * CONET
 
 
-def test_an_equivocation_and_a_certified_fault_at_one_height_are_separate_evidence(
+def test_an_equivocation_and_a_certified_fault_of_one_offence_slash_once(
     chain: Any,
     dle: Any,
     staking: Any,
@@ -620,8 +696,9 @@ def test_an_equivocation_and_a_certified_fault_at_one_height_are_separate_eviden
     witness: Any,
     epochs: None,
 ) -> None:
-    """Two blocks at one height (proven on chain) and signing an invalid block there (certified by the
-    group) are two faults: neither report uses up the other's evidence."""
+    """Two blocks at one height under one roles version (proven on chain) and signing an invalid block
+    there (certified by the group) are one offence: whichever path comes second slashes nothing, even
+    after the offender staked again; the next roles version is another offence."""
     members = group_of(registry, archive_nodes, 1)
     dle.registerChain(
         ASSET, 7, GENESIS, 1, 1, group_signatures(members, dle.genesisDigest(ASSET, 7, GENESIS, 1)), sender=admin
@@ -629,14 +706,20 @@ def test_an_equivocation_and_a_certified_fault_at_one_height_are_separate_eviden
     on = dle_chain_id(chain.chain_id, ASSET, 7)
     first = signed_block(chain, dle, witness, HEADER_A, on=on)
     second = signed_block(chain, dle, witness, HEADER_B, on=on)
-    dle.reportEquivocation(on, HEIGHT, HEADER_A, first, HEADER_B, second, int(Role.WITNESS), sender=bob)
-    equivocation = keccak(encode(["bytes32", "uint256", "address"], [on, HEIGHT, witness.address]))
-    assert staking.isEvidenceUsed(equivocation)
+    dle.reportEquivocation(first, second, sender=bob)
+    key = evidence(witness, on=on)
+    assert staking.isEvidenceUsed(key)
 
     token.transfer(witness, 1_500 * CONET, sender=treasury)
     stake(staking, token, witness, Role.WITNESS, 1_500 * CONET)
-    report = (on, HEIGHT, witness.address, int(Role.WITNESS), 2, keccak(b"bundle"), bob.address)
-    receipt = dle.reportFault(report, 1, group_signatures(members, dle.faultDigest(report)), sender=admin)
+    report = (on, HEIGHT, VERSION, witness.address, int(Role.WITNESS), 2, HEADER_A, keccak(b"bundle"), bob.address)
+    certificate = group_signatures(members, dle.faultDigest(report))
+    with reverts_with(staking.EvidenceAlreadyUsed, evidenceHash=key):
+        dle.reportFault(report, first[5], 1, certificate, sender=admin)
+    assert staking.stakeOf(witness, int(Role.WITNESS)) == 1_500 * CONET
+
+    later = signed_block(chain, dle, witness, HEADER_C, on=on, version=VERSION + 1)
+    report = (on, HEIGHT, VERSION + 1, witness.address, int(Role.WITNESS), 2, HEADER_C, keccak(b"b"), bob.address)
+    receipt = dle.reportFault(report, later[5], 1, group_signatures(members, dle.faultDigest(report)), sender=admin)
     assert receipt.events.filter(dle.FaultReported)[0].slashed == 1_500 * CONET
-    fault = keccak(encode(["bytes32", "uint256", "address", "uint8"], [on, HEIGHT, witness.address, 2]))
-    assert fault != equivocation and staking.isEvidenceUsed(fault)
+    assert staking.isEvidenceUsed(evidence(witness, on=on, version=VERSION + 1))

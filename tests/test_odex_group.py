@@ -24,6 +24,7 @@ from offchain.dle.digests import Domains
 from offchain.dle.transport import InProcessNetwork, RemoteError
 from offchain.odex.book import OrderBook
 from offchain.odex.group import (
+    BOOK_ROLES_VERSION,
     ENDORSE,
     Batch,
     BatchRefused,
@@ -352,14 +353,17 @@ def test_the_member_that_signed_a_wrong_match_loses_its_stake_on_chain(
     report = (
         group.chain,
         wrong.height,
+        BOOK_ROLES_VERSION,
         offender,
         int(Role.WITNESS),
         int(FaultKind.SIGNED_INVALID_BLOCK),
+        wrong.hash,
         evidence,
         carol.address,
     )
     before = token.balanceOf(carol)
-    dle.reportFault(report, 1, signatures, sender=admin)
+    # The accomplice's own signature of the wrong batch is what the registry slashes it on.
+    dle.reportFault(report, caught.value.signatures[accomplice], 1, signatures, sender=admin)
     assert staking.stakeOf(offender, int(Role.WITNESS)) == 0
     assert token.balanceOf(carol) > before
     # The honest members keep their stakes.

@@ -45,15 +45,17 @@ _LIVE = 2  # CoNETCash.Status.Live
 
 _DOMAIN_TYPE = b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 _GENESIS_TYPE = b"ChainGenesis(bytes32 chain,bytes32 genesisHash,address asset,uint256 assetId,uint256 group)"
-_BLOCK_TYPE = b"BlockSignature(bytes32 chain,uint256 height,bytes32 headerHash)"
+_BLOCK_TYPE = b"BlockSignature(bytes32 chain,uint256 height,uint256 rolesVersion,uint8 role,bytes32 headerHash)"
+_REFUSAL_TYPE = b"Refusal(bytes32 chain,uint256 height,uint256 rolesVersion,uint8 role,bytes32 headerHash)"
+_CERTIFICATE_TYPE = b"BlockCertificate(bytes32 chain,uint256 height,bytes32 headerHash)"
 _CBDC_DRAW_TYPE = b"CbdcDraw(uint256 id,address cbdc,bytes32 selection,uint256 group)"
 _EXIT_TYPE = (
     b"ExitCertificate(uint256 note,bytes32 chain,uint256 height,address holder,address receiver,"
     b"uint256 amount,uint256 nonce,bytes32 exitedBefore)"
 )
 _FAULT_TYPE = (
-    b"FaultReport(bytes32 chain,uint256 height,address offender,uint8 role,uint8 kind,bytes32 evidenceHash,"
-    b"address reporter)"
+    b"FaultReport(bytes32 chain,uint256 height,uint256 rolesVersion,address offender,uint8 role,uint8 kind,"
+    b"bytes32 headerHash,bytes32 evidenceHash,address reporter)"
 )
 
 
@@ -103,15 +105,42 @@ class ExitCertificate:
         return exit_history_head(self.struct_hash)
 
 
+def offence_key(chain: bytes, height: int, roles_version: int, signer: str) -> bytes:
+    """DleRegistry.offenceKey: the evidence hash Staking records for an offence of `signer` at `height`
+    of `chain` under roles version `roles_version` — the same for an equivocation and a certified fault,
+    so one offence is slashed once."""
+    return keccak(encode(["bytes32", "uint256", "uint256", "address"], [chain, height, roles_version, signer]))
+
+
 @dataclass(frozen=True)
-class FaultReport:
-    """DleRegistry.FaultReport: the archive group's finding that `offender` committed fault `kind`."""
+class SignedBlock:
+    """DleRegistry.SignedBlock: `signature` is a member's BlockSignature of `header_hash` at `height` of
+    `chain`, under roles version `roles_version`, in `role`."""
 
     chain: bytes
     height: int
+    roles_version: int
+    role: Role
+    header_hash: bytes
+    signature: bytes
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (self.chain, self.height, self.roles_version, int(self.role), self.header_hash, self.signature)
+
+
+@dataclass(frozen=True)
+class FaultReport:
+    """DleRegistry.FaultReport: the archive group's finding that `offender`, in `role` under roles version
+    `roles_version`, committed fault `kind` on block `header_hash` at `height` of `chain`."""
+
+    chain: bytes
+    height: int
+    roles_version: int
     offender: str
     role: Role
     kind: int
+    header_hash: bytes
+    """The block refused (REFUSED_VALID_BLOCK) or signed (SIGNED_INVALID_BLOCK)."""
     evidence_hash: bytes
     """keccak256 of the off-chain evidence bundle the group judged."""
     reporter: str
@@ -121,19 +150,19 @@ class FaultReport:
         return (
             self.chain,
             self.height,
+            self.roles_version,
             self.offender,
             int(self.role),
             int(self.kind),
+            self.header_hash,
             self.evidence_hash,
             self.reporter,
         )
 
     @property
     def evidence_key(self) -> bytes:
-        """The evidence hash Staking records: one report per chain, height, offender and kind."""
-        return keccak(
-            encode(["bytes32", "uint256", "address", "uint8"], [self.chain, self.height, self.offender, self.kind])
-        )
+        """The evidence hash Staking records: one offence per chain, height, roles version and offender."""
+        return offence_key(self.chain, self.height, self.roles_version, self.offender)
 
 
 @dataclass(frozen=True)
@@ -208,22 +237,40 @@ class Digests:
         )
         return _typed(self._registry_separator, keccak(struct))
 
-    def block(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
-        """DleRegistry.blockDigest."""
+    def block(self, chain: bytes, height: int, roles_version: int, role: int, header_hash: bytes) -> bytes:
+        """DleRegistry.blockDigest: a member's vote for a block, under a roles version, in a role."""
+        return self._words(_BLOCK_TYPE_HASH, chain, height, roles_version, role, header_hash)
+
+    def refusal(self, chain: bytes, height: int, roles_version: int, role: int, header_hash: bytes) -> bytes:
+        """DleRegistry.refusalDigest: a member's signed refusal of a block (what a refusal fault needs)."""
+        return self._words(_REFUSAL_TYPE_HASH, chain, height, roles_version, role, header_hash)
+
+    def certificate(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
+        """What an archive node signs to make a block final: EIP-712 "BlockCertificate" in the registry's
+        domain. Not a vote under a role set (an archive node signs one block per height whatever the
+        roles version, docs/security.md), so never equivocation evidence: the registry has no view of it."""
+        return self._words(_CERTIFICATE_TYPE_HASH, chain, height, None, None, header_hash)
+
+    def _words(
+        self, type_hash: bytes, chain: bytes, height: int, version: int | None, role: int | None, header_hash: bytes
+    ) -> bytes:
+        middle = () if version is None else (version, int(role or 0))
         if (
             type(chain) is bytes
             and len(chain) == 32
             and type(header_hash) is bytes
             and len(header_hash) == 32
-            and type(height) is int
-            and 0 <= height < 2**256
+            and all(type(word) is int and 0 <= word < 2**256 for word in (height, *middle))
+            and (role is None or 0 <= int(role) < 256)
         ):
-            # Every member and archive node signs or checks this digest several times per block: with
+            # Every member and archive node signs or checks these digests several times per block: with
             # 32-byte words only, abi.encode is plain concatenation, and eth_abi's generic encoder and
             # eth_utils' keccak dispatch cost ~20 times the hashing itself. Same bytes, same digest.
-            struct = _BLOCK_TYPE_HASH + chain + height.to_bytes(32, "big") + header_hash
+            words = b"".join(word.to_bytes(32, "big") for word in (height, *middle))
+            struct = type_hash + chain + words + header_hash
             return _fast_keccak(b"\x19\x01" + self._registry_separator + _fast_keccak(struct))
-        struct = encode(["bytes32", "bytes32", "uint256", "bytes32"], [keccak(_BLOCK_TYPE), chain, height, header_hash])
+        types = ["bytes32", "bytes32", "uint256", *(["uint256", "uint8"] if middle else []), "bytes32"]
+        struct = encode(types, [type_hash, chain, height, *middle, header_hash])
         return _typed(self._registry_separator, keccak(struct))
 
     def exit(self, certificate: ExitCertificate) -> bytes:
@@ -258,7 +305,7 @@ class Digests:
     def fault(self, report: FaultReport) -> bytes:
         """DleRegistry.faultDigest."""
         struct = encode(
-            ["bytes32", "bytes32", "uint256", "address", "uint8", "uint8", "bytes32", "address"],
+            ["bytes32", "bytes32", "uint256", "uint256", "address", "uint8", "uint8", "bytes32", "bytes32", "address"],
             [keccak(_FAULT_TYPE), *report.as_tuple()],
         )
         return _typed(self._registry_separator, keccak(struct))
@@ -312,6 +359,8 @@ def _separator(name: bytes, chain_id: int, contract: str) -> bytes:
 
 
 _BLOCK_TYPE_HASH = keccak(_BLOCK_TYPE)
+_REFUSAL_TYPE_HASH = keccak(_REFUSAL_TYPE)
+_CERTIFICATE_TYPE_HASH = keccak(_CERTIFICATE_TYPE)
 
 
 def _fast_keccak(data: bytes) -> bytes:
@@ -406,9 +455,13 @@ class DleChainClient(DeploymentClient):
         """DleRegistry.genesisDigest, read from the contract (`digests.genesis` computes it off chain)."""
         return bytes(self.registry.functions.genesisDigest(asset, asset_id, genesis_hash, group).call())
 
-    def block_digest(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
+    def block_digest(self, chain: bytes, height: int, roles_version: int, role: Role, header_hash: bytes) -> bytes:
         """DleRegistry.blockDigest, read from the contract (`digests.block` computes it off chain)."""
-        return bytes(self.registry.functions.blockDigest(chain, height, header_hash).call())
+        return bytes(self.registry.functions.blockDigest(chain, height, roles_version, int(role), header_hash).call())
+
+    def refusal_digest(self, chain: bytes, height: int, roles_version: int, role: Role, header_hash: bytes) -> bytes:
+        """DleRegistry.refusalDigest, read from the contract (`digests.refusal` computes it off chain)."""
+        return bytes(self.registry.functions.refusalDigest(chain, height, roles_version, int(role), header_hash).call())
 
     def exit_history(self, note: int) -> tuple[int, bytes]:
         """CoNETCash.exitHistoryOf(note): the nonce of the exit it pays next and the head it must name."""
@@ -515,44 +568,55 @@ class DleChainClient(DeploymentClient):
         (event,) = events_of(self.cash, "NoteExited", receipt)
         return int(event["amount"]) - int(event["fee"])
 
-    def report_equivocation(
-        self,
-        chain: bytes,
-        height: int,
-        header_a: bytes,
-        signature_a: bytes,
-        header_b: bytes,
-        signature_b: bytes,
-        role: Role,
-        *,
-        precheck: bool = True,
-    ) -> int:
-        """Proves one key signed two blocks at `height` of `chain`; returns what was slashed."""
+    def report_equivocation(self, a: SignedBlock, b: SignedBlock, *, precheck: bool = True) -> int:
+        """Proves one key signed two blocks at one height of one chain under one roles version; slashes
+        its stake in the role both signatures name. Returns what was slashed."""
         if precheck:
-            if header_a == header_b:
-                raise ContractRevert("SameBlock", {"headerHash": header_a})
-            signer = recover_signer(self.digests.block(chain, height, header_a), signature_a)
-            other = recover_signer(self.digests.block(chain, height, header_b), signature_b)
+            if a.chain != b.chain or a.height != b.height:
+                raise ContractRevert(
+                    "DifferentHeights",
+                    {"firstChain": a.chain, "firstHeight": a.height, "secondChain": b.chain, "secondHeight": b.height},
+                )
+            if a.roles_version != b.roles_version:
+                raise ContractRevert("DifferentRolesVersions", {"first": a.roles_version, "second": b.roles_version})
+            if a.role != b.role:
+                raise ContractRevert("DifferentRoles", {"first": Role(a.role), "second": Role(b.role)})
+            if a.header_hash == b.header_hash:
+                raise ContractRevert("SameBlock", {"headerHash": a.header_hash})
+            signer = recover_signer(
+                self.digests.block(a.chain, a.height, a.roles_version, a.role, a.header_hash), a.signature
+            )
+            other = recover_signer(
+                self.digests.block(b.chain, b.height, b.roles_version, b.role, b.header_hash), b.signature
+            )
             if signer != other:
                 raise ContractRevert("DifferentSigners", {"first": signer, "second": other})
-            evidence = keccak(encode(["bytes32", "uint256", "address"], [chain, height, signer]))
-            self._check_slash(signer, role, evidence, self.address)
-        function = self.registry.functions.reportEquivocation(
-            chain, height, header_a, signature_a, header_b, signature_b, int(role)
-        )
-        receipt = self._transact(function)
+            self._check_slash(signer, a.role, offence_key(a.chain, a.height, a.roles_version, signer), self.address)
+        receipt = self._transact(self.registry.functions.reportEquivocation(a.as_tuple(), b.as_tuple()))
         (event,) = events_of(self.registry, "EquivocationReported", receipt)
         return int(event["slashed"])
 
-    def report_fault(self, report: FaultReport, epoch: int, signatures: bytes, *, precheck: bool = True) -> int:
-        """Submits the archive group's certificate of a fault; returns what was slashed."""
+    def report_fault(
+        self, report: FaultReport, accused_signature: bytes, epoch: int, signatures: bytes, *, precheck: bool = True
+    ) -> int:
+        """Submits the archive group's certificate of a fault with the offender's own signed refusal
+        (REFUSED_VALID_BLOCK) or block signature (SIGNED_INVALID_BLOCK); returns what was slashed."""
         if precheck:
-            if report.kind not in tuple(FaultKind):
+            args = (report.chain, report.height, report.roles_version, report.role, report.header_hash)
+            if report.kind == FaultKind.REFUSED_VALID_BLOCK:
+                accused = self.digests.refusal(*args)
+            elif report.kind == FaultKind.SIGNED_INVALID_BLOCK:
+                accused = self.digests.block(*args)
+            else:
                 raise ContractRevert("UnknownFaultKind", {"kind": report.kind})
+            signer = recover_signer(accused, accused_signature)
+            if signer != Web3.to_checksum_address(report.offender):
+                raise ContractRevert("NotOffendersSignature", {"signer": signer, "offender": report.offender})
             record = self.chain_record(report.chain)
             self.check_certificate(record.group, epoch, self.digests.fault(report), signatures)
             self._check_slash(report.offender, report.role, report.evidence_key, report.reporter)
-        receipt = self._transact(self.registry.functions.reportFault(report.as_tuple(), epoch, signatures))
+        function = self.registry.functions.reportFault(report.as_tuple(), accused_signature, epoch, signatures)
+        receipt = self._transact(function)
         (event,) = events_of(self.registry, "FaultReported", receipt)
         return int(event["slashed"])
 
@@ -596,8 +660,10 @@ __all__ = [
     "ExitCertificate",
     "FaultKind",
     "FaultReport",
+    "SignedBlock",
     "check_exit_order",
     "exit_history_head",
     "members_hash",
+    "offence_key",
     "recover_signer",
 ]

@@ -939,7 +939,7 @@ async def _read_head(
         row.group, row.host = group, names.get(host, "0x" + host.hex())
         dump = ChainDump.decode(await transport.call(host, "head", chain, timeout=5.0))
         block, certificate, _state = dump.blocks[-1]
-        keeper.verify(client.domains.block(chain, block.header.height, block.hash), certificate)
+        keeper.verify(client.domains.certificate(chain, block.header.height, block.hash), certificate)
     except (DevnetError, TransportError, RolesError) as error:
         row.problem = str(error)
         return

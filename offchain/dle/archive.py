@@ -61,7 +61,7 @@ from offchain.dle import roulette
 from offchain.dle.auth import ArchiveAccess, Forbidden, as_caller, caller
 from offchain.dle.authority import NOT_YET, AuthorityError, BlockAuthority, NoteAuthority, NotYetSeen
 from offchain.dle.digests import Domains
-from offchain.dle.member import check_final, execute
+from offchain.dle.member import check_final, execute, member_signers
 from offchain.dle.messages import (
     EQUIVOCATION,
     REFUSED,
@@ -117,6 +117,7 @@ ROLE_CBDC = 0
 ROLE_ARCHIVE = 1
 ROLE_WITNESS = 2
 ROLE_VALIDATOR = 3
+# The same numbers as offchain/dle/roles.py's (contracts/types/Role.sol): a member's stake role.
 
 FAULT_REFUSED = 1
 FAULT_INVALID = 2
@@ -145,21 +146,38 @@ class Mainchain(Protocol):
     ) -> None: ...
 
     def report_equivocation(
-        self, chain: bytes, height: int, hash_a: bytes, signature_a: bytes, hash_b: bytes, signature_b: bytes, role: int
-    ) -> int: ...
+        self,
+        chain: bytes,
+        height: int,
+        roles_version: int,
+        role: int,
+        hash_a: bytes,
+        signature_a: bytes,
+        hash_b: bytes,
+        signature_b: bytes,
+    ) -> int:
+        """DleRegistry.reportEquivocation of two BlockSignatures of one signer at one height, one roles
+        version, one role (the role both signatures name is the one slashed)."""
+        ...
 
     def report_fault(
         self,
         chain: bytes,
         height: int,
+        roles_version: int,
         offender: bytes,
         role: int,
         kind: int,
+        header_hash: bytes,
+        accused_signature: bytes,
         evidence_hash: bytes,
         reporter: bytes,
         epoch: int,
         certificate: bytes,
-    ) -> int: ...
+    ) -> int:
+        """DleRegistry.reportFault: the group's certificate and the offender's own signed refusal (kind
+        1) or block signature (kind 2) of `header_hash` under `roles_version` in `role`."""
+        ...
 
 
 _CBDC_SLOTS = (roulette.Slot(ROLE_CBDC, 1),)
@@ -199,11 +217,15 @@ def _without_draw(terms: NoteTerms) -> NoteTerms:
 @dataclass(frozen=True)
 class Verdict:
     """What the evidence proves: who is at fault (None: nobody is slashed) and the FaultReport kind
-    (None for equivocation, which the mainchain proves itself)."""
+    (None for equivocation, which the mainchain proves itself); the stake role the offender's own
+    signature names, the block it refused or signed (`header_hash`), and that signature (its signed
+    refusal for kind 1, its BlockSignature for kind 2): what the mainchain checks before it slashes."""
 
     offender: bytes | None
     kind: int | None
     role: int
+    header_hash: bytes = b""
+    accused_signature: bytes = b""
 
 
 class ArchiveNode:
@@ -358,9 +380,9 @@ class ArchiveNode:
         """The archive node's check of a fully signed block; raises `RemoteError("rejected", …)`."""
         roles = record.roles
         header = block.header
-        digest = self._domains.block(header.chain_id, header.height, block.hash)
         try:
-            signers = block.signers(digest)
+            # Each member's signature binds the roles version and its stake role in this set.
+            signers = member_signers(block, roles, self._domains)
         except BadSignature:
             return self._reject(block, "a malformed member signature")
         if signers != roles.signers_for(header.parent_hash):
@@ -429,7 +451,7 @@ class ArchiveNode:
             for certificate in ExitCertificate.from_logs(receipt.logs)
         ]
         stamp = self.poh.stamp(block.hash)
-        signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
+        signature = sign(self._secret, self._domains.certificate(chain, block.header.height, block.hash))
         return Acceptance(signature, tuple(exits), stamp.index).encode()
 
     async def _finalize_signed(self, chain: bytes, height: int, signed: bytes) -> bool:
@@ -483,7 +505,7 @@ class ArchiveNode:
         block_hash = fixed_bytes(hash_item, 32, "block hash")
         if self.store.signed(chain, height) != block_hash:
             raise RemoteError("not-signed", "this archive node did not sign that block at that height")
-        return sign(self._secret, self._domains.block(chain, height, block_hash))
+        return sign(self._secret, self._domains.certificate(chain, height, block_hash))
 
     @staticmethod
     def _signed_other(chain: bytes, height: int, signed: bytes) -> str:
@@ -702,54 +724,61 @@ class ArchiveNode:
 
     def judge(self, evidence: Evidence, record: RolesRecord) -> Verdict:
         """What `evidence` proves, by re-executing from the last final state (every archive node
-        judges for itself before it co-signs)."""
+        judges for itself before it co-signs). Every signature is checked under the roles it was given
+        under (`record`, whose version the evidence must name) and in the stake role the signer holds in
+        them: that role is the one slashed. A refusal counts only with the member's own signed refusal
+        of the block; without one the member may simply not have answered (a timeout: a role change,
+        never a slash)."""
         roles = record.roles
         block = evidence.block
         header = block.header
         chain = header.chain_id
-        role = self._role_of(chain, roles, evidence.member)
+        if evidence.roles_version != roles.version:
+            raise RemoteError("bad-evidence", f"the evidence names roles version {evidence.roles_version}, "
+                              f"the chain's is {roles.version}")  # fmt: skip
+        version = roles.version
         if evidence.kind == REJECTED:
             rejection = evidence.rejection
             if rejection is None or rejection.block_hash != block.hash:
                 raise RemoteError("bad-evidence", "a rejection must name the block")
             if _recover(Rejection.digest(block.hash), rejection.signature) not in self._group().members:
                 raise RemoteError("bad-evidence", "the rejection is not signed by an archive node of the group")
-            return Verdict(None, None, role)
-        creator_digest = self._domains.block(chain, header.height, block.hash)
+            return Verdict(None, None, ROLE_ARCHIVE)
+        if evidence.member not in roles.members():
+            raise RemoteError("bad-evidence", "the accused is no member of the chain's roles")
+        role = roles.stake_role(evidence.member)
+        creator_role = roles.stake_role(roles.creator)
+        creator_digest = self._domains.block(chain, header.height, version, creator_role, block.hash)
         if not block.signatures or _recover(creator_digest, block.signatures[0]) != roles.creator:
             raise RemoteError("bad-evidence", "the block is not signed by the chain's creator")
-        creator_role = self._role_of(chain, roles, roles.creator)
+        creator_fault = Verdict(roles.creator, FAULT_INVALID, creator_role, block.hash, block.signatures[0])
         if evidence.kind == EQUIVOCATION:
             other = evidence.other
             if other is None or other.height != header.height or other.chain_id != chain or other == header:
                 raise RemoteError("bad-evidence", "equivocation needs two different headers at one height")
-            if (
-                _recover(self._domains.block(chain, other.height, other.hash), evidence.other_signature)
-                != roles.creator
-            ):
-                raise RemoteError("bad-evidence", "the second header is not signed by the creator")
+            other_digest = self._domains.block(chain, other.height, version, creator_role, other.hash)
+            if _recover(other_digest, evidence.other_signature) != roles.creator:
+                raise RemoteError("bad-evidence", "the second header is not signed by the creator in this version")
             return Verdict(roles.creator, None, creator_role)
-        valid = self._valid(block, record)
         if evidence.kind == REFUSED:
             if evidence.member not in roles.signers_for(header.parent_hash):
                 raise RemoteError("bad-evidence", "the refusing node is not a member of this block")
-            return (
-                Verdict(evidence.member, FAULT_REFUSED, role)
-                if valid
-                else Verdict(roles.creator, FAULT_INVALID, creator_role)
-            )
+            refusal = self._domains.refusal(chain, header.height, version, role, block.hash)
+            if _recover(refusal, evidence.other_signature) != evidence.member:
+                raise RemoteError("bad-evidence", "a refusal needs the member's own signed refusal of the block")
+            if self._valid(block, record):
+                return Verdict(evidence.member, FAULT_REFUSED, role, block.hash, evidence.other_signature)
+            return creator_fault
         if evidence.kind == WRONG_VOTE:
             other = evidence.other
-            if other is None or other == header:
-                raise RemoteError("bad-evidence", "a wrong vote needs the header the member signed")
-            if (
-                _recover(self._domains.block(chain, other.height, other.hash), evidence.other_signature)
-                != evidence.member
-            ):
-                raise RemoteError("bad-evidence", "the other header is not signed by the member")
-            if not valid:
-                return Verdict(roles.creator, FAULT_INVALID, creator_role)
-            return Verdict(evidence.member, FAULT_INVALID, role)
+            if other is None or other == header or other.chain_id != chain or other.height != header.height:
+                raise RemoteError("bad-evidence", "a wrong vote needs the header the member signed at that height")
+            vote = self._domains.block(chain, other.height, version, role, other.hash)
+            if _recover(vote, evidence.other_signature) != evidence.member:
+                raise RemoteError("bad-evidence", "the other header is not signed by the member in its role")
+            if not self._valid(block, record):
+                return creator_fault
+            return Verdict(evidence.member, FAULT_INVALID, role, other.hash, evidence.other_signature)
         raise RemoteError("bad-evidence", f"unknown evidence kind {evidence.kind}")
 
     def _valid(self, block: Block, record: RolesRecord) -> bool:
@@ -771,21 +800,6 @@ class ArchiveNode:
             return False
         return post.root == header.state_root and all(receipt.success for receipt in receipts)
 
-    def _role_of(self, chain: bytes, roles: ChainRoles, member: bytes) -> int:
-        """The stake a member serves with: the note's CBDC its CBDC stake, every other member its
-        witness or validator stake."""
-        if member in roles.validators:
-            return ROLE_VALIDATOR
-        if member == roles.creator and self._cbdc_of(chain, roles) == member:
-            return ROLE_CBDC
-        return ROLE_WITNESS
-
-    def _cbdc_of(self, chain: bytes, roles: ChainRoles) -> bytes:
-        try:
-            return self.store.block(chain, 0).block.transactions[0].sender
-        except UnknownChain:
-            return roles.creator  # the genesis itself: its creator is the CBDC
-
     async def _slash(self, evidence: Evidence, verdict: Verdict, certificate: bytes) -> None:
         if verdict.offender is None:
             return
@@ -797,22 +811,26 @@ class ArchiveNode:
                 self._mainchain.report_equivocation,
                 header.chain_id,
                 header.height,
+                evidence.roles_version,
+                verdict.role,
                 evidence.block.hash,
                 evidence.block.signatures[0],
                 other.hash,
                 evidence.other_signature,
-                verdict.role,
             )
         else:
             amount = await asyncio.to_thread(
                 self._mainchain.report_fault,
                 header.chain_id,
                 header.height,
+                evidence.roles_version,
                 verdict.offender,
                 verdict.role,
                 verdict.kind,
+                verdict.header_hash,
+                verdict.accused_signature,
                 keccak(evidence.encode()),
-                self.address,
+                self._reporter_for(header.chain_id),
                 self._group().epoch,
                 certificate,
             )
@@ -940,9 +958,11 @@ class ArchiveNode:
                 self._domains.fault(
                     chain,
                     header.height,
+                    evidence.roles_version,
                     verdict.offender,
                     verdict.role,
                     verdict.kind,
+                    verdict.header_hash,
                     keccak(evidence.encode()),
                     self._reporter_for(chain),
                 ),
@@ -1255,7 +1275,15 @@ class ArchiveNode:
         )
         group = self._group()
         roles = ChainRoles(
-            chain, group.group, 0, terms_without_roles.cbdc, picks[ROLE_WITNESS], picks[ROLE_VALIDATOR], (), draw.hash
+            chain,
+            group.group,
+            0,
+            terms_without_roles.cbdc,
+            picks[ROLE_WITNESS],
+            picks[ROLE_VALIDATOR],
+            (),
+            draw.hash,
+            cbdc=terms_without_roles.cbdc,
         )
         terms = NoteTerms(
             note=terms_without_roles.note,
@@ -1304,7 +1332,12 @@ class ArchiveNode:
         roulette.check(draw)
         if draw.hash != roles.draw_hash or draw.group != self._group().members or roles.version != 0:
             raise RemoteError("bad-request", "the roles do not come from this group's draw")
-        if roles.creator != terms.cbdc or roles.chain != terms.chain or tuple(terms.witnesses) != roles.witnesses:
+        if (
+            roles.creator != terms.cbdc
+            or roles.cbdc != terms.cbdc
+            or roles.chain != terms.chain
+            or tuple(terms.witnesses) != roles.witnesses
+        ):
             raise RemoteError("bad-request", "the roles do not match the note's terms")
         if terms.validators_pool != roles.validators[0]:
             raise RemoteError("bad-request", "the validators' pool is not the first drawn validator")

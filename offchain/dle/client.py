@@ -78,7 +78,7 @@ class DleClient:
         dump = ChainDump.decode(await self._archive("head", chain))
         block, certificate, state = dump.blocks[-1]
         group = self._group_of(dump.roles.roles.group)
-        group.verify(self._domains.block(chain, block.header.height, block.hash), certificate)
+        group.verify(self._domains.certificate(chain, block.header.height, block.hash), certificate)
         if state.root != block.header.state_root:
             raise DleError("bad-state", "the archive node sent a state that is not the head's")
         return block.header.height, state

@@ -157,7 +157,7 @@ def http_source(
         dump = ChainDump.decode(await transport.call(group.host_of(chain), "chain", chain, timeout=30.0))
         block, certificate, _ = dump.blocks[-1]
         try:
-            group.verify(domains.block(chain, block.header.height, block.hash), certificate)
+            group.verify(domains.certificate(chain, block.header.height, block.hash), certificate)
         except RolesError as error:
             raise ConservationError(f"chain 0x{chain.hex()}", 0, f"the head is not certified: {error}") from error
         return dump

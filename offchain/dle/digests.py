@@ -1,9 +1,12 @@
 """The EIP-712 digests DLE members sign, in the byte-address terms the DLE works in.
 
-Members sign blocks with `DleRegistry.blockDigest` (so two signed blocks at one height are evidence the
-registry accepts as is), the archive group signs genesis records (`registerChain`), exit certificates
-(`CoNETCash.exit`, or `OdexVault.withdraw` for a receipt chain) and fault reports
-(`DleRegistry.reportFault`). The computation itself is `offchain.chain.dle.Digests` — one
+Members sign blocks with `DleRegistry.blockDigest` under a roles version in a stake role (so two signed
+blocks at one height under one version are evidence the registry accepts as is, and the role it slashes
+is the signature's), and refuse them with `DleRegistry.refusalDigest` (the accused's own word a refusal
+fault needs); archive nodes certify a block final with "BlockCertificate" (no role, no version: an
+archive node signs one block per height whatever the roles). The archive group signs genesis records
+(`registerChain`), exit certificates (`CoNETCash.exit`, or `OdexVault.withdraw` for a receipt chain)
+and fault reports (`DleRegistry.reportFault`). The computation itself is `offchain.chain.dle.Digests` — one
 implementation, checked against the contracts' own views in tests/test_chain_dle.py; this adapter only
 converts addresses, decodes the program's exit log and picks the exit's domain.
 """
@@ -56,9 +59,18 @@ class Domains:
             return self.cash
         raise ValueError(f"chain 0x{chain.hex()} is no chain of CoNETCash or the vault for asset id {asset_id}")
 
-    def block(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
-        """`DleRegistry.blockDigest`: what every member and archive node signs for a block."""
-        return self._digests.block(chain, height, header_hash)
+    def block(self, chain: bytes, height: int, roles_version: int, role: int, header_hash: bytes) -> bytes:
+        """`DleRegistry.blockDigest`: a member's vote for a block under roles version `roles_version`, in
+        stake role `role` (`ChainRoles.stake_role`)."""
+        return self._digests.block(chain, height, roles_version, role, header_hash)
+
+    def refusal(self, chain: bytes, height: int, roles_version: int, role: int, header_hash: bytes) -> bytes:
+        """`DleRegistry.refusalDigest`: a member's signed refusal of a block it found invalid."""
+        return self._digests.refusal(chain, height, roles_version, role, header_hash)
+
+    def certificate(self, chain: bytes, height: int, header_hash: bytes) -> bytes:
+        """What every archive node signs to make a block final (the archive certificate)."""
+        return self._digests.certificate(chain, height, header_hash)
 
     def genesis(self, chain: bytes, genesis_hash: bytes, asset: bytes, asset_id: int, group: int) -> bytes:
         """`DleRegistry.genesisDigest`: the archive group's consent to register a chain."""
@@ -86,11 +98,28 @@ class Domains:
         return self._digests.cbdc_draw(order, to_checksum_address(cbdc), selection, group)
 
     def fault(
-        self, chain: bytes, height: int, offender: bytes, role: int, kind: int, evidence_hash: bytes, reporter: bytes
+        self,
+        chain: bytes,
+        height: int,
+        roles_version: int,
+        offender: bytes,
+        role: int,
+        kind: int,
+        header_hash: bytes,
+        evidence_hash: bytes,
+        reporter: bytes,
     ) -> bytes:
         """`DleRegistry.faultDigest`: the archive group's certificate that a member must be slashed."""
         report = FaultReport(
-            chain, height, to_checksum_address(offender), Role(role), kind, evidence_hash, to_checksum_address(reporter)
+            chain,
+            height,
+            roles_version,
+            to_checksum_address(offender),
+            Role(role),
+            kind,
+            header_hash,
+            evidence_hash,
+            to_checksum_address(reporter),
         )
         return self._digests.fault(report)
 

@@ -27,7 +27,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from offchain.chain.deployer import Role
-from offchain.chain.dle import DleChainClient, FaultReport
+from offchain.chain.dle import DleChainClient, FaultReport, SignedBlock
 from offchain.chain.web3_contracts import load_contract
 from offchain.dle.roles import ArchiveGroup
 
@@ -90,12 +90,20 @@ class ChainMainchain:
         log.info("registered chain 0x%s (asset #%d, group %d, epoch %d)", chain.hex()[:12], asset_id, group, epoch)
 
     def report_equivocation(
-        self, chain: bytes, height: int, hash_a: bytes, signature_a: bytes, hash_b: bytes, signature_b: bytes, role: int
+        self,
+        chain: bytes,
+        height: int,
+        roles_version: int,
+        role: int,
+        hash_a: bytes,
+        signature_a: bytes,
+        hash_b: bytes,
+        signature_b: bytes,
     ) -> int:
+        a = SignedBlock(chain, height, roles_version, Role(role), hash_a, signature_a)
+        b = SignedBlock(chain, height, roles_version, Role(role), hash_b, signature_b)
         with self._send_lock:
-            slashed = self.client.report_equivocation(
-                chain, height, hash_a, signature_a, hash_b, signature_b, Role(role)
-            )
+            slashed = self.client.report_equivocation(a, b)
         log.info("equivocation on 0x%s at %d: slashed %d (role %d)", chain.hex()[:12], height, slashed, role)
         return slashed
 
@@ -103,9 +111,12 @@ class ChainMainchain:
         self,
         chain: bytes,
         height: int,
+        roles_version: int,
         offender: bytes,
         role: int,
         kind: int,
+        header_hash: bytes,
+        accused_signature: bytes,
         evidence_hash: bytes,
         reporter: bytes,
         epoch: int,
@@ -114,14 +125,16 @@ class ChainMainchain:
         report = FaultReport(
             chain=chain,
             height=height,
+            roles_version=roles_version,
             offender=_checksum(offender),
             role=Role(role),
             kind=kind,
+            header_hash=header_hash,
             evidence_hash=evidence_hash,
             reporter=_checksum(reporter),
         )
         with self._send_lock:
-            slashed = self.client.report_fault(report, epoch, certificate)
+            slashed = self.client.report_fault(report, accused_signature, epoch, certificate)
         log.info(
             "fault kind %d of 0x%s on 0x%s at %d: slashed %d", kind, offender.hex(), chain.hex()[:12], height, slashed
         )

@@ -19,8 +19,11 @@ What goes wrong, and what the creator does (the archive host decides, every arch
 - an archive node rejects the block → `report_fault` (kind REJECTED) → dissolved and redrawn; every
   member drops the pending block (the rollback) and the block is re-validated from the last final state.
 
-A member signs at most one header per (chain, height, roles version); a creator that asks for a second
-one is reported with both signed headers (equivocation, slashed on the mainchain by anyone).
+A member signs at most one header per (chain, height, roles version), binding that version and its
+stake role in the signature (`Domains.block`); a creator that asks for a second one is reported with
+both signed headers (equivocation, slashed on the mainchain by anyone). A member that re-executes a
+block and finds it invalid answers with its signed refusal (`Domains.refusal`, code "refused"): the
+evidence a refusal fault needs, so nobody is slashed for a refusal it never signed.
 
 Transport, store, archive directory and clock are handed in (offchain/dle/transport.py, store.py).
 """
@@ -82,7 +85,7 @@ from offchain.dle.roles import (
 from offchain.dle.store import ChainStore, UnknownChain
 from offchain.dle.transport import PeerTimeout, PeerUnavailable, RemoteError, Transport
 
-__all__ = ["ConsensusFailed", "MemberNode", "Timeouts", "check_final", "execute"]
+__all__ = ["ConsensusFailed", "MemberNode", "Timeouts", "check_final", "execute", "member_signers", "signed_refusal"]
 
 log = logging.getLogger("conet.dle.member")
 
@@ -135,18 +138,45 @@ def check_final(
     Finality is the archive certificate: every archive node recovered every member signature before it
     signed. A node that itself checked this header's member signatures, or re-executed and signed it
     (`members_checked`), needs only the certificate."""
-    digest = domains.block(block.header.chain_id, block.header.height, block.hash)
+    certified = domains.certificate(block.header.chain_id, block.header.height, block.hash)
     if members_checked:
-        group.verify(digest, certificate)
+        group.verify(certified, certificate)
         return
     try:
-        signers = block.signers(digest)
+        signers = member_signers(block, roles, domains)
     except BadSignature as error:
         raise RolesError(f"block {block.header.height}: malformed member signature: {error}") from error
     expected = roles.signers_for(block.header.parent_hash)
     if signers != expected:
         raise RolesError(f"block {block.header.height} is not signed by exactly its members")
-    group.verify(digest, certificate)
+    group.verify(certified, certificate)
+
+
+def member_signers(block: Block, roles: ChainRoles, domains: Domains) -> tuple[bytes, ...]:
+    """The signer behind each of `block`'s member signatures, each recovered over the digest of the
+    stake role its place holds under `roles` (creator, 5 witnesses, the block's validator) and
+    `roles.version`; a signature given in another role or version recovers another address. Raises
+    BadSignature for a malformed one."""
+    header = block.header
+    expected = roles.signers_for(header.parent_hash)
+    if len(block.signatures) != len(expected):
+        return tuple(recover(header.hash, s) for s in block.signatures)  # the count already fails
+    return tuple(
+        recover(domains.block(header.chain_id, header.height, roles.version, roles.stake_role(m), block.hash), s)
+        for m, s in zip(expected, block.signatures, strict=True)
+    )
+
+
+def signed_refusal(error: RemoteError) -> bytes | None:
+    """The member's signed refusal a "refused" answer carries (its first word, hex), or None."""
+    if error.code != "refused":
+        return None
+    word = error.message.split(" ", 1)[0]
+    try:
+        signature = bytes.fromhex(word)
+    except ValueError:
+        return None
+    return signature if len(signature) == 65 else None
 
 
 @dataclass(frozen=True)
@@ -288,7 +318,7 @@ class MemberNode:
         for index, (block, certificate, state) in enumerate(dump.blocks):
             if block.header.height != index or state.root != block.header.state_root:
                 raise RolesError("the archive node sent an inconsistent chain")
-            group.verify(self._domains.block(chain, block.header.height, block.hash), certificate)
+            group.verify(self._domains.certificate(chain, block.header.height, block.hash), certificate)
             if index == 0:
                 self.store.create_chain(block, state, certificate, newest.encode())
             else:
@@ -339,11 +369,14 @@ class MemberNode:
         archive_group = self._group_of(group)
         height = self.store.height(chain)
         for block, certificate, state in dump.blocks[height + 1 :]:
-            archive_group.verify(self._domains.block(chain, block.header.height, block.hash), certificate)
+            archive_group.verify(self._domains.certificate(chain, block.header.height, block.hash), certificate)
             self.store.append(chain, block, state, certificate)
 
     def _check_creator(self, block: Block, roles: ChainRoles) -> None:
-        digest = self._domains.block(block.header.chain_id, block.header.height, block.hash)
+        header = block.header
+        digest = self._domains.block(
+            header.chain_id, header.height, roles.version, roles.stake_role(roles.creator), block.hash
+        )
         try:
             signer = recover(digest, block.signatures[0]) if block.signatures else None
         except BadSignature:
@@ -367,7 +400,32 @@ class MemberNode:
         asyncio.get_running_loop().create_task(self._report(roles, "report_fault", evidence.encode()))
         raise RemoteError("equivocation", "the creator already signed another block at this height")
 
+    def _sign_vote(self, header: Header, roles: ChainRoles) -> bytes:
+        """This node's BlockSignature of `header` under `roles`: its version and this node's stake role."""
+        role = roles.stake_role(self.address)
+        return sign(self._secret, self._domains.block(header.chain_id, header.height, roles.version, role, header.hash))
+
+    def _refuse(self, block: Block, roles: ChainRoles, error: RemoteError) -> RemoteError:
+        """The refusal of a block this node re-executed and found invalid, signed (`Domains.refusal`):
+        the accused's own word a refusal fault needs. An honest node signs it only for a block that is
+        invalid on the state it was given, so the archive group's re-execution clears it."""
+        header = block.header
+        try:
+            role = roles.stake_role(self.address)
+        except RolesError:
+            return error  # not a member of these roles (a final block re-executed): nothing to refuse as
+        digest = self._domains.refusal(header.chain_id, header.height, roles.version, role, block.hash)
+        return RemoteError("refused", f"{sign(self._secret, digest).hex()} {error.code}: {error.message}")
+
     def _reexecute(self, pre: State, block: Block, roles: ChainRoles) -> State:
+        try:
+            return self._reexecute_or_raise(pre, block, roles)
+        except RemoteError as error:
+            if error.code not in _SIGNED_REFUSALS:
+                raise  # not-yet: this node cannot tell yet, it refuses nothing
+            raise self._refuse(block, roles, error) from error
+
+    def _reexecute_or_raise(self, pre: State, block: Block, roles: ChainRoles) -> State:
         try:
             self._authority.check(pre, block, roles.witnesses)
         except NotYetSeen as error:
@@ -396,7 +454,7 @@ class MemberNode:
         if pending is not None and pending.header == header and pending.roles_version == roles.version:
             return Vote(header, pending.signature)
         await self._sign_once(header, roles.version)
-        signature = sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
+        signature = self._sign_vote(header, roles)
         self._pending[key] = _Pending(roles.version, header, signature, post, creator_signature)
         return Vote(header, signature)
 
@@ -428,7 +486,9 @@ class MemberNode:
         if request.pre_state.root != parent.header.state_root:
             raise RemoteError("bad-pre-state", "the pre-state is not the parent's post-state")
         try:
-            group.verify(self._domains.block(chain, parent.header.height, parent.hash), request.parent_certificate)
+            group.verify(
+                self._domains.certificate(chain, parent.header.height, parent.hash), request.parent_certificate
+            )
         except RolesError as error:
             raise RemoteError("bad-parent", f"the parent is not final: {error}") from error
         self._check_creator(block, roles)
@@ -439,7 +499,7 @@ class MemberNode:
         self._reexecute(request.pre_state, block, roles)
         await self._sign_once(block.header, roles.version)
         self._seen_validation[seen_key] = block.header
-        signature = sign(self._secret, self._domains.block(chain, block.header.height, block.hash))
+        signature = self._sign_vote(block.header, roles)
         return Vote(block.header, signature).encode()
 
     # -- final ------------------------------------------------------------------------------------
@@ -474,7 +534,7 @@ class MemberNode:
                 # certified before a role change and finished after it): the archive certificate is the
                 # proof of finality, every archive node having checked the members and the block's
                 # authority under the roles of its time (as `_catch_up` takes blocks).
-                group.verify(self._domains.block(chain, block.header.height, block.hash), final.certificate)
+                group.verify(self._domains.certificate(chain, block.header.height, block.hash), final.certificate)
                 earlier_roles = True
             pending = self._pending.pop((chain, block.header.height), None)
             if pending is not None and pending.header == block.header:
@@ -746,7 +806,7 @@ class MemberNode:
                 draft.poh_tick,
                 roles.group,
             )
-            block = Block(header, all_txs, (self._sign_header(header),))
+            block = Block(header, all_txs, (self._sign_header(header, roles),))
             self.rounds += 1
             outcome = await self._attempt_keeping(chain, record, block, post, parent, pre)
             if isinstance(outcome, RolesRecord):
@@ -790,8 +850,8 @@ class MemberNode:
                 answers[i] = answer
         return answers
 
-    def _sign_header(self, header: Header) -> bytes:
-        return sign(self._secret, self._domains.block(header.chain_id, header.height, header.hash))
+    def _sign_header(self, header: Header, roles: ChainRoles) -> bytes:
+        return self._sign_vote(header, roles)
 
     async def _attempt(
         self, record: RolesRecord, block: Block, post: State, parent: object, genesis_pre: State
@@ -799,7 +859,6 @@ class MemberNode:
         """One try at finality under `record`; a new roles record when the group changed on the way."""
         roles = record.roles
         header = block.header
-        digest = self._domains.block(header.chain_id, header.height, block.hash)
         validator = roles.validator_for(header.parent_hash)
         asks: list[Callable[[], Awaitable[bytes | Exception]]]
         if parent is None:
@@ -834,9 +893,19 @@ class MemberNode:
                     # Someone else moved on, or a witness caught this creator's key signing twice and
                     # reported it: either way the archive group decides, and the round follows.
                     return await self._newer_roles(roles)
-                evidence = Evidence(REFUSED, roles.version, member, block, reason=str(answer))
+                refusal = signed_refusal(answer) if isinstance(answer, RemoteError) else None
+                if refusal is None:
+                    # No signed refusal, no refusal fault (nobody is slashed on the creator's word): an
+                    # answer that is no vote is handled like no answer, by the timeout rule.
+                    return await self._report(
+                        roles, "report_timeout", TimeoutReport(roles.chain, roles.version, member).encode(), record=True
+                    )
+                evidence = Evidence(REFUSED, roles.version, member, block, other_signature=refusal, reason=str(answer))
                 return await self._report(roles, "report_fault", evidence.encode(), record=True)
             vote = Vote.decode(answer)
+            digest = self._domains.block(
+                header.chain_id, header.height, roles.version, roles.stake_role(member), block.hash
+            )
             if vote.header != header or _recover(digest, vote.signature) != member:
                 evidence = Evidence(
                     WRONG_VOTE, roles.version, member, block, other=vote.header, other_signature=vote.signature
@@ -1013,6 +1082,10 @@ _METHODS: dict[str, str] = {
     "submit": "_submit",
     "open_genesis": "_open_genesis",
 }
+
+
+_SIGNED_REFUSALS = ("invalid-block", "unauthorised")
+"""The verdicts of re-execution a member signs its refusal for: the block is invalid on its pre-state."""
 
 
 def _is_not_yet(answer: bytes | Exception) -> bool:

@@ -5,7 +5,12 @@ the record with the highest version they have seen, so a creator that was replac
 block signed (DESIGN §5, "the same balance spent through two creators").
 
     roles = rlp([chain (32 bytes), group, version, creator, [witness, ...], [validator, ...],
-                 [excluded, ...], draw_hash (32 bytes)])
+                 [excluded, ...], draw_hash (32 bytes), cbdc (20 bytes)])
+
+Every member signature of a block binds the roles version and the signer's stake role in this set
+(`stake_role`: the note's CBDC creating its chain serves with its CBDC stake, a witness — or a promoted
+witness creating — with its witness stake, the validator with its validator stake), so the mainchain
+slashes the role the signature shows, and a height re-signed under a newer version is no equivocation.
 
 The validator of a block is drawn from the roster by the parent block's hash, which nobody knows before
 the parent is final: validator(parent) = roster[int(keccak256(chain ‖ parent_hash)) mod len(roster)].
@@ -40,6 +45,9 @@ from dle_vm.signature import BadSignature, recover
 from offchain.dle.digests import archive_roles_digest
 
 __all__ = [
+    "ROLE_CBDC",
+    "ROLE_VALIDATOR",
+    "ROLE_WITNESS",
     "WITNESS_COUNT",
     "ArchiveGroup",
     "ChainRoles",
@@ -52,6 +60,10 @@ __all__ = [
 ]
 
 WITNESS_COUNT = 5
+ROLE_CBDC = 0
+"""contracts/types/Role.sol: the stake roles a member signs a block in."""
+ROLE_WITNESS = 2
+ROLE_VALIDATOR = 3
 ADDRESS_SIZE = 20
 SIGNATURE_SIZE = 65
 
@@ -124,10 +136,13 @@ class ChainRoles:
     """Members of dissolved groups: never drawn for this chain again."""
     draw_hash: bytes = bytes(32)
     """The Selection Chain record of the draw that produced the current witnesses and roster."""
+    cbdc: bytes = bytes(20)
+    """The note's CBDC (the genesis creator): while it creates, it serves with its CBDC stake."""
 
     def __post_init__(self) -> None:
         check_length(self.chain, 32, "roles chain")
         check_length(self.draw_hash, 32, "roles draw hash")
+        check_length(self.cbdc, ADDRESS_SIZE, "roles cbdc")
         if len(self.witnesses) != WITNESS_COUNT:
             raise RolesError(f"a chain has {WITNESS_COUNT} witnesses, not {len(self.witnesses)}")
         if not self.validators:
@@ -149,13 +164,14 @@ class ChainRoles:
                 list(self.validators),
                 list(self.excluded),
                 self.draw_hash,
+                self.cbdc,
             ]
         )
 
     @classmethod
     def decode(cls, data: bytes) -> ChainRoles:
-        chain, group, version, creator, witnesses, validators, excluded, draw_hash = rlp_list(
-            decode_rlp(data), 8, "roles"
+        chain, group, version, creator, witnesses, validators, excluded, draw_hash, cbdc = rlp_list(
+            decode_rlp(data), 9, "roles"
         )
         return cls(
             chain=fixed_bytes(chain, 32, "roles chain"),
@@ -166,6 +182,7 @@ class ChainRoles:
             validators=_addresses(validators, "roles validators"),
             excluded=_addresses(excluded, "roles excluded"),
             draw_hash=fixed_bytes(draw_hash, 32, "roles draw hash"),
+            cbdc=fixed_bytes(cbdc, ADDRESS_SIZE, "roles cbdc"),
         )
 
     @property
@@ -179,6 +196,18 @@ class ChainRoles:
     def signers_for(self, parent_hash: bytes) -> tuple[bytes, ...]:
         """Who must sign the block after `parent_hash`, in the block's signature order."""
         return (self.creator, *self.witnesses, self.validator_for(parent_hash))
+
+    def stake_role(self, member: bytes) -> int:
+        """The stake `member` serves with in this set, which its block signatures bind: the validator
+        roster its VALIDATOR stake, the creator its CBDC stake when it is the note's CBDC, every other
+        creator (a promoted witness) and witness its WITNESS stake. RolesError for a non-member."""
+        if member in self.validators:
+            return ROLE_VALIDATOR
+        if member == self.creator:
+            return ROLE_CBDC if member == self.cbdc else ROLE_WITNESS
+        if member in self.witnesses:
+            return ROLE_WITNESS
+        raise RolesError(f"0x{member.hex()} is no member of roles version {self.version}")
 
     def members(self) -> frozenset[bytes]:
         return frozenset((self.creator, *self.witnesses, *self.validators))

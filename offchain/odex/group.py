@@ -7,9 +7,11 @@ the creator sequenced, with their times, the fills the matching program (offchai
 of them and the book's state digest afterwards. Members — the creator (the book's operator, payee of
 every order's authorization), witnesses and a validator — each keep a replica of the book, replay a
 proposed batch's inputs on it and sign only when they reach the same fills and the same state digest.
-What they sign is `DleRegistry.blockDigest(bookChain, height, batchHash)`, the digest every DLE member
-signs for a block, so two batches at one height signed by one key are equivocation evidence the
-registry slashes as it is, and a certified fault on the book chain is judged like any other chain's.
+What they sign is `DleRegistry.blockDigest(bookChain, height, BOOK_ROLES_VERSION, WITNESS, batchHash)`,
+the digest every DLE member signs for a block (the book's group is a fixed set, never role-changed yet:
+roles version 0, and every member serves with its WITNESS stake), so two batches at one height signed
+by one key are equivocation evidence the registry slashes as it is, and a certified fault on the book
+chain is judged like any other chain's (with the offender's own signature of the batch).
 
 Why Python and not EVM bytecode for the matching: the goal is ≥ 100,000 orders matched per second
 in-process and every member re-computes every batch; a deterministic program over integers gives
@@ -61,6 +63,8 @@ from offchain.odex.book import Fill, OrderBook, decode_fills, encode_fills
 from offchain.odex.order import OrderDomain, OrderError, SignedCancel, SignedOrder
 
 __all__ = [
+    "BOOK_ROLE",
+    "BOOK_ROLES_VERSION",
     "ENDORSE",
     "FINAL",
     "Batch",
@@ -82,6 +86,10 @@ ZERO_HASH = bytes(32)
 ENDORSE = "odex.endorse"
 FINAL = "odex.final"
 BEHIND = "behind"
+BOOK_ROLES_VERSION = 0
+"""The roles version book members sign batches under: the book's group is a fixed set (issue 12)."""
+BOOK_ROLE = 2
+"""Role.WITNESS: the stake every book member signs its batches in, and is slashed in."""
 """A member's refusal code when it lacks final batches; its message is its height."""
 _MAX_INPUTS = 10_000
 
@@ -327,7 +335,7 @@ class BookMember:
         return self._replica.height
 
     def digest(self, batch: Batch) -> bytes:
-        return self.domains.block(self.chain, batch.height, batch.hash)
+        return self.domains.block(self.chain, batch.height, BOOK_ROLES_VERSION, BOOK_ROLE, batch.hash)
 
     def request_digest(self, batch: Batch) -> bytes:
         """What the creator signs to ask for endorsements: not the block digest, so a batch it proposed
@@ -565,7 +573,12 @@ def certify(
     evidence: bytes,
     reporter: bytes,
 ) -> bytes:
-    """One archive node's signature of the FaultReport DleRegistry.reportFault takes. Each archive node
-    calls `judge` itself first; the group's signatures together are the certificate."""
-    digest = domains.fault(chain, batch.height, offender, role, int(kind), evidence, reporter)
+    """One archive node's signature of the FaultReport DleRegistry.reportFault takes (on `batch`, under
+    the book's roles version). Each archive node calls `judge` itself first; the group's signatures
+    together are the certificate. The report is slashable only with the offender's own signature: its
+    BlockSignature of the batch for SIGNED_INVALID_BLOCK (book members sign no refusals yet, so a
+    refused valid batch is judged but not slashed on chain: docs/security.md)."""
+    digest = domains.fault(
+        chain, batch.height, BOOK_ROLES_VERSION, offender, role, int(kind), batch.hash, evidence, reporter
+    )
     return sign(archive_secret, digest)
